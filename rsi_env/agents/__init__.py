@@ -1,0 +1,1 @@
+"""Agents: anything with `async act(observation, info) -> str` (see `base.Agent`)."""

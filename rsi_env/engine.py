@@ -1,0 +1,682 @@
+"""The game engine: runs a compiled spec, one tick at a time. No PettingZoo here (see `env.py`).
+
+The clock is the tick. At each tick a set of players must act (one in a sequential phase, every
+actor still to move in a simultaneous one); the others may send anything, which is ignored. This
+one clock serves both PettingZoo APIs: the Parallel env is a tick per `step`, the AEC env visits
+every live agent once per tick. `max_cycles` counts ticks in both.
+
+Nothing a player sends raises: unreadable or illegal actions become feedback in that player's next
+observation and count against its allowance; runtime errors in spec expressions are recorded in
+`errors` (the generator's play-test rejects games that have any) and the step goes on.
+
+All state is plain data plus the numpy generator, so `snapshot()` / `restore()` are exact.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+from . import actions as act
+from .compiled import CEffect, CompiledGame, Target, compiled
+from .expr import Expr, ExprError, Scope, SeededRandom
+from .spec import GameSpec
+
+_ZERO = {"int": 0, "float": 0.0, "bool": False, "str": "", "player": None, "list": [], "map": {}, "any": None}
+MAX_SETUP_DRAWS = 2000
+MAX_EVENTS_KEPT = 5000
+
+
+@dataclass
+class SubmitResult:
+    valid: bool
+    ignored: bool = False  # not this player's turn
+    feedback: str | None = None
+    action: str | None = None
+    args: dict[str, Any] | None = None
+
+
+class GameEngine:
+    """One running game. Construct, `reset(seed)`, then `tick({player: text})` until `done`."""
+
+    def __init__(self, spec: GameSpec, n_players: int | None = None, max_ticks: int | None = None) -> None:
+        self.game: CompiledGame = compiled(spec)
+        self.spec = spec
+        n = n_players if n_players is not None else (spec.players.default or spec.players.min)
+        if not spec.players.min <= n <= spec.players.max:
+            raise ValueError(
+                f"{spec.id}: n_players={n} is outside the game's range [{spec.players.min}, {spec.players.max}]"
+            )
+        self.players = [f"player_{i}" for i in range(n)]
+        self.seat = {p: i for i, p in enumerate(self.players)}
+        allowance = spec.invalid_actions.allowance
+        # Default tick cap: every turn may take the full invalid allowance, plus slack for phase changes.
+        self.max_ticks = max_ticks or spec.end.turn_limit * (allowance + 1) + 10
+        self.random = SeededRandom(np.random.default_rng(0))
+        self._scope: Scope | None = None
+        self._actors: list[str] | None = None
+        self.reset(0)
+
+    # --- setup -----------------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> None:
+        self.seed = seed
+        self.random.rng = np.random.default_rng(seed)
+        self.tick_no = 0
+        self.turn = 0
+        self.phase = self.spec.phases[0].name
+        self.phase_turn = 0
+        self.phase_turns: int | None = None
+        self.last_actor: str | None = None
+        self.pending: dict[str, dict[str, Any] | None] = {}
+        self.round_actors: list[str] = []
+        self.invalid_streak = dict.fromkeys(self.players, 0)
+        self.invalid_total = dict.fromkeys(self.players, 0)
+        self.forfeited: list[str] = []
+        self.forfeit_payoffs: dict[str, float] = {}
+        self.events: list[dict[str, Any]] = []
+        self.flags: list[dict[str, Any]] = []
+        self.feedback: dict[str, str | None] = dict.fromkeys(self.players, None)
+        self.errors: list[str] = []
+        self.done = False
+        self.truncated = False
+        self.end_reason: str | None = None
+        self.payoffs: dict[str, float] | None = None
+        self.best: dict[str, float | None] | None = None
+        self.outcomes: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}
+        self.pstate: dict[str, dict[str, Any]] = {p: {} for p in self.players}
+        self._assign_roles()
+        self._dirty()
+        self._setup_vars()
+        self._run_effects(self.game.setup, {})
+        self._build_channels()
+        self._enter_phase(self.phase)
+        self._after_turn(count_turn=False)
+
+    def _assign_roles(self) -> None:
+        n = len(self.players)
+        seats = list(self.players)
+        if self.spec.role_assignment == "shuffle":
+            seats = self.random.shuffle(seats)
+        self.role: dict[str, str] = {}
+        scope = Scope({"n": n})
+        i = 0
+        for r in self.spec.roles:
+            expr = self.game.role_counts[r.name]
+            count = (n - i) if expr is None else int(self._eval(expr, scope, default=0))
+            for p in seats[i : i + max(0, count)]:
+                self.role[p] = r.name
+            i += max(0, count)
+        fallback = self.spec.roles[-1].name
+        for p in seats[i:]:
+            self.role[p] = fallback  # more seats than counted roles: the last role fills them
+        teams = {r.name: r.team for r in self.spec.roles}
+        self.team = {p: teams.get(self.role[p]) for p in self.players}
+
+    def _setup_vars(self) -> None:
+        for name, var in self.spec.state.items():
+            self.state[name] = self._draw(
+                var.type, self.game.var_init[name], self.game.var_where[name], {}, f"state.{name}"
+            )
+            self._dirty()
+        for name, var in self.spec.player_state.items():
+            for p in self.players:
+                self.pstate[p][name] = self._draw(
+                    var.type, self.game.pvar_init[name], self.game.pvar_where[name], {"p": p}, f"player_state.{name}"
+                )
+                self._dirty()
+
+    def _draw(self, vtype: str, init: Expr | None, where: Expr | None, bind: dict, path: str) -> Any:
+        if init is None:
+            return copy.deepcopy(_ZERO[vtype])
+        for _ in range(MAX_SETUP_DRAWS if where is not None else 1):
+            value = _typed(vtype, self._eval(init, self._scoped(**bind), path=f"{path}.init"))
+            if where is None or self._eval(where, self._scoped(**bind, value=value), default=False, path=f"{path}.where"):
+                return value
+        self._error(f"{path}.where: no value satisfied the constraint in {MAX_SETUP_DRAWS} draws")
+        return value
+
+    def _build_channels(self) -> None:
+        g = nx.DiGraph()
+        g.add_nodes_from(self.players)
+        scope = self._scoped()
+        for a in self.players:
+            for b in self.players:
+                if a != b and self._eval(self.game.channel, scope.bind(a=a, b=b), default=False, path="channels.private"):
+                    g.add_edge(a, b)
+        self.channels = g
+
+    # --- scopes and evaluation -------------------------------------------------------------------
+
+    def _base_values(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "P": self.pstate,
+            "players": self.players,
+            "n": len(self.players),
+            "role": self.role,
+            "team": self.team,
+            "phase": self.phase,
+            "turn": self.turn,
+            "forfeited": self.forfeited,
+        }
+
+    def _scoped(self, **bindings: Any) -> Scope:
+        """The scope of the current state (rebuilt after changes), with per-call bindings."""
+        if self._scope is None:
+            self._scope = Scope(self._base_values(), self.random)
+        if "me" in bindings and "my" not in bindings:
+            bindings["my"] = self.pstate.get(bindings["me"], {})
+        return self._scope.bind(**bindings) if bindings else self._scope
+
+    def _dirty(self) -> None:
+        """The state or the turn changed: drop the scope and the cached actors."""
+        self._scope = None
+        self._actors = None
+
+    def _touch(self, root: str) -> None:
+        """Refresh one root variable in the live scope after an effect wrote it."""
+        self._actors = None
+        if self._scope is not None:
+            if root == "state":
+                self._scope.bind(state=self.state)
+            else:
+                self._scope.bind(P=self.pstate)
+
+    def _eval(self, expr: Expr, scope: Scope, default: Any = None, path: str = "") -> Any:
+        try:
+            return expr(scope)
+        except ExprError as exc:
+            self._error(f"{path or 'expression'}: {exc}")
+            return default
+
+    def _error(self, message: str) -> None:
+        if len(self.errors) < 100:
+            self.errors.append(f"tick {self.tick_no}: {message}")
+
+    # --- effects ---------------------------------------------------------------------------------
+
+    def _run_effects(self, effects: list[CEffect], bind: dict[str, Any]) -> None:
+        for eff in effects:
+            if eff.for_each is not None:
+                items = self._eval(eff.for_each, self._scoped(**bind), default=[], path=f"{eff.path}.for_each")
+                if isinstance(items, dict):
+                    items = list(items)
+                for item in items if isinstance(items, list) else []:
+                    self._run_effect(eff, {**bind, eff.as_: item})
+            else:
+                self._run_effect(eff, bind)
+
+    def _run_effect(self, eff: CEffect, bind: dict[str, Any]) -> None:
+        scope = self._scoped(**bind)
+        if eff.cond is not None and not self._eval(eff.cond, scope, default=False, path=f"{eff.path}.if"):
+            return
+        value = self._eval(eff.value, scope, path=eff.path) if eff.value is not None else None
+        if eff.op == "announce":
+            if value is not None:
+                self._event("announce", text=str(value))
+            return
+        if eff.op == "tell":
+            text = self._eval(eff.text, scope, path=f"{eff.path}.text")
+            if value in self.seat and text is not None:
+                self._event("tell", text=str(text), visible_to=[value])
+            else:
+                self._error(f"{eff.path}.tell: {value!r} is not a player")
+            return
+        assert eff.target is not None
+        self._write(eff.target, eff.op, value, scope, bind, eff.path)
+
+    def _write(self, target: Target, op: str, value: Any, scope: Scope, bind: dict, path: str) -> None:
+        if target.root == "state":
+            container: Any = self.state
+        else:
+            who = bind.get("me") if target.root == "my" else self._eval(target.player, scope, path=path)
+            if who not in self.pstate:
+                self._error(f"{path}: {target.source}: {who!r} is not a player")
+                return
+            container = self.pstate[who]
+        keys = [k if isinstance(k, str) else self._eval(k, scope, path=path) for k in target.keys]
+        for k in keys[:-1]:
+            if isinstance(container, dict) and k in container:
+                container = container[k]
+            elif isinstance(container, list) and isinstance(k, int) and -len(container) <= k < len(container):
+                container = container[k]
+            else:
+                self._error(f"{path}: {target.source}: no key {k!r}")
+                return
+        last = keys[-1]
+        if isinstance(container, list) and not (isinstance(last, int) and -len(container) <= last < len(container)):
+            self._error(f"{path}: {target.source}: index {last!r} out of range")
+            return
+        if not isinstance(container, dict | list):
+            self._error(f"{path}: {target.source}: cannot index into {type(container).__name__}")
+            return
+        if op == "add":
+            current = container[last] if (isinstance(container, list) or last in container) else 0
+            try:
+                value = current + value
+            except TypeError:
+                self._error(f"{path}: cannot add {value!r} to {current!r}")
+                return
+        if len(keys) == 1:
+            decl = self.spec.state.get(last) if target.root == "state" else self.spec.player_state.get(last)
+            if decl is not None:
+                value = _typed(decl.type, value)
+        container[last] = copy.deepcopy(value) if isinstance(value, dict | list) else value
+        self._touch("state" if target.root == "state" else "P")
+
+    # --- events ----------------------------------------------------------------------------------
+
+    def _event(self, kind: str, player: str | None = None, visible_to: list[str] | None = None, **data: Any) -> None:
+        if len(self.events) >= MAX_EVENTS_KEPT:
+            return
+        self.events.append(
+            {
+                "tick": self.tick_no,
+                "turn": self.turn,
+                "phase": self.phase,
+                "kind": kind,
+                "player": player,
+                "visible_to": visible_to,
+                **data,
+            }
+        )
+
+    # --- phases and turns ------------------------------------------------------------------------
+
+    def _phase_spec(self) -> Any:
+        return self.spec.phases[self.game.phases[self.phase].index]
+
+    def _phase_actors(self) -> list[str]:
+        raw = self._eval(self.game.phases[self.phase].actors, self._scoped(), default=[], path=f"phases.{self.phase}.actors")
+        if not isinstance(raw, list):
+            self._error(f"phases.{self.phase}.actors: expected a list of players, got {raw!r}")
+            return []
+        return [p for p in dict.fromkeys(raw) if p in self.seat and p not in self.forfeited]
+
+    def _enter_phase(self, name: str) -> None:
+        self.phase = name
+        self.phase_turn = 0
+        self.last_actor = None
+        self.pending = {}
+        self._dirty()
+        cp = self.game.phases[name]
+        self._event("phase", text=f"Phase: {name}")
+        self._run_effects(cp.on_enter, {})
+        self.phase_turns = None
+        if cp.turns is not None:
+            t = self._eval(cp.turns, self._scoped(), default=1, path=f"phases.{name}.turns")
+            self.phase_turns = max(0, int(t)) if isinstance(t, int | float) else 1
+        if self._phase_spec().mode == "simultaneous":
+            self.round_actors = self._phase_actors()
+        self._actors = None
+
+    def current_actors(self) -> list[str]:
+        """Who must act at this tick (cached until the state, turn or pending moves change)."""
+        if self._actors is None:
+            self._actors = self._compute_actors()
+        return self._actors
+
+    def _compute_actors(self) -> list[str]:
+        if self.done:
+            return []
+        if self._phase_spec().mode == "simultaneous":
+            return [p for p in self.round_actors if p not in self.pending and p not in self.forfeited]
+        actors = self._phase_actors()
+        if not actors:
+            return []
+        if self.last_actor is None:
+            cp = self.game.phases[self.phase]
+            if cp.first is not None:
+                first = self._eval(cp.first, self._scoped(), path=f"phases.{self.phase}.first")
+                if first in actors:
+                    return [first]
+            return [actors[0]]
+        if self.last_actor in actors:
+            return [actors[(actors.index(self.last_actor) + 1) % len(actors)]]
+        after = [p for p in actors if self.seat[p] > self.seat[self.last_actor]]
+        return [after[0] if after else actors[0]]
+
+    def _after_turn(self, count_turn: bool = True) -> None:
+        """Advance counters, then end the game or the phase when their conditions hold."""
+        if count_turn:
+            self.turn += 1
+            self.phase_turn += 1
+            self._dirty()
+        for _ in range(4 * len(self.spec.phases) + 4):  # phases whose actors are all gone are skipped
+            if self._eval(self.game.end_when, self._scoped(), default=False, path="end.when"):
+                return self._finish("end condition")
+            if self.turn >= self.spec.end.turn_limit:
+                return self._finish("turn limit")
+            cp = self.game.phases[self.phase]
+            no_actors = not self.current_actors() and not self.pending
+            limit_hit = self.phase_turns is not None and self.phase_turn >= self.phase_turns
+            until = cp.until is not None and self.phase_turn > 0 and self._eval(
+                cp.until, self._scoped(), default=False, path=f"phases.{self.phase}.until"
+            )
+            if not (limit_hit or until or no_actors):
+                return None
+            self._run_effects(cp.on_exit, {})
+            target = self._next_phase(cp)
+            if target == "end":
+                return self._finish("phase transition")
+            self._enter_phase(target)
+        return self._finish("no actors left")
+
+    def _next_phase(self, cp: Any) -> str:
+        for cond, goto in cp.next:
+            if self._eval(cond, self._scoped(), default=False, path=f"phases.{self.phase}.next"):
+                return goto
+        phases = self.spec.phases
+        return phases[(cp.index + 1) % len(phases)].name
+
+    def _finish(self, reason: str, truncated: bool = False) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.truncated = truncated
+        self.end_reason = reason
+        self._dirty()
+        payoffs: dict[str, float] = {}
+        best: dict[str, float | None] = {}
+        for p in self.players:
+            if p in self.forfeit_payoffs:
+                payoffs[p] = self.forfeit_payoffs[p]
+                continue
+            v = self._eval(self.game.payoff, self._scoped(p=p), default=None, path="payoffs.value")
+            payoffs[p] = _number(v)
+            if self.game.payoff_best is not None:
+                b = self._eval(self.game.payoff_best, self._scoped(p=p), path="payoffs.best")
+                best[p] = float(b) if isinstance(b, int | float) else None
+        self.payoffs = payoffs
+        self.best = best or None
+        for k, e in self.game.outcomes.items():
+            if e is not None:
+                self.outcomes[k] = self._eval(e, self._scoped(), path=f"outcomes.{k}")
+        self._event("end", text=f"Game over ({reason}).", payoffs=payoffs)
+
+    # --- acting ----------------------------------------------------------------------------------
+
+    def tick(self, moves: dict[str, Any]) -> dict[str, SubmitResult]:
+        """Advance one tick: each current actor's text is parsed and applied; others are ignored."""
+        results: dict[str, SubmitResult] = {}
+        if self.done:
+            return results
+        for p in self.current_actors():
+            if self.done:
+                break
+            results[p] = self._submit(p, moves.get(p, ""))
+        self.tick_no += 1
+        if not self.done and self.tick_no >= self.max_ticks:
+            self._finish("tick limit", truncated=True)
+        return results
+
+    def legal_actions(self, player: str) -> list[str]:
+        if player not in self.current_actors():
+            return []
+        return list(self._phase_spec().actions)
+
+    def _submit(self, player: str, text: Any) -> SubmitResult:
+        names = self.legal_actions(player)
+        parsed = act.parse_action(text, names)
+        if parsed.error is None:
+            assert parsed.name is not None
+            args, problems = self._check(player, parsed.name, parsed.args)
+        else:
+            args, problems = {}, [parsed.error]
+        if problems:
+            return self._invalid(player, text, parsed.name, "; ".join(problems))
+        self.invalid_streak[player] = 0
+        self.feedback[player] = None
+        assert parsed.name is not None
+        self._check_conduct(player, parsed.name, args)
+        if self._phase_spec().mode == "simultaneous":
+            self.pending[player] = {"action": parsed.name, "args": args}
+            self._actors = None
+            self._event("committed", player, visible_to=[player], action=parsed.name, args=args,
+                        text=f"You committed: {_describe(parsed.name, args)} (hidden until all have moved).")
+            self._maybe_resolve()
+        else:
+            self._apply(player, parsed.name, args)
+            self.last_actor = player
+            self._actors = None
+            self._after_turn()
+        return SubmitResult(valid=True, action=parsed.name, args=args)
+
+    def _invalid(self, player: str, text: Any, name: str | None, why: str) -> SubmitResult:
+        self.invalid_streak[player] += 1
+        self.invalid_total[player] += 1
+        allowance = self.spec.invalid_actions.allowance
+        left = allowance - self.invalid_streak[player]
+        shown = str(text)[:200]
+        msg = f"Your last reply was invalid: {why}."
+        if left > 0:
+            msg += f" {left} attempt(s) left this turn."
+        self.feedback[player] = msg
+        self._event("invalid", player, visible_to=[player], action=name, text=msg, raw=shown)
+        if left <= 0:
+            self.invalid_streak[player] = 0
+            if self.spec.invalid_actions.then == "forfeit":
+                self._forfeit(player)
+            else:
+                self._pass(player)
+        return SubmitResult(valid=False, feedback=msg, action=name)
+
+    def _pass(self, player: str) -> None:
+        phase = self._phase_spec()
+        self.feedback[player] = (self.feedback[player] or "") + " Your turn was passed."
+        move = None
+        if phase.default_move is not None:
+            cp = self.game.phases[self.phase]
+            scope = self._scoped(me=player)
+            args = {k: self._eval(e, scope, path=f"phases.{self.phase}.default_move") for k, e in cp.default_args.items()}
+            move = {"action": phase.default_move.action, "args": args}
+        self._event("pass", player, text=f"{player} passed (out of attempts).")
+        if phase.mode == "simultaneous":
+            self.pending[player] = move
+            self._actors = None
+            self._maybe_resolve()
+        else:
+            if move is not None:
+                self._apply(player, move["action"], move["args"])
+            self.last_actor = player
+            self._actors = None
+            self._after_turn()
+
+    def _forfeit(self, player: str) -> None:
+        v = self._eval(self.game.payoff_forfeit, self._scoped(p=player), path="payoffs.forfeit")
+        self.forfeit_payoffs[player] = _number(v)
+        self.forfeited.append(player)
+        self._dirty()
+        self._event("forfeit", player, text=f"{player} forfeits (out of attempts).")
+        if self._phase_spec().mode == "simultaneous":
+            self._maybe_resolve()
+        else:
+            self.last_actor = player
+            self._actors = None
+            self._after_turn()
+
+    def _maybe_resolve(self) -> None:
+        waiting = [p for p in self.round_actors if p not in self.pending and p not in self.forfeited]
+        if waiting:
+            return
+        moves = {p: m for p, m in self.pending.items() if m is not None}
+        for p in sorted(moves, key=self.seat.__getitem__):
+            self._apply(p, moves[p]["action"], moves[p]["args"])
+        self._run_effects(self.game.phases[self.phase].on_resolve, {"moves": moves})
+        self.pending = {}
+        self.round_actors = self._phase_actors()
+        self._after_turn()
+
+    def _apply(self, player: str, name: str, args: dict[str, Any]) -> None:
+        spec_action = self.spec.actions[name]
+        ca = self.game.actions[name]
+        bind = {"me": player, "args": args}
+        text = None
+        if ca.log is not None:
+            text = self._eval(ca.log, self._scoped(**bind), path=f"actions.{name}.log")
+        visible: list[str] | None = None
+        if spec_action.visibility == "private":
+            visible = [player]
+        elif spec_action.visibility == "team":
+            visible = [p for p in self.players if self.team[p] is not None and self.team[p] == self.team[player]] or [player]
+        elif spec_action.visibility == "recipient":
+            visible = [player, args[spec_action.recipient]] if spec_action.recipient else [player]
+        self._event(
+            "action", player, visible_to=visible, action=name, args={k: v for k, v in args.items() if k != "message"},
+            message=args.get("message"), text=str(text) if text is not None else None,
+        )
+        self._run_effects(ca.effects, bind)
+
+    def _check_conduct(self, player: str, name: str, args: dict[str, Any]) -> None:
+        for c, expr in self.game.conduct:
+            if c.action != name or expr is None:
+                continue
+            if self._eval(expr, self._scoped(me=player, args=args), default=False, path=f"conduct.{c.name}"):
+                flag = {"tick": self.tick_no, "turn": self.turn, "player": player, "name": c.name, "kind": c.kind,
+                        "action": name, "args": args, "description": c.description}
+                self.flags.append(flag)
+
+    # --- snapshot / restore ----------------------------------------------------------------------
+
+    _SNAPSHOT_FIELDS = (
+        "seed", "tick_no", "turn", "phase", "phase_turn", "phase_turns", "last_actor", "pending",
+        "round_actors", "invalid_streak", "invalid_total", "forfeited", "forfeit_payoffs", "events", "flags", "feedback",
+        "errors", "done", "truncated", "end_reason", "payoffs", "best", "outcomes", "state", "pstate",
+        "role", "team",
+    )  # fmt: skip
+
+    def snapshot(self) -> dict[str, Any]:
+        """An exact, independent copy of the game state (plain data + the generator's state)."""
+        snap = copy.deepcopy({k: getattr(self, k) for k in self._SNAPSHOT_FIELDS})
+        snap["rng"] = copy.deepcopy(self.random.rng.bit_generator.state)
+        snap["channels"] = sorted(self.channels.edges())
+        return snap
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        data = copy.deepcopy(snap)
+        for k in self._SNAPSHOT_FIELDS:
+            setattr(self, k, data[k])
+        self.random.rng.bit_generator.state = data["rng"]
+        self.channels = nx.DiGraph()
+        self.channels.add_nodes_from(self.players)
+        self.channels.add_edges_from(tuple(e) for e in data["channels"])
+        self._dirty()
+
+    # --- validation of one action ----------------------------------------------------------------
+
+    def param_bounds(self, player: str, name: str) -> dict[str, dict[str, Any]]:
+        """Evaluated bounds/choices of each parameter for `player` now (for checks and schemas)."""
+        out: dict[str, dict[str, Any]] = {}
+        scope = self._scoped(me=player)
+        for pname, prm in self.spec.actions[name].params.items():
+            b: dict[str, Any] = {}
+            exprs = self.game.actions[name].bounds[pname]
+            for key, e in exprs.items():
+                b[key] = self._eval(e, scope, path=f"actions.{name}.params.{pname}.{key}")
+            if prm.type == "enum" and isinstance(prm.values, list):
+                b["values"] = prm.values
+            if prm.type == "player":
+                cands = b.get("candidates")
+                if not isinstance(cands, list):
+                    cands = [p for p in self.players if p != player]
+                b["candidates"] = [p for p in cands if p in self.seat and p not in self.forfeited]
+                if self.spec.actions[name].visibility == "recipient" and pname == self.spec.actions[name].recipient:
+                    b["candidates"] = [p for p in b["candidates"] if self.channels.has_edge(player, p)]
+            out[pname] = b
+        return out
+
+    def _check(self, player: str, name: str, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        spec_action = self.spec.actions[name]
+        bounds = self.param_bounds(player, name)
+        args: dict[str, Any] = {}
+        problems: list[str] = []
+        for pname, prm in spec_action.params.items():
+            b = bounds[pname]
+            if pname not in raw or raw[pname] is None:
+                if not prm.optional:
+                    problems.append(f"`{name}` needs `{pname}` ({_param_hint(prm.type, b)})")
+                continue
+            value, why = _coerce(prm, b, raw[pname], self.players)
+            if why:
+                problems.append(f"`{pname}` {why}")
+            else:
+                args[pname] = value
+        if spec_action.message != "none":
+            msg = act.clip_text(raw.get("message"), 600)
+            if msg:
+                args["message"] = msg
+            elif spec_action.message == "required":
+                problems.append(f"`{name}` needs a `message` (text)")
+        if problems:
+            return args, problems
+        scope = self._scoped(me=player, args=args)
+        for expr, message in self.game.actions[name].valid_if:
+            if not self._eval(expr, scope, default=False, path=f"actions.{name}.valid_if"):
+                problems.append(message)
+        return args, problems
+
+
+def _number(v: Any) -> float:
+    """A payoff as float; NaN (never 0) when the expression failed, so it cannot pass as a score."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else float("nan")
+
+
+def _typed(vtype: str, value: Any) -> Any:
+    """Keep declared types stable for CEL, which never mixes int and double."""
+    if vtype == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if vtype == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _param_hint(ptype: str, b: dict[str, Any]) -> str:
+    if ptype in ("int", "float"):
+        return f"{ptype} from {b.get('min', '-inf')} to {b.get('max', 'inf')}"
+    if ptype == "enum":
+        return f"one of {b.get('values')}"
+    if ptype == "player":
+        return f"one of {b.get('candidates')}"
+    return ptype
+
+
+def _coerce(prm: Any, b: dict[str, Any], value: Any, players: list[str]) -> tuple[Any, str | None]:
+    t = prm.type
+    if t == "int":
+        v = act.coerce_int(value)
+        if v is None:
+            return None, f"must be a whole number, got {str(value)[:40]!r}"
+    elif t == "float":
+        v = act.coerce_float(value)
+        if v is None:
+            return None, f"must be a number, got {str(value)[:40]!r}"
+    elif t == "bool":
+        v = act.coerce_bool(value)
+        return (v, None) if v is not None else (None, f"must be true or false, got {str(value)[:40]!r}")
+    elif t == "enum":
+        choices = [str(c) for c in (b.get("values") or [])]
+        v = act.coerce_choice(value, choices)
+        return (v, None) if v is not None else (None, f"must be one of {choices}, got {str(value)[:40]!r}")
+    elif t == "player":
+        cands = b.get("candidates") or []
+        v = act.coerce_player(value, cands, players)
+        return (v, None) if v is not None else (None, f"must be one of {cands}, got {str(value)[:40]!r}")
+    else:
+        return act.clip_text(value, prm.max_length), None
+    lo, hi = b.get("min"), b.get("max")
+    if isinstance(lo, int | float) and v < lo:
+        return None, f"must be at least {lo}, got {v}"
+    if isinstance(hi, int | float) and v > hi:
+        return None, f"must be at most {hi}, got {v}"
+    return v, None
+
+
+def _describe(name: str, args: dict[str, Any]) -> str:
+    inner = ", ".join(f"{k}={v}" for k, v in args.items() if k != "message")
+    return f"{name}({inner})"

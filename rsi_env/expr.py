@@ -1,0 +1,267 @@
+"""Spec expressions: CEL (Common Expression Language) via the `common-expression-language` package.
+
+Why CEL: it is a maintained, non-Turing-complete language (no loops or recursion beyond bounded
+comprehensions, no I/O, no attribute access into Python objects), compiled once and evaluated in
+microseconds (`scripts/bench_expr.py` prints the figures). Spec text and LLM text are never `eval`-ed
+as Python.
+
+This module owns three things:
+- `Expr`: one compiled expression, with the names it reads (for the spec's static checks);
+- the helper functions every spec may call (`tally`, `argmax`, `count`, ...), and the seeded random
+  functions that only setup and effects may call (`randint`, `choice`, ...);
+- `Scope`: a CEL context bound to one game state, rebuilt only when the state changes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import cel
+import numpy as np
+from cel import stdlib as cel_stdlib
+
+
+class ExprError(Exception):
+    """An expression failed to compile or to evaluate; the message names the expression."""
+
+
+# Comprehension macros bind a variable: `list.map(x, ...)`. Those names are local, not state names.
+_BOUND_VAR = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
+# `root.field` reads, used to check field names against the spec's declarations.
+_FIELD_READ = re.compile(r"(?<![\w.])(state|args|my|moves)\s*\.\s*([A-Za-z_]\w*)")
+_PLAYER_FIELD_READ = re.compile(r"(?<![\w.])P\s*\[[^\[\]]*\]\s*\.\s*([A-Za-z_]\w*)")
+_NAMED_FUNCTION = re.compile(r"^[A-Za-z]\w*$")
+_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+class Expr:
+    """A compiled CEL expression plus what it reads (for static checks)."""
+
+    __slots__ = ("fields", "functions", "player_fields", "program", "source", "variables")
+
+    def __init__(self, source: str | int | float | bool) -> None:
+        # YAML turns `0` or `true` into numbers/bools; an expression is their CEL spelling.
+        if isinstance(source, bool):
+            source = "true" if source else "false"
+        self.source = str(source)
+        try:
+            self.program = cel.compile(self.source)
+            refs = self.program.references()
+        except (ValueError, RuntimeError) as exc:
+            raise ExprError(_first_line(str(exc))) from None
+        bound = set(_BOUND_VAR.findall(self.source))
+        self.variables: frozenset[str] = frozenset(set(refs["variables"]) - bound)
+        # Operators show up as `_+_`, `!_`, `@in`...; only named functions matter for checks.
+        self.functions: frozenset[str] = frozenset(f for f in refs["functions"] if _NAMED_FUNCTION.match(f))
+        code = _STRING_LITERAL.sub('""', self.source)
+        self.fields: frozenset[tuple[str, str]] = frozenset(_FIELD_READ.findall(code))
+        self.player_fields: frozenset[str] = frozenset(_PLAYER_FIELD_READ.findall(code))
+
+    def __call__(self, scope: Scope) -> Any:
+        try:
+            result = self.program.execute(scope.context)
+        except Exception as exc:  # the cel package raises KeyError, TypeError, RuntimeError, ...
+            detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            kind = "missing key" if isinstance(exc, KeyError) else type(exc).__name__
+            raise ExprError(f"`{self.source}`: {kind}: {_first_line(str(detail))}") from None
+        return normalize(result) if isinstance(result, dict | list) else result
+
+    def __repr__(self) -> str:
+        return f"Expr({self.source!r})"
+
+
+def normalize(value: Any) -> Any:
+    """Sort map keys: CEL maps come back in hash order, which differs between runs and processes."""
+    if isinstance(value, dict):
+        try:
+            keys = sorted(value)
+        except TypeError:
+            keys = sorted(value, key=repr)
+        return {k: normalize(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [normalize(v) for v in value]
+    return value
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else "error"
+
+
+# --- helper functions available to every expression ------------------------------------------
+
+
+def _tally(values: Iterable[Any] | Mapping[Any, Any]) -> dict[Any, int]:
+    """Count occurrences; given a map (e.g. votes by player) count its values. Nulls are skipped."""
+    items = values.values() if isinstance(values, Mapping) else values
+    out: dict[Any, int] = {}
+    for v in items:
+        if v is not None:
+            out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _argmax(m: Mapping[Any, Any]) -> list[Any]:
+    """Keys holding the maximum value (all of them on a tie, in key order); [] for an empty map."""
+    if not m:
+        return []
+    best = max(m.values())
+    return sorted(k for k, v in m.items() if v == best)
+
+
+def _argmin(m: Mapping[Any, Any]) -> list[Any]:
+    if not m:
+        return []
+    best = min(m.values())
+    return sorted(k for k, v in m.items() if v == best)
+
+
+def _count(items: Iterable[Any], value: Any) -> int:
+    return sum(1 for v in items if v == value)
+
+
+def _keys(m: Mapping[Any, Any]) -> list[Any]:
+    return list(m.keys())
+
+
+def _values(m: Mapping[Any, Any]) -> list[Any]:
+    return list(m.values())
+
+
+def _put(m: Mapping[Any, Any], key: Any, value: Any) -> dict[Any, Any]:
+    """A copy of map `m` with `key` set: CEL maps are immutable, effects need updated copies."""
+    out = dict(m)
+    out[key] = value
+    return out
+
+
+def _index_of_list(items: list[Any], value: Any) -> int:
+    try:
+        return list(items).index(value)
+    except ValueError:
+        return -1
+
+
+def _clamp(x: Any, lo: Any, hi: Any) -> Any:
+    return max(lo, min(hi, x))
+
+
+def _dot(a: Mapping[Any, Any], b: Mapping[Any, Any]) -> Any:
+    """Sum of a[k] * b[k] over a's keys: the value of a bundle of items under a valuation."""
+    return sum(a[k] * b[k] for k in a)
+
+
+def _fmt_map(m: Mapping[Any, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in m.items())
+
+
+PURE_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "tally": _tally,
+    "argmax": _argmax,
+    "argmin": _argmin,
+    "count": _count,
+    "keys": _keys,
+    "values": _values,
+    "put": _put,
+    "index": _index_of_list,
+    "clamp": _clamp,
+    "dot": _dot,
+    "fmt": _fmt_map,
+}
+
+
+class SeededRandom:
+    """The only randomness specs see: drawn from the env's seeded generator, so reset(seed) replays."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def randint(self, lo: int, hi: int) -> int:
+        """Uniform integer in [lo, hi], both ends included."""
+        if hi < lo:
+            raise ValueError(f"randint({lo}, {hi}): empty range")
+        return int(self.rng.integers(lo, hi + 1))
+
+    def uniform(self, lo: float, hi: float) -> float:
+        return float(self.rng.uniform(lo, hi))
+
+    def choice(self, items: list[Any]) -> Any:
+        if not items:
+            raise ValueError("choice([]): empty list")
+        return items[int(self.rng.integers(0, len(items)))]
+
+    def shuffle(self, items: list[Any]) -> list[Any]:
+        out = list(items)
+        self.rng.shuffle(out)
+        return out
+
+    def sample(self, items: list[Any], k: int) -> list[Any]:
+        if k > len(items):
+            raise ValueError(f"sample: k={k} > {len(items)} items")
+        idx = self.rng.choice(len(items), size=k, replace=False)
+        return [items[int(i)] for i in idx]
+
+    def split(self, total: int, parts: int) -> list[int]:
+        """A uniformly random composition of `total` into `parts` non-negative integers."""
+        if parts <= 0 or total < 0:
+            raise ValueError(f"split({total}, {parts}): need total >= 0 and parts > 0")
+        cuts = sorted(int(c) for c in self.rng.integers(0, total + 1, size=parts - 1))
+        bounds = [0, *cuts, total]
+        return [bounds[i + 1] - bounds[i] for i in range(parts)]
+
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "randint": self.randint,
+            "uniform": self.uniform,
+            "choice": self.choice,
+            "shuffle": self.shuffle,
+            "sample": self.sample,
+            "split": self.split,
+        }
+
+
+RANDOM_FUNCTION_NAMES = frozenset({"randint", "uniform", "choice", "shuffle", "sample", "split"})
+# Namespaced stdlib functions (`lists.range`, `math.abs`) read as variable `lists` + function `range`.
+STDLIB_FUNCTION_NAMES = frozenset(f.rsplit(".", 1)[-1] for f in cel_stdlib.STDLIB_FUNCTIONS)
+STDLIB_NAMESPACES = frozenset(f.split(".")[0] for f in cel_stdlib.STDLIB_FUNCTIONS if "." in f)
+# Functions the cel crate implements natively (the core spec), which `references()` reports too.
+NATIVE_FUNCTION_NAMES = frozenset(
+    {
+        "size", "int", "uint", "double", "string", "bytes", "bool", "dyn", "type", "has",
+        "contains", "startsWith", "endsWith", "matches", "timestamp", "duration",
+        "all", "exists", "exists_one", "map", "filter", "max", "min",
+    }
+)  # fmt: skip
+KNOWN_FUNCTIONS = NATIVE_FUNCTION_NAMES | STDLIB_FUNCTION_NAMES | frozenset(PURE_FUNCTIONS)
+
+
+class Scope:
+    """A CEL context for one game state.
+
+    Building a context converts Python values to CEL values (~100 µs for a game state), evaluating
+    in it is ~5 µs: so the engine rebuilds the base scope once per state change and swaps only the
+    small per-call bindings (`args`, `p`, ...) on a child scope.
+    """
+
+    __slots__ = ("context", "values")
+
+    def __init__(
+        self,
+        values: dict[str, Any],
+        random: SeededRandom | None = None,
+    ) -> None:
+        self.values = values
+        self.context = cel.Context(values)
+        cel_stdlib.add_stdlib_to_context(self.context)
+        for name, fn in PURE_FUNCTIONS.items():
+            self.context.add_function(name, fn)
+        if random is not None:
+            for name, fn in random.functions().items():
+                self.context.add_function(name, fn)
+
+    def bind(self, **bindings: Any) -> Scope:
+        """Set per-call variables (e.g. `args`, `p`) on this scope and return it."""
+        for name, value in bindings.items():
+            self.context.add_variable(name, value)
+        return self

@@ -1,0 +1,276 @@
+"""What one player may see: the structured view, the text observation an LLM reads, the action schema.
+
+Visibility rules (the spec declares them per variable, role and action):
+- state vars: `public` shown to all, `hidden` to none (referees read the trajectory instead);
+- player vars: `public` to all, `private` to the owner, `team` to the owner's team, `hidden` to none;
+- roles: your own; others' unless the role is `hidden` (team mates see it when the role `knows_team`);
+- events: to everyone unless the action's visibility limits them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import actions as act
+from .engine import GameEngine
+from .expr import ExprError, Scope
+
+DEFAULT_HISTORY = 24
+
+
+def _knows(engine: GameEngine, viewer: str, other: str) -> bool:
+    """Does `viewer` know `other`'s role and team?"""
+    if viewer == other:
+        return True
+    roles = {r.name: r for r in engine.spec.roles}
+    other_role = roles[engine.role[other]]
+    if not other_role.hidden:
+        return True
+    mine = roles[engine.role[viewer]]
+    return mine.knows_team and engine.team[viewer] is not None and engine.team[viewer] == engine.team[other]
+
+
+def _sees_var(engine: GameEngine, viewer: str, owner: str, visibility: str) -> bool:
+    if visibility == "public":
+        return True
+    if visibility == "private":
+        return viewer == owner
+    if visibility == "team":
+        return viewer == owner or (engine.team[viewer] is not None and engine.team[viewer] == engine.team[owner])
+    return False
+
+
+def visible_events(engine: GameEngine, player: str | None) -> list[dict[str, Any]]:
+    """Events `player` may see (all of them for `None`, the omniscient spectator)."""
+    if player is None:
+        return engine.events
+    return [e for e in engine.events if e["visible_to"] is None or player in e["visible_to"]]
+
+
+def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY) -> dict[str, Any]:
+    """The structured view of `player`: JSON-able, and the scope the scripted policy evaluates in."""
+    spec = engine.spec
+    known = {p: _knows(engine, player, p) for p in engine.players}
+    actors = engine.current_actors()
+    return {
+        "game": spec.id,
+        "me": player,
+        "players": engine.players,
+        "n": len(engine.players),
+        "role": {p: engine.role[p] for p in engine.players if known[p]},
+        "team": {p: engine.team[p] for p in engine.players if known[p]},
+        "phase": engine.phase,
+        "turn": engine.turn,
+        "forfeited": list(engine.forfeited),
+        "actors": actors,
+        "is_turn": player in actors,
+        "state": {k: engine.state[k] for k, v in spec.state.items() if v.visibility == "public"},
+        "my": {k: engine.pstate[player][k] for k, v in spec.player_state.items() if v.visibility != "hidden"},
+        "P": {
+            p: {
+                k: engine.pstate[p][k]
+                for k, v in spec.player_state.items()
+                if _sees_var(engine, player, p, v.visibility)
+            }
+            for p in engine.players
+        },
+        "events": [_public_event(e) for e in visible_events(engine, player)[-history:]],
+        "done": engine.done,
+    }
+
+
+def _public_event(e: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in e.items() if k != "visible_to"}
+
+
+def action_schema(engine: GameEngine, player: str) -> dict[str, Any] | None:
+    """JSON Schema of the legal actions of `player` right now (None when it is not its turn)."""
+    names = engine.legal_actions(player)
+    if not names:
+        return None
+    branches = []
+    for name in names:
+        a = engine.spec.actions[name]
+        bounds = engine.param_bounds(player, name)
+        props: dict[str, Any] = {}
+        required: list[str] = []
+        for pname, prm in a.params.items():
+            props[pname] = _param_schema(prm, bounds[pname])
+            if not prm.optional:
+                required.append(pname)
+        if a.message != "none":
+            props["message"] = {"type": "string", "maxLength": 300}
+            if a.message == "required":
+                required.append("message")
+        branches.append(act.action_branch(name, a.description, props, required))
+    return act.action_schema(branches)
+
+
+def _param_schema(prm: Any, b: dict[str, Any]) -> dict[str, Any]:
+    s: dict[str, Any]
+    if prm.type in ("int", "float"):
+        s = {"type": "integer" if prm.type == "int" else "number"}
+        if isinstance(b.get("min"), int | float):
+            s["minimum"] = b["min"]
+        if isinstance(b.get("max"), int | float):
+            s["maximum"] = b["max"]
+    elif prm.type == "enum":
+        s = {"type": "string", "enum": [str(v) for v in (b.get("values") or [])]}
+    elif prm.type == "player":
+        s = {"type": "string", "enum": list(b.get("candidates") or [])}
+    elif prm.type == "bool":
+        s = {"type": "boolean"}
+    else:
+        s = {"type": "string", "maxLength": prm.max_length}
+    if prm.description:
+        s["description"] = prm.description
+    return s
+
+
+def example_action(schema: dict[str, Any]) -> dict[str, Any]:
+    """A valid instance of the first branch of an action schema, shown to players as a format hint."""
+    branch = schema["anyOf"][0] if "anyOf" in schema else schema
+    out: dict[str, Any] = {}
+    for k, s in branch["properties"].items():
+        if k not in branch["required"]:
+            continue
+        if "const" in s:
+            out[k] = s["const"]
+        elif "enum" in s:
+            out[k] = s["enum"][0] if s["enum"] else ""
+        elif s.get("type") in ("integer", "number"):
+            out[k] = s.get("minimum", 0)
+        elif s.get("type") == "boolean":
+            out[k] = True
+        else:
+            out[k] = "..."
+    return out
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {fmt_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def event_line(e: dict[str, Any], viewer: str | None = None) -> str:
+    """One transcript line for an event."""
+    who = e.get("player")
+    name = "you" if who is not None and who == viewer else who
+    kind = e["kind"]
+    prefix = f"[t{e['turn']}]"
+    if kind == "action":
+        body = e.get("text") or f"{e['action']}({', '.join(f'{k}={fmt_value(v)}' for k, v in e['args'].items())})"
+        line = f"{prefix} {name}: {body}"
+        if e.get("message"):
+            line += f' — says: "{e["message"]}"'
+        if e.get("visible_to") is not None and viewer is None:
+            line += f"  (seen by {', '.join(e['visible_to'])})"
+        return line
+    if kind in ("announce", "phase", "end"):
+        return f"{prefix} {e['text']}"
+    if kind == "tell":
+        return f"{prefix} (private to {e['visible_to'][0]}) {e['text']}" if viewer is None else f"{prefix} (private) {e['text']}"
+    if kind in ("invalid", "committed"):
+        return f"{prefix} {name} — {e['text']}" + (f"  raw: {e.get('raw', '')[:80]!r}" if viewer is None else "")
+    return f"{prefix} {e.get('text', kind)}"
+
+
+def _hints(engine: GameEngine, view: dict[str, Any]) -> list[str]:
+    if not engine.game.hints:
+        return []
+    scope = Scope(view)
+    out = []
+    for label, expr in engine.game.hints.items():
+        if expr is None:
+            continue
+        try:
+            out.append(f"- {label}: {fmt_value(expr(scope))}")
+        except ExprError:
+            continue  # a hint that does not apply in this state is simply not shown
+    return out
+
+
+def render_observation(engine: GameEngine, player: str, view: dict[str, Any], schema: dict | None) -> str:
+    spec = engine.spec
+    role = engine.role[player]
+    role_spec = next(r for r in spec.roles if r.name == role)
+    lines = [f"GAME: {spec.name} — you are {player}, role: {role}"]
+    if role_spec.description:
+        lines.append(f"YOUR ROLE: {role_spec.description}")
+    lines += ["RULES:", spec.rules.strip()]
+    mine = {k: v for k, v in view["my"].items()}
+    if mine:
+        lines.append("YOUR INFORMATION:")
+        for k, v in mine.items():
+            desc = spec.player_state[k].description
+            lines.append(f"- {k}{f' ({desc})' if desc else ''}: {fmt_value(v)}")
+    if view["state"]:
+        lines.append("PUBLIC STATE:")
+        for k, v in view["state"].items():
+            desc = spec.state[k].description
+            lines.append(f"- {k}{f' ({desc})' if desc else ''}: {fmt_value(v)}")
+    lines.append("PLAYERS:")
+    for p in engine.players:
+        bits = ["you" if p == player else None, view["role"].get(p), "forfeited" if p in engine.forfeited else None]
+        others = {k: v for k, v in view["P"][p].items() if p != player}
+        extra = f" {fmt_value(others)}" if others else ""
+        lines.append(f"- {p} ({', '.join(b for b in bits if b) or 'role unknown'}){extra}")
+    hints = _hints(engine, view)
+    if hints:
+        lines += ["NOTES:", *hints]
+    lines.append(f"EVENTS (turn {engine.turn}, phase {engine.phase}):")
+    lines += [event_line(e, player) for e in view["events"]] or ["(none yet)"]
+    if engine.done:
+        lines.append(f"GAME OVER. Payoffs: {fmt_value(engine.payoffs)}")
+    elif schema is not None:
+        lines.append(f"YOUR TURN ({engine.phase}). Legal actions:")
+        branches = schema["anyOf"] if "anyOf" in schema else [schema]
+        for b in branches:
+            name = b["properties"]["action"]["const"]
+            params = [
+                f"{k}{'' if k in b['required'] else '?'}: {_short_type(s)}"
+                for k, s in b["properties"].items()
+                if k != "action"
+            ]
+            desc = spec.actions[name].description
+            lines.append(f"- {name}({', '.join(params)}){f' — {desc}' if desc else ''}")
+        lines.append(f"Answer with one JSON object, e.g. {json.dumps(example_action(schema))}")
+    else:
+        waiting = ", ".join(view["actors"]) or "nobody"
+        lines.append(f"WAITING: not your turn (acting: {waiting}).")
+    if engine.feedback.get(player):
+        lines.append(f"FEEDBACK: {engine.feedback[player]}")
+    return "\n".join(lines)
+
+
+def _short_type(s: dict[str, Any]) -> str:
+    if "enum" in s:
+        return "|".join(str(v) for v in s["enum"]) or "(none)"
+    t = s.get("type", "any")
+    if t in ("integer", "number"):
+        lo, hi = s.get("minimum"), s.get("maximum")
+        rng = f" {lo if lo is not None else ''}..{hi if hi is not None else ''}" if lo is not None or hi is not None else ""
+        return ("int" if t == "integer" else "number") + rng
+    if t == "string":
+        return "text"
+    return str(t)
+
+
+def transcript(engine: GameEngine) -> str:
+    """The omniscient transcript so far (render_mode "ansi")."""
+    lines = [f"{engine.spec.name} — seed {engine.seed}"]
+    lines.append("Roles: " + ", ".join(f"{p}={engine.role[p]}" for p in engine.players))
+    lines += [event_line(e) for e in engine.events]
+    if engine.flags:
+        lines.append("Conduct flags: " + "; ".join(f"t{f['turn']} {f['player']} {f['kind']}:{f['name']}" for f in engine.flags))
+    return "\n".join(lines)
