@@ -23,7 +23,7 @@ import numpy as np
 
 from . import actions as act
 from .compiled import CEffect, CompiledGame, Target, compiled
-from .expr import Expr, ExprError, Scope, SeededRandom
+from .expr import Expr, ExprError, Scope, SeededRandom, select_functions
 from .spec import GameSpec
 
 _ZERO = {"int": 0, "float": 0.0, "bool": False, "str": "", "player": None, "list": [], "map": {}, "any": None}
@@ -57,8 +57,11 @@ class GameEngine:
         # Default tick cap: every turn may take the full invalid allowance, plus slack for phase changes.
         self.max_ticks = max_ticks or spec.end.turn_limit * (allowance + 1) + 10
         self.random = SeededRandom(np.random.default_rng(0))
+        # One CEL context per engine, holding just the functions this spec calls.
+        self._context = Scope({}, select_functions(self.game.function_names, self.random))
         self._scope: Scope | None = None
         self._actors: list[str] | None = None
+        self.last_results: dict[str, SubmitResult] = {}
         self.reset(0)
 
     # --- setup -----------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ class GameEngine:
             seats = self.random.shuffle(seats)
         self.role: dict[str, str] = {}
         scope = Scope({"n": n})
-        i = 0
+        i = 0  # roles fill seats in order; `count` is CEL over n
         for r in self.spec.roles:
             expr = self.game.role_counts[r.name]
             count = (n - i) if expr is None else int(self._eval(expr, scope, default=0))
@@ -169,7 +172,7 @@ class GameEngine:
     def _scoped(self, **bindings: Any) -> Scope:
         """The scope of the current state (rebuilt after changes), with per-call bindings."""
         if self._scope is None:
-            self._scope = Scope(self._base_values(), self.random)
+            self._scope = self._context.reset(self._base_values())
         if "me" in bindings and "my" not in bindings:
             bindings["my"] = self.pstate.get(bindings["me"], {})
         return self._scope.bind(**bindings) if bindings else self._scope
@@ -184,9 +187,9 @@ class GameEngine:
         self._actors = None
         if self._scope is not None:
             if root == "state":
-                self._scope.bind(state=self.state)
+                self._scope.refresh("state", self.state)
             else:
-                self._scope.bind(P=self.pstate)
+                self._scope.refresh("P", self.pstate, stale=("my",))
 
     def _eval(self, expr: Expr, scope: Scope, default: Any = None, path: str = "") -> Any:
         try:
@@ -405,6 +408,7 @@ class GameEngine:
     def tick(self, moves: dict[str, Any]) -> dict[str, SubmitResult]:
         """Advance one tick: each current actor's text is parsed and applied; others are ignored."""
         results: dict[str, SubmitResult] = {}
+        self.last_results = results
         if self.done:
             return results
         for p in self.current_actors():

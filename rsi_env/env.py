@@ -115,7 +115,7 @@ class _GameEnvBase:
             e = self.engine
             view = player_view(e, agent, self.history)
             schema = action_schema(e, agent) if view["is_turn"] else None
-            text = sanitize(render_observation(e, agent, view, schema))
+            text = sanitize(render_observation(e.spec, view, schema, e.feedback.get(agent)))
             info = {
                 "is_turn": view["is_turn"],
                 "legal_actions": e.legal_actions(agent),

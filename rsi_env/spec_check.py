@@ -23,7 +23,7 @@ BASE = frozenset({"state", "P", "players", "n", "role", "team", "phase", "turn",
 ACTION = BASE | {"me", "my", "args"}
 PLAYER = BASE | {"p"}
 VIEW = frozenset({"state", "P", "players", "n", "role", "team", "phase", "turn", "forfeited", "me", "my", "actors",
-                  "is_turn", "game", "events", "done"})  # fmt: skip
+                  "is_turn", "game", "events", "done", "payoffs"})  # fmt: skip
 
 
 def check_spec(spec: GameSpec, source: str = "<spec>", dry_run: bool = True) -> CompiledGame:

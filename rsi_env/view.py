@@ -13,8 +13,10 @@ import json
 from typing import Any
 
 from . import actions as act
+from .compiled import compiled
 from .engine import GameEngine
-from .expr import ExprError, Scope
+from .expr import ExprError, Scope, select_functions
+from .spec import GameSpec
 
 DEFAULT_HISTORY = 24
 
@@ -77,6 +79,7 @@ def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY)
         },
         "events": [_public_event(e) for e in visible_events(engine, player)[-history:]],
         "done": engine.done,
+        "payoffs": engine.payoffs,
     }
 
 
@@ -185,12 +188,20 @@ def event_line(e: dict[str, Any], viewer: str | None = None) -> str:
     return f"{prefix} {e.get('text', kind)}"
 
 
-def _hints(engine: GameEngine, view: dict[str, Any]) -> list[str]:
-    if not engine.game.hints:
+def view_scope(spec: GameSpec, view: dict[str, Any]) -> Scope:
+    """A CEL scope over a player's view (for hints and the scripted policy); events are left out,
+    as converting them costs more than everything else together and no expression needs them."""
+    values = {k: v for k, v in view.items() if k != "events"}
+    return Scope(values, select_functions(compiled(spec).view_function_names))
+
+
+def _hints(spec: GameSpec, view: dict[str, Any]) -> list[str]:
+    hints = compiled(spec).hints
+    if not hints:
         return []
-    scope = Scope(view)
+    scope = view_scope(spec, view)
     out = []
-    for label, expr in engine.game.hints.items():
+    for label, expr in hints.items():
         if expr is None:
             continue
         try:
@@ -200,40 +211,55 @@ def _hints(engine: GameEngine, view: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_observation(engine: GameEngine, player: str, view: dict[str, Any], schema: dict | None) -> str:
-    spec = engine.spec
-    role = engine.role[player]
+def render_observation(
+    spec: GameSpec,
+    view: dict[str, Any],
+    schema: dict | None,
+    feedback: str | None = None,
+    *,
+    include_rules: bool = True,
+    since_tick: int | None = None,
+) -> str:
+    """The text a player reads: a pure function of its view (LLM agents re-render compact turns).
+
+    `include_rules=False` and `since_tick` give the short form used after a player's first turn:
+    no rules, and only the events since its previous turn.
+    """
+    me = view["me"]
+    role = view["role"][me]
     role_spec = next(r for r in spec.roles if r.name == role)
-    lines = [f"GAME: {spec.name} — you are {player}, role: {role}"]
-    if role_spec.description:
-        lines.append(f"YOUR ROLE: {role_spec.description}")
-    lines += ["RULES:", spec.rules.strip()]
-    mine = {k: v for k, v in view["my"].items()}
-    if mine:
+    lines = [f"GAME: {spec.name} — you are {me}, role: {role}"]
+    if include_rules:
+        if role_spec.description:
+            lines.append(f"YOUR ROLE: {role_spec.description}")
+        lines += ["RULES:", spec.rules.strip()]
+    if view["my"]:
         lines.append("YOUR INFORMATION:")
-        for k, v in mine.items():
-            desc = spec.player_state[k].description
+        for k, v in view["my"].items():
+            desc = spec.player_state[k].description if include_rules else ""
             lines.append(f"- {k}{f' ({desc})' if desc else ''}: {fmt_value(v)}")
     if view["state"]:
         lines.append("PUBLIC STATE:")
         for k, v in view["state"].items():
-            desc = spec.state[k].description
+            desc = spec.state[k].description if include_rules else ""
             lines.append(f"- {k}{f' ({desc})' if desc else ''}: {fmt_value(v)}")
     lines.append("PLAYERS:")
-    for p in engine.players:
-        bits = ["you" if p == player else None, view["role"].get(p), "forfeited" if p in engine.forfeited else None]
-        others = {k: v for k, v in view["P"][p].items() if p != player}
+    for p in view["players"]:
+        bits = ["you" if p == me else None, view["role"].get(p), "forfeited" if p in view["forfeited"] else None]
+        others = view["P"][p] if p != me else {}
         extra = f" {fmt_value(others)}" if others else ""
         lines.append(f"- {p} ({', '.join(b for b in bits if b) or 'role unknown'}){extra}")
-    hints = _hints(engine, view)
+    hints = _hints(spec, view)
     if hints:
         lines += ["NOTES:", *hints]
-    lines.append(f"EVENTS (turn {engine.turn}, phase {engine.phase}):")
-    lines += [event_line(e, player) for e in view["events"]] or ["(none yet)"]
-    if engine.done:
-        lines.append(f"GAME OVER. Payoffs: {fmt_value(engine.payoffs)}")
+    events = view["events"] if since_tick is None else [e for e in view["events"] if e["tick"] >= since_tick]
+    header = "EVENTS" if since_tick is None else "NEW EVENTS"
+    lines.append(f"{header} (turn {view['turn']}, phase {view['phase']}):")
+    lines += [event_line(e, me) for e in events] or ["(none)"]
+    if view["done"]:
+        lines.append(f"GAME OVER. Payoffs: {fmt_value(view.get('payoffs'))}")
     elif schema is not None:
-        lines.append(f"YOUR TURN ({engine.phase}). Legal actions:")
+        lines.append(f"YOUR TURN ({view['phase']}). Legal actions:")
         branches = schema["anyOf"] if "anyOf" in schema else [schema]
         for b in branches:
             name = b["properties"]["action"]["const"]
@@ -248,8 +274,8 @@ def render_observation(engine: GameEngine, player: str, view: dict[str, Any], sc
     else:
         waiting = ", ".join(view["actors"]) or "nobody"
         lines.append(f"WAITING: not your turn (acting: {waiting}).")
-    if engine.feedback.get(player):
-        lines.append(f"FEEDBACK: {engine.feedback[player]}")
+    if feedback:
+        lines.append(f"FEEDBACK: {feedback}")
     return "\n".join(lines)
 
 

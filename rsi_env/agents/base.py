@@ -11,6 +11,7 @@ class TurnReport(BaseModel):
     """What one `act` call did: the raw reply and, for model-backed agents, the call's accounting."""
 
     raw: str
+    prompt: str | None = None  # the user message an LLM agent sent (None for other agents)
     status: str = "ok"  # a CallStatus value for model calls; "ok" for local agents
     latency_s: float = 0.0
     prompt_tokens: int = 0

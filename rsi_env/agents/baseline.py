@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..compiled import compiled
-from ..expr import ExprError, Scope
+from ..expr import ExprError
 from ..spec import GameSpec
+from ..view import view_scope
 from .base import TurnReport
 
 _PHRASES = [
@@ -119,7 +120,7 @@ class ScriptedAgent:
         view = info.get("view")
         if schema is None or view is None:
             return ""
-        scope = Scope(view)
+        scope = view_scope(self.game.spec, view)
         for i, (rule, when, args, message) in enumerate(self.game.policy):
             try:
                 if when is not None and not when(scope):

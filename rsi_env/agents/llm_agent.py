@@ -1,0 +1,101 @@
+"""An LLM agent: one chat call per turn through the shared chat client, with the action schema as
+structured output.
+
+The conversation is the player's own history: the first user message is the full observation
+(rules included); later ones are short (state, events since its previous turn, legal actions);
+each of its replies is an assistant message. `conversation()` builds it, and the preference
+builder calls the same function, so a preference row's prompt is exactly what the model saw.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..llm import ChatClient
+from ..spec import GameSpec
+from ..view import render_observation
+from .base import TurnReport
+from .profiles import AgentProfile
+
+INSTRUCTIONS = (
+    'You are {player} in the game "{game}". Each turn you read the game state and the legal actions. '
+    "Reply with exactly one JSON object that chooses one legal action, and nothing else."
+)
+
+
+def system_prompt(profile: AgentProfile, spec: GameSpec, player: str) -> str:
+    base = INSTRUCTIONS.format(player=player, game=spec.name)
+    return f"{profile.persona.strip()}\n{base}" if profile.persona.strip() else base
+
+
+def conversation(system: str, exchanges: list[tuple[str, str]], prompt: str, window: int) -> list[dict[str, str]]:
+    """Messages for one call: system, the first exchange (it holds the rules), the last `window - 1`."""
+    kept = exchanges if len(exchanges) <= window else [exchanges[0], *exchanges[-(window - 1) :]]
+    messages = [{"role": "system", "content": system}]
+    for user, assistant in kept:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+class LLMAgent:
+    def __init__(self, profile: AgentProfile, client: ChatClient, spec: GameSpec, player: str) -> None:
+        self.name = profile.name
+        self.profile = profile
+        self.client = client
+        self.spec = spec
+        self.player = player
+        self.system = system_prompt(profile, spec, player)
+        self.exchanges: list[tuple[str, str]] = []
+        self.last_tick: int | None = None
+        self.last: TurnReport | None = None
+        self.resolved_model: str | None = None  # what the server says it ran
+
+    @property
+    def model(self) -> str | None:
+        return self.resolved_model or self.profile.model
+
+    def prompt_for(self, info: dict[str, Any]) -> str:
+        first = not self.exchanges
+        return render_observation(
+            self.spec,
+            info["view"],
+            info["action_schema"],
+            info.get("feedback"),
+            include_rules=first,
+            since_tick=None if first else self.last_tick,
+        )
+
+    async def act(self, observation: Any, info: dict[str, Any]) -> str:
+        if info.get("action_schema") is None:
+            self.last = TurnReport(raw="")
+            return ""
+        prompt = self.prompt_for(info)
+        messages = conversation(self.system, self.exchanges, prompt, self.profile.window)
+        result = await self.client.chat(
+            messages, schema=info["action_schema"], schema_name="action", sampling=self.profile.sampling
+        )
+        rec = result.record
+        # The model's own text is the record; the game parses it (forgivingly) like any reply.
+        raw = result.text if result.text is not None else ""
+        if not raw and result.parsed is not None:
+            raw = json.dumps(result.parsed, ensure_ascii=False)
+        self.last = TurnReport(
+            raw=raw,
+            prompt=prompt,
+            status=str(rec.status),
+            latency_s=rec.latency_s,
+            prompt_tokens=rec.prompt_tokens or 0,
+            completion_tokens=rec.completion_tokens or 0,
+            retries=rec.retries,
+            error=rec.error,
+            attempts=[str(a) for a in rec.attempt_errors],
+        )
+        if rec.model:
+            self.resolved_model = rec.model
+        if result.ok or self.last.status in ("invalid_output", "refused"):
+            # The model answered (well or badly): that answer is part of its history.
+            self.exchanges.append((prompt, raw))
+            self.last_tick = info.get("tick")
+        return raw

@@ -1,0 +1,38 @@
+"""Command-line pieces every model-calling command shares: one endpoint for the whole run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from rich.console import Console
+
+from .agents.profiles import EndpointOverride
+
+
+def add_endpoint_args(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("model endpoint (applies to every LLM profile of the run)")
+    g.add_argument("--base-url", help="any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    g.add_argument("--model", help="model name at that endpoint")
+    g.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
+
+
+def endpoint_override(args: argparse.Namespace) -> EndpointOverride:
+    return EndpointOverride(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One clear message on stderr, no traceback."""
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
