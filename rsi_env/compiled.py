@@ -184,7 +184,9 @@ class CompiledGame:
         self.var_init = {k: p.expr(f"state.{k}.init", v.init) for k, v in spec.state.items()}
         self.var_where = {k: p.expr(f"state.{k}.where", v.where) for k, v in spec.state.items()}
         self.pvar_init = {k: p.expr(f"player_state.{k}.init", v.init) for k, v in spec.player_state.items()}
-        self.pvar_where = {k: p.expr(f"player_state.{k}.where", v.where) for k, v in spec.player_state.items()}
+        self.pvar_where = {
+            k: p.expr(f"player_state.{k}.where", v.where) for k, v in spec.player_state.items()
+        }
         self.setup = compile_effects(spec.setup, "setup", p)
         self.channel = p.expr("channels.private", spec.channels.private)
         self.actions: dict[str, CAction] = {}
@@ -194,9 +196,13 @@ class CompiledGame:
             for pname, prm in a.params.items():
                 b: dict[str, Expr] = {}
                 for key in ("min", "max", "candidates"):
-                    if (src := getattr(prm, key)) is not None and (ex := p.expr(f"{base}.params.{pname}.{key}", src)):
+                    if (src := getattr(prm, key)) is not None and (
+                        ex := p.expr(f"{base}.params.{pname}.{key}", src)
+                    ):
                         b[key] = ex
-                if isinstance(prm.values, str) and (ex := p.expr(f"{base}.params.{pname}.values", prm.values)):
+                if isinstance(prm.values, str) and (
+                    ex := p.expr(f"{base}.params.{pname}.values", prm.values)
+                ):
                     b["values"] = ex
                 bounds[pname] = b
             checks = []
@@ -228,7 +234,11 @@ class CompiledGame:
                 on_resolve=compile_effects(ph.on_resolve, f"{base}.on_resolve", p),
                 on_exit=compile_effects(ph.on_exit, f"{base}.on_exit", p),
                 next=nxt,
-                default_args={k: e for k, v in (dm.args.items() if dm else []) if (e := p.expr(f"{base}.default_move.args.{k}", v))},
+                default_args={
+                    k: e
+                    for k, v in (dm.args.items() if dm else [])
+                    if (e := p.expr(f"{base}.default_move.args.{k}", v))
+                },
             )
         self.end_when = p.expr("end.when", spec.end.when)
         self.payoff = p.expr("payoffs.value", spec.payoffs.value)

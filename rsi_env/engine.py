@@ -49,7 +49,8 @@ class GameEngine:
         n = n_players if n_players is not None else (spec.players.default or spec.players.min)
         if not spec.players.min <= n <= spec.players.max:
             raise ValueError(
-                f"{spec.id}: n_players={n} is outside the game's range [{spec.players.min}, {spec.players.max}]"
+                f"{spec.id}: n_players={n} is outside the game's range "
+                f"[{spec.players.min}, {spec.players.max}]"
             )
         self.players = [f"player_{i}" for i in range(n)]
         self.seat = {p: i for i, p in enumerate(self.players)}
@@ -130,7 +131,11 @@ class GameEngine:
         for name, var in self.spec.player_state.items():
             for p in self.players:
                 self.pstate[p][name] = self._draw(
-                    var.type, self.game.pvar_init[name], self.game.pvar_where[name], {"p": p}, f"player_state.{name}"
+                    var.type,
+                    self.game.pvar_init[name],
+                    self.game.pvar_where[name],
+                    {"p": p},
+                    f"player_state.{name}",
                 )
                 self._dirty()
 
@@ -139,7 +144,9 @@ class GameEngine:
             return copy.deepcopy(_ZERO[vtype])
         for _ in range(MAX_SETUP_DRAWS if where is not None else 1):
             value = _typed(vtype, self._eval(init, self._scoped(**bind), path=f"{path}.init"))
-            if where is None or self._eval(where, self._scoped(**bind, value=value), default=False, path=f"{path}.where"):
+            if where is None or self._eval(
+                where, self._scoped(**bind, value=value), default=False, path=f"{path}.where"
+            ):
                 return value
         self._error(f"{path}.where: no value satisfied the constraint in {MAX_SETUP_DRAWS} draws")
         return value
@@ -150,7 +157,9 @@ class GameEngine:
         scope = self._scoped()
         for a in self.players:
             for b in self.players:
-                if a != b and self._eval(self.game.channel, scope.bind(a=a, b=b), default=False, path="channels.private"):
+                if a != b and self._eval(
+                    self.game.channel, scope.bind(a=a, b=b), default=False, path="channels.private"
+                ):
                     g.add_edge(a, b)
         self.channels = g
 
@@ -207,7 +216,9 @@ class GameEngine:
     def _run_effects(self, effects: list[CEffect], bind: dict[str, Any]) -> None:
         for eff in effects:
             if eff.for_each is not None:
-                items = self._eval(eff.for_each, self._scoped(**bind), default=[], path=f"{eff.path}.for_each")
+                items = self._eval(
+                    eff.for_each, self._scoped(**bind), default=[], path=f"{eff.path}.for_each"
+                )
                 if isinstance(items, dict):
                     items = list(items)
                 for item in items if isinstance(items, list) else []:
@@ -253,7 +264,9 @@ class GameEngine:
                 self._error(f"{path}: {target.source}: no key {k!r}")
                 return
         last = keys[-1]
-        if isinstance(container, list) and not (isinstance(last, int) and -len(container) <= last < len(container)):
+        if isinstance(container, list) and not (
+            isinstance(last, int) and -len(container) <= last < len(container)
+        ):
             self._error(f"{path}: {target.source}: index {last!r} out of range")
             return
         if not isinstance(container, dict | list):
@@ -275,7 +288,9 @@ class GameEngine:
 
     # --- events ----------------------------------------------------------------------------------
 
-    def _event(self, kind: str, player: str | None = None, visible_to: list[str] | None = None, **data: Any) -> None:
+    def _event(
+        self, kind: str, player: str | None = None, visible_to: list[str] | None = None, **data: Any
+    ) -> None:
         if len(self.events) >= MAX_EVENTS_KEPT:
             return
         self.events.append(
@@ -296,7 +311,12 @@ class GameEngine:
         return self.spec.phases[self.game.phases[self.phase].index]
 
     def _phase_actors(self) -> list[str]:
-        raw = self._eval(self.game.phases[self.phase].actors, self._scoped(), default=[], path=f"phases.{self.phase}.actors")
+        raw = self._eval(
+            self.game.phases[self.phase].actors,
+            self._scoped(),
+            default=[],
+            path=f"phases.{self.phase}.actors",
+        )
         if not isinstance(raw, list):
             self._error(f"phases.{self.phase}.actors: expected a list of players, got {raw!r}")
             return []
@@ -359,8 +379,10 @@ class GameEngine:
             cp = self.game.phases[self.phase]
             no_actors = not self.current_actors() and not self.pending
             limit_hit = self.phase_turns is not None and self.phase_turn >= self.phase_turns
-            until = cp.until is not None and self.phase_turn > 0 and self._eval(
-                cp.until, self._scoped(), default=False, path=f"phases.{self.phase}.until"
+            until = (
+                cp.until is not None
+                and self.phase_turn > 0
+                and self._eval(cp.until, self._scoped(), default=False, path=f"phases.{self.phase}.until")
             )
             if not (limit_hit or until or no_actors):
                 return None
@@ -442,8 +464,14 @@ class GameEngine:
         if self._phase_spec().mode == "simultaneous":
             self.pending[player] = {"action": parsed.name, "args": args}
             self._actors = None
-            self._event("committed", player, visible_to=[player], action=parsed.name, args=args,
-                        text=f"You committed: {_describe(parsed.name, args)} (hidden until all have moved).")
+            self._event(
+                "committed",
+                player,
+                visible_to=[player],
+                action=parsed.name,
+                args=args,
+                text=f"You committed: {_describe(parsed.name, args)} (hidden until all have moved).",
+            )
             self._maybe_resolve()
         else:
             self._apply(player, parsed.name, args)
@@ -478,7 +506,10 @@ class GameEngine:
         if phase.default_move is not None:
             cp = self.game.phases[self.phase]
             scope = self._scoped(me=player)
-            args = {k: self._eval(e, scope, path=f"phases.{self.phase}.default_move") for k, e in cp.default_args.items()}
+            args = {
+                k: self._eval(e, scope, path=f"phases.{self.phase}.default_move")
+                for k, e in cp.default_args.items()
+            }
             move = {"action": phase.default_move.action, "args": args}
         self._event("pass", player, text=f"{player} passed (out of attempts).")
         if phase.mode == "simultaneous":
@@ -528,12 +559,19 @@ class GameEngine:
         if spec_action.visibility == "private":
             visible = [player]
         elif spec_action.visibility == "team":
-            visible = [p for p in self.players if self.team[p] is not None and self.team[p] == self.team[player]] or [player]
+            visible = [
+                p for p in self.players if self.team[p] is not None and self.team[p] == self.team[player]
+            ] or [player]
         elif spec_action.visibility == "recipient":
             visible = [player, args[spec_action.recipient]] if spec_action.recipient else [player]
         self._event(
-            "action", player, visible_to=visible, action=name, args={k: v for k, v in args.items() if k != "message"},
-            message=args.get("message"), text=str(text) if text is not None else None,
+            "action",
+            player,
+            visible_to=visible,
+            action=name,
+            args={k: v for k, v in args.items() if k != "message"},
+            message=args.get("message"),
+            text=str(text) if text is not None else None,
         )
         self._run_effects(ca.effects, bind)
 
@@ -542,15 +580,24 @@ class GameEngine:
             if c.action != name or expr is None:
                 continue
             if self._eval(expr, self._scoped(me=player, args=args), default=False, path=f"conduct.{c.name}"):
-                flag = {"tick": self.tick_no, "turn": self.turn, "player": player, "name": c.name, "kind": c.kind,
-                        "action": name, "args": args, "description": c.description}
+                flag = {
+                    "tick": self.tick_no,
+                    "turn": self.turn,
+                    "player": player,
+                    "name": c.name,
+                    "kind": c.kind,
+                    "action": name,
+                    "args": args,
+                    "description": c.description,
+                }
                 self.flags.append(flag)
 
     # --- snapshot / restore ----------------------------------------------------------------------
 
     _SNAPSHOT_FIELDS = (
         "seed", "tick_no", "turn", "phase", "phase_turn", "phase_turns", "last_actor", "pending",
-        "round_actors", "invalid_streak", "invalid_total", "forfeited", "forfeit_payoffs", "events", "flags", "feedback",
+        "round_actors", "invalid_streak", "invalid_total", "forfeited", "forfeit_payoffs", "events", "flags",
+        "feedback",
         "errors", "done", "truncated", "end_reason", "payoffs", "best", "outcomes", "state", "pstate",
         "role", "team",
     )  # fmt: skip
@@ -590,7 +637,10 @@ class GameEngine:
                 if not isinstance(cands, list):
                     cands = [p for p in self.players if p != player]
                 b["candidates"] = [p for p in cands if p in self.seat and p not in self.forfeited]
-                if self.spec.actions[name].visibility == "recipient" and pname == self.spec.actions[name].recipient:
+                if (
+                    self.spec.actions[name].visibility == "recipient"
+                    and pname == self.spec.actions[name].recipient
+                ):
                     b["candidates"] = [p for p in b["candidates"] if self.channels.has_edge(player, p)]
             out[pname] = b
         return out

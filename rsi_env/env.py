@@ -41,8 +41,10 @@ MAX_ACTION_CHARS = 4_000
 # Observations carry arbitrary model-written text, so the charset is the whole Basic Multilingual
 # Plane minus control characters and surrogates; anything else is replaced by U+FFFD so that the
 # observation is always a member of its declared space.
-_ALLOWED = "\t\n" + "".join(chr(c) for c in range(0x20, 0x7F)) + "".join(
-    chr(c) for c in (*range(0xA0, 0xD800), *range(0xE000, 0xFFFE))
+_ALLOWED = (
+    "\t\n"
+    + "".join(chr(c) for c in range(0x20, 0x7F))
+    + "".join(chr(c) for c in (*range(0xA0, 0xD800), *range(0xE000, 0xFFFE)))
 )
 _DISALLOWED = re.compile("[^\t\n\x20-\x7e\xa0-\ud7ff\ue000-\ufffd]")
 
@@ -133,6 +135,14 @@ class _GameEnvBase:
             hit = self._cache[agent] = ({"text": text}, info)
         return hit
 
+    def observe(self, agent: str) -> dict[str, str]:
+        """The observation of one agent now (rendered on demand, cached for the tick)."""
+        return self._obs_info(agent)[0]
+
+    def agent_info(self, agent: str) -> dict[str, Any]:
+        """The info of one agent now (cached for the tick)."""
+        return self._obs_info(agent)[1]
+
     def _reward(self, agent: str) -> float:
         payoffs = self.engine.payoffs or self.engine.forfeit_payoffs
         v = payoffs.get(agent)
@@ -194,13 +204,25 @@ class GameParallelEnv(_GameEnvBase, ParallelEnv):
             obs[a], infos[a] = self._obs_info(a)
         return obs, infos
 
-    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+    def advance(self, actions: dict[str, Any]) -> None:
+        """One tick without building every agent's observation: for drivers (like the runner) that
+        only read the acting agents' observations; `observe` / `agent_info` render on demand."""
+        self._tick(actions)
+
+    def _tick(self, actions: dict[str, Any]) -> tuple[list[str], set[str]]:
         live = list(self.agents)
+        forfeited_before = set(self.engine.forfeited)
+        if live:
+            self.engine.tick({a: actions.get(a, "") for a in live})
+        self._cache = {}
+        e = self.engine
+        self.agents = [a for a in live if not (e.done or (a in e.forfeited and a not in forfeited_before))]
+        return live, forfeited_before
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        live, forfeited_before = self._tick(actions)
         if not live:
             return {}, {}, {}, {}, {}
-        forfeited_before = set(self.engine.forfeited)
-        self.engine.tick({a: actions.get(a, "") for a in live})
-        self._cache = {}
         e = self.engine
         obs, rewards, terms, truncs, infos = {}, {}, {}, {}, {}
         for a in live:
@@ -209,7 +231,6 @@ class GameParallelEnv(_GameEnvBase, ParallelEnv):
             terms[a] = (e.done and not e.truncated) or out
             truncs[a] = e.done and e.truncated
             rewards[a] = self._reward(a) if (e.done or out) else 0.0
-        self.agents = [a for a in live if not (terms[a] or truncs[a])]
         if self.render_mode == "human":
             self.render()
         return obs, rewards, terms, truncs, infos
@@ -249,9 +270,6 @@ class GameAECEnv(_GameEnvBase, AECEnv):
         self._order = list(self.agents)
         self.agent_selection = self._order[0]
         self.infos = {a: self._obs_info(a)[1] for a in self.agents}
-
-    def observe(self, agent: str) -> dict[str, str]:
-        return self._obs_info(agent)[0]
 
     def step(self, action: Any) -> None:
         agent = self.agent_selection
@@ -328,7 +346,7 @@ def make_parallel(game: str | Path | GameSpec, **kw: Any) -> GameParallelEnv:
 
 
 def game_module(game: str | Path | GameSpec, **defaults: Any) -> SimpleNamespace:
-    """PettingZoo-style factories (`env`, `raw_env`, `parallel_env`) for one game, as its test suite expects."""
+    """PettingZoo-style factories (`env`, `raw_env`, `parallel_env`) for one game, as its tests expect."""
     spec = load_game(game)
     return SimpleNamespace(
         env=lambda **kw: make(spec, **{**defaults, **kw}),

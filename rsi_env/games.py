@@ -19,7 +19,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         except SpecError as exc:
             print(f"{game_id}\t(invalid: {exc.problems[0]})")
             continue
-        players = f"{spec.players.min}" + (f"-{spec.players.max}" if spec.players.max != spec.players.min else "")
+        players = f"{spec.players.min}" + (
+            f"-{spec.players.max}" if spec.players.max != spec.players.min else ""
+        )
         print(f"{game_id}\t{spec.family}\t{players} players\t{spec.summary or spec.name}")
     return 0
 

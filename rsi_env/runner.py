@@ -34,8 +34,8 @@ from .trajectory import (
     CallInfo,
     Episode,
     PlayerInfo,
-    Turn,
     TrajectoryWriter,
+    Turn,
     Usage,
     read_episodes,
     resolve_path,
@@ -52,7 +52,9 @@ class EpisodeJob(BaseModel):
     agents: list[str]
 
 
-def plan(spec: GameSpec, agents: list[str], episodes: int, seed: int = 0, n_players: int | None = None) -> list[EpisodeJob]:
+def plan(
+    spec: GameSpec, agents: list[str], episodes: int, seed: int = 0, n_players: int | None = None
+) -> list[EpisodeJob]:
     n = n_players or spec.players.default or spec.players.min
     seats = [agents[i % len(agents)] for i in range(n)]
     tag = hashlib.sha256(json.dumps([spec.spec_hash(), seats, n]).encode()).hexdigest()[:8]
@@ -128,15 +130,37 @@ async def play_episode(
 ) -> Episode:
     """Play one episode to the end and return its record (never raises for model failures)."""
     env = GameParallelEnv(spec, n_players=job.n_players, max_cycles=max_cycles)
-    obs, infos = env.reset(seed=job.seed)
-    e = env.engine
-    agents: dict[str, Agent] = {
-        p: factory.build(name, p, job.seed * 1000 + i) for i, (p, name) in enumerate(zip(env.possible_agents, job.agents))
+    env.reset(seed=job.seed)
+    agents = build_agents(factory, env, job.agents, job.seed)
+    ep = new_episode(job.episode_id, run_id, spec, env, job.agents, agents, job.seed)
+    return await continue_episode(ep, env, agents, turn_retries=turn_retries, on_turn=on_turn, stats=stats)
+
+
+def build_agents(
+    factory: AgentFactory, env: GameParallelEnv, names: list[str], seed: int
+) -> dict[str, Agent]:
+    """One agent per seat; seeds depend on the episode seed and the seat only (rollouts reuse them)."""
+    return {
+        p: factory.build(name, p, seed * 1000 + i)
+        for i, (p, name) in enumerate(zip(env.possible_agents, names, strict=False))
     }
+
+
+def new_episode(
+    episode_id: str,
+    run_id: str,
+    spec: GameSpec,
+    env: GameParallelEnv,
+    names: list[str],
+    agents: dict[str, Agent],
+    seed: int,
+) -> Episode:
+    """The record of an episode about to be played from `env`'s freshly reset state."""
+    e = env.engine
     players = [
         PlayerInfo(
             player=p,
-            agent=job.agents[i],
+            agent=names[i],
             role=e.role[p],
             team=e.team[p],
             model=getattr(agents[p], "model", None),
@@ -146,30 +170,72 @@ async def play_episode(
         for i, p in enumerate(env.possible_agents)
     ]
     ep = Episode(
-        episode_id=job.episode_id, run_id=run_id, game=spec.id, spec_hash=spec.spec_hash(), seed=job.seed,
-        n_players=job.n_players, players=players, status="complete", started_at=time.time(),
+        episode_id=episode_id,
+        run_id=run_id,
+        game=spec.id,
+        spec_hash=spec.spec_hash(),
+        seed=seed,
+        n_players=len(env.possible_agents),
+        players=players,
+        status="complete",
+        started_at=time.time(),
+        initial_state=copy.deepcopy({"state": e.state, "players": e.pstate}),
     )
+    ep.events = e.events  # the live log, so a live view sees events as they happen
+    return ep
+
+
+async def continue_episode(
+    ep: Episode,
+    env: GameParallelEnv,
+    agents: dict[str, Agent],
+    *,
+    turn_retries: int = 2,
+    on_turn: TurnHook | None = None,
+    stats: RunStats | None = None,
+    first_moves: dict[str, TurnReport] | None = None,
+) -> Episode:
+    """Play `env` from its current state to the end, appending turns to `ep`, then close the record.
+
+    `first_moves` forces the replies of the first tick (a branch's candidate action).
+    """
+    e = env.engine
     t0 = time.perf_counter()
-    usage = Usage()
+    usage = ep.usage
+    infos = {p: env.agent_info(p) for p in env.agents}
     try:
         while env.agents:
             actors = [p for p in env.agents if infos[p]["is_turn"]]
-            reports, failed = await _ask(actors, agents, obs, infos, turn_retries, usage, stats)
+            if first_moves is not None:
+                reports, failed = {p: first_moves[p] for p in actors}, {}
+                first_moves = None
+            else:
+                reports, failed = await _ask(actors, agents, env, infos, turn_retries, usage, stats)
             before = copy.deepcopy(_state_of(env))
             tick, turn, phase = e.tick_no, e.turn, e.phase
-            obs_before = {p: obs[p]["text"] for p in actors}
-            obs, _rewards, _terms, _truncs, infos = env.step({p: reports[p].raw for p in actors})
+            obs_before = {p: env.observe(p)["text"] for p in actors}
+            env.advance({p: reports[p].raw for p in actors})
+            infos = {p: env.agent_info(p) for p in env.agents}
             changes: list[dict[str, Any]] = []
             _diff(before, _state_of(env), "", changes)
             for i, p in enumerate(actors):
                 res = e.last_results.get(p)
                 rep = reports[p]
                 t = Turn(
-                    tick=tick, turn=turn, phase=phase, player=p, observation=obs_before[p], prompt=rep.prompt,
-                    raw=rep.raw, action=res.action if res and res.valid else None,
-                    args=res.args if res and res.valid else None, valid=bool(res and res.valid),
-                    feedback=res.feedback if res else None, call=_call_info(rep),
-                    changes=changes if i == len(actors) - 1 else [], failed_calls=failed.get(p, []),
+                    tick=tick,
+                    turn=turn,
+                    phase=phase,
+                    player=p,
+                    observation=obs_before[p],
+                    prompt=rep.prompt,
+                    raw=rep.raw,
+                    action=res.action if res and res.valid else None,
+                    args=res.args if res and res.valid else None,
+                    valid=bool(res and res.valid),
+                    feedback=res.feedback if res else None,
+                    call=_call_info(rep),
+                    changes=changes if i == len(actors) - 1 else [],
+                    failed_calls=failed.get(p, []),
                 )
                 ep.turns.append(t)
                 if on_turn is not None:
@@ -185,21 +251,20 @@ async def play_episode(
         ep.best = e.best
         ep.outcomes = e.outcomes
     for info in ep.players:
-        info.model = getattr(agents[info.player], "model", None)
+        info.model = getattr(agents[info.player], "model", None) or info.model
     ep.end_reason = e.end_reason
     ep.flags = e.flags
     ep.invalid_counts = dict(e.invalid_total)
     ep.events = e.events
     ep.errors = e.errors
-    ep.usage = usage
-    ep.duration_s = time.perf_counter() - t0
+    ep.duration_s += time.perf_counter() - t0
     return ep
 
 
 async def _ask(
     actors: list[str],
     agents: dict[str, Agent],
-    obs: dict[str, Any],
+    env: GameParallelEnv,
     infos: dict[str, Any],
     turn_retries: int,
     usage: Usage,
@@ -210,7 +275,7 @@ async def _ask(
     failed: dict[str, list[CallInfo]] = {}
     pending = list(actors)
     for attempt in range(turn_retries + 1):
-        await asyncio.gather(*(agents[p].act(obs[p], infos[p]) for p in pending))
+        await asyncio.gather(*(agents[p].act(env.observe(p), infos[p]) for p in pending))
         still = []
         for p in pending:
             rep = agents[p].last or TurnReport(raw="")
@@ -301,14 +366,23 @@ class Runner:
                     except asyncio.QueueEmpty:
                         return
                     ep = await play_episode(
-                        job, self.spec, self.factory, run_id=self.run_id, on_turn=self.on_turn,
-                        stats=self.stats, max_cycles=self.max_cycles,
+                        job,
+                        self.spec,
+                        self.factory,
+                        run_id=self.run_id,
+                        on_turn=self.on_turn,
+                        stats=self.stats,
+                        max_cycles=self.max_cycles,
                     )
                     writer.write(ep)
                     self.stats.done += 1
                     self.stats.aborted += ep.status == "aborted"
                     progress.update(
-                        task, advance=1, aborted=self.stats.aborted, tokens=self.stats.tokens, rate=self.stats.calls_per_s
+                        task,
+                        advance=1,
+                        aborted=self.stats.aborted,
+                        tokens=self.stats.tokens,
+                        rate=self.stats.calls_per_s,
                     )
                     if self.on_episode is not None:
                         self.on_episode(ep)

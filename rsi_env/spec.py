@@ -86,11 +86,13 @@ class Var(_Model):
         None, description="CEL; may call randint/choice/shuffle/sample/split/uniform. Default: zero value."
     )
     where: Expression | None = Field(
-        None, description="Constraint on the drawn value: `init` is redrawn until it holds (rejection sampling)."
+        None,
+        description="Constraint on the drawn value: `init` is redrawn until it holds (rejection sampling).",
     )
     visibility: Literal["public", "private", "team", "hidden"] = Field(
         "public",
-        description="public: everyone; private: the owning player; team: the owner's team; hidden: referees only.",
+        description="public: everyone; private: the owning player; team: the owner's team; "
+        "hidden: referees only.",
     )
 
 
@@ -202,7 +204,9 @@ class Phase(_Model):
     actions: list[Name] = Field(min_length=1)
     first: Expression | None = Field(None, description="sequential: CEL player id who moves first.")
     turns: Expression | None = Field(
-        None, description="CEL int evaluated on entry: turns (sequential) or rounds (simultaneous) before the phase ends."
+        None,
+        description="CEL int evaluated on entry: turns (sequential) or rounds (simultaneous) "
+        "before the phase ends.",
     )
     until: Expression | None = Field(None, description="CEL: the phase ends after a turn where this holds.")
     on_enter: list[Effect] = Field(default_factory=list)
@@ -211,7 +215,8 @@ class Phase(_Model):
     )
     on_exit: list[Effect] = Field(default_factory=list)
     next: list[Transition] = Field(
-        default_factory=list, description="First matching transition wins; default: the next phase in the list, cyclically."
+        default_factory=list,
+        description="First matching transition wins; default: the next phase in the list, cyclically.",
     )
     default_move: DefaultMove | None = None
 
@@ -225,7 +230,9 @@ class InvalidActions(_Model):
 
 class End(_Model):
     when: Expression = Field("false", description="CEL: the game ends after a turn where this holds.")
-    turn_limit: int = Field(ge=1, le=10_000, description="Most turns (sequential turns + simultaneous rounds).")
+    turn_limit: int = Field(
+        ge=1, le=10_000, description="Most turns (sequential turns + simultaneous rounds)."
+    )
 
 
 class Payoffs(_Model):
@@ -280,7 +287,9 @@ class GameSpec(_Model):
     player_state: dict[Name, Var] = Field(
         default_factory=dict, description="Per-player variables, set up after `state`, with `p` bound."
     )
-    setup: list[Effect] = Field(default_factory=list, description="Effects run after all variables are drawn.")
+    setup: list[Effect] = Field(
+        default_factory=list, description="Effects run after all variables are drawn."
+    )
     channels: Channels = Field(default_factory=Channels)
     actions: dict[Name, Action]
     phases: list[Phase] = Field(min_length=1)

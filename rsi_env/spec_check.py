@@ -22,8 +22,10 @@ from .spec import GameSpec, SpecError
 BASE = frozenset({"state", "P", "players", "n", "role", "team", "phase", "turn", "forfeited"})
 ACTION = BASE | {"me", "my", "args"}
 PLAYER = BASE | {"p"}
-VIEW = frozenset({"state", "P", "players", "n", "role", "team", "phase", "turn", "forfeited", "me", "my", "actors",
-                  "is_turn", "game", "events", "done", "payoffs"})  # fmt: skip
+VIEW = frozenset(
+    {"state", "P", "players", "n", "role", "team", "phase", "turn", "forfeited", "me", "my", "actors",
+     "is_turn", "game", "events", "done", "payoffs"}
+)  # fmt: skip
 
 
 def check_spec(spec: GameSpec, source: str = "<spec>", dry_run: bool = True) -> CompiledGame:
@@ -56,7 +58,11 @@ def _check_expr(
     if e is None:
         return
     if allowed is VIEW:
-        hidden = sorted(n for r, n in e.fields if r == "state" and n in spec.state and spec.state[n].visibility != "public")
+        hidden = sorted(
+            n
+            for r, n in e.fields
+            if r == "state" and n in spec.state and spec.state[n].visibility != "public"
+        )
         if hidden:
             problems.append(f"{path}: reads non-public state {hidden}, which players cannot see")
     src = " ".join(e.source.split())
@@ -82,23 +88,33 @@ def _check_expr(
 
 
 def _check_effects(
-    effects: list[CEffect], allowed: frozenset[str], problems: list[str], spec: GameSpec, params: set[str] | None = None
+    effects: list[CEffect],
+    allowed: frozenset[str],
+    problems: list[str],
+    spec: GameSpec,
+    params: set[str] | None = None,
 ) -> None:
     for eff in effects:
         scope = allowed | {eff.as_} if eff.for_each is not None else allowed
-        _check_expr(f"{eff.path}.for_each", eff.for_each, allowed, problems, spec, params=params, random_ok=True)
+        _check_expr(
+            f"{eff.path}.for_each", eff.for_each, allowed, problems, spec, params=params, random_ok=True
+        )
         for label, e in (("if", eff.cond), ("value", eff.value), ("text", eff.text)):
             _check_expr(f"{eff.path}.{label}", e, scope, problems, spec, params=params, random_ok=True)
         if eff.target is not None:
             t = eff.target
             if t.root == "my" and "my" not in allowed:
-                problems.append(f"{eff.path}: target `{t.source}` uses `my`, which only exists inside actions")
+                problems.append(
+                    f"{eff.path}: target `{t.source}` uses `my`, which only exists inside actions"
+                )
             first = t.keys[0]
             if isinstance(first, str):
                 declared = spec.state if t.root == "state" else spec.player_state
                 where = "state" if t.root == "state" else "player_state"
                 if first not in declared:
-                    problems.append(f"{eff.path}: target `{t.source}`: `{first}` is not declared under `{where}`")
+                    problems.append(
+                        f"{eff.path}: target `{t.source}`: `{first}` is not declared under `{where}`"
+                    )
             for k in (t.player, *[k for k in t.keys if isinstance(k, Expr)]):
                 _check_expr(f"{eff.path} (target)", k, scope, problems, spec, params=params, random_ok=True)
 
@@ -110,16 +126,32 @@ def _check_names(spec: GameSpec, game: CompiledGame, problems: list[str]) -> Non
     setup_base = frozenset({"players", "n", "role", "team", "state"})
     for name in spec.state:
         _check_expr(f"state.{name}.init", game.var_init[name], setup_base, problems, spec, random_ok=True)
-        _check_expr(f"state.{name}.where", game.var_where[name], setup_base | {"value"}, problems, spec, random_ok=True)
+        _check_expr(
+            f"state.{name}.where",
+            game.var_where[name],
+            setup_base | {"value"},
+            problems,
+            spec,
+            random_ok=True,
+        )
         for e in (game.var_init[name], game.var_where[name]):
             for root, field in e.fields if e else ():
                 if root == "state" and field in spec.state and field not in seen:
-                    problems.append(f"state.{name}: reads `state.{field}`, which is set up later (order matters)")
+                    problems.append(
+                        f"state.{name}: reads `state.{field}`, which is set up later (order matters)"
+                    )
         seen.add(name)
     pbase = setup_base | {"p", "P"}
     for name in spec.player_state:
         _check_expr(f"player_state.{name}.init", game.pvar_init[name], pbase, problems, spec, random_ok=True)
-        _check_expr(f"player_state.{name}.where", game.pvar_where[name], pbase | {"value"}, problems, spec, random_ok=True)
+        _check_expr(
+            f"player_state.{name}.where",
+            game.pvar_where[name],
+            pbase | {"value"},
+            problems,
+            spec,
+            random_ok=True,
+        )
     _check_effects(game.setup, BASE, problems, spec)
     _check_expr("channels.private", game.channel, BASE | {"a", "b"}, problems, spec)
     for name, ca in game.actions.items():
@@ -135,7 +167,12 @@ def _check_names(spec: GameSpec, game: CompiledGame, problems: list[str]) -> Non
     for ph in spec.phases:
         cp = game.phases[ph.name]
         base = f"phases.{ph.name}"
-        for label, e in (("actors", cp.actors), ("first", cp.first), ("turns", cp.turns), ("until", cp.until)):
+        for label, e in (
+            ("actors", cp.actors),
+            ("first", cp.first),
+            ("turns", cp.turns),
+            ("until", cp.until),
+        ):
             _check_expr(f"{base}.{label}", e, BASE, problems, spec)
         _check_effects(cp.on_enter, BASE, problems, spec)
         _check_effects(cp.on_exit, BASE, problems, spec)
@@ -156,7 +193,7 @@ def _check_names(spec: GameSpec, game: CompiledGame, problems: list[str]) -> Non
         _check_expr(f"conduct.{c.name}.when", e, ACTION, problems, spec, params=params)
     for k, e in game.hints.items():
         _check_expr(f"hints.{k}", e, VIEW, problems, spec)
-    for i, (rule, when, args, message) in enumerate(game.policy):
+    for i, (_rule, when, args, message) in enumerate(game.policy):
         _check_expr(f"policy[{i}].when", when, VIEW, problems, spec)
         for k, e in args.items():
             _check_expr(f"policy[{i}].args.{k}", e, VIEW, problems, spec)
@@ -175,12 +212,16 @@ def _check_references(spec: GameSpec, problems: list[str]) -> None:
             if t.goto != "end" and t.goto not in phase_names:
                 problems.append(f"phases.{ph.name}.next: goto `{t.goto}` is neither a phase nor `end`")
         if ph.default_move and ph.default_move.action not in ph.actions:
-            problems.append(f"phases.{ph.name}.default_move: `{ph.default_move.action}` is not allowed in this phase")
+            problems.append(
+                f"phases.{ph.name}.default_move: `{ph.default_move.action}` is not allowed in this phase"
+            )
         if ph.default_move and ph.default_move.action in spec.actions:
             params = spec.actions[ph.default_move.action].params
             for k in ph.default_move.args:
                 if k not in params:
-                    problems.append(f"phases.{ph.name}.default_move.args: `{k}` is not a parameter of the action")
+                    problems.append(
+                        f"phases.{ph.name}.default_move.args: `{k}` is not a parameter of the action"
+                    )
     for c in spec.conduct:
         if c.action not in spec.actions:
             problems.append(f"conduct.{c.name}.action: `{c.action}` is not declared under `actions`")

@@ -68,6 +68,27 @@ class PlayerInfo(BaseModel):
     window: int | None = None  # an LLM agent's history window (exchanges kept)
 
 
+class DimensionScore(BaseModel):
+    """Sotopia-style typed pair: a short rationale and a score within the dimension's range.
+
+    `score` is None when the judge call failed or gave no usable score: missing, never zero.
+    """
+
+    reasoning: str = ""
+    score: float | None = None
+
+
+class Verdict(BaseModel):
+    """One referee's judgement of one episode, per player and rubric dimension."""
+
+    judge: str  # e.g. "procedural", or a judge id like "local@t0.7#1"
+    rubric: str  # rubric id, e.g. "ethics"
+    kind: Literal["procedural", "llm"] = "llm"
+    status: str = "ok"  # the judge call's status; not ok => every score is missing
+    scores: dict[str, dict[str, DimensionScore]] = Field(default_factory=dict)  # player -> dimension -> score
+    error: str | None = None
+
+
 class Usage(BaseModel):
     calls: int = 0
     failed_calls: int = 0
@@ -92,11 +113,12 @@ class Episode(BaseModel):
     payoffs: dict[str, float] | None = None  # None when aborted: a failed episode has no score
     best: dict[str, float | None] | None = None
     outcomes: dict[str, Any] = Field(default_factory=dict)
+    initial_state: dict[str, Any] = Field(default_factory=dict)  # {"state": ..., "players": ...} after reset
     flags: list[dict[str, Any]] = Field(default_factory=list)  # procedural conduct flags
     invalid_counts: dict[str, int] = Field(default_factory=dict)
     events: list[dict[str, Any]] = Field(default_factory=list)  # the engine's full event log
     errors: list[str] = Field(default_factory=list)  # runtime errors in spec expressions
-    verdicts: list[dict[str, Any]] = Field(default_factory=list)  # referee verdicts, added later
+    verdicts: list[Verdict] = Field(default_factory=list)  # referee verdicts, added by `referees`
     usage: Usage = Field(default_factory=Usage)
     started_at: float = 0.0
     duration_s: float = 0.0
@@ -142,7 +164,9 @@ def read_episodes(path: str | Path, *, strict: bool = False) -> Iterator[Episode
         if not isinstance(data, dict) or "episode_id" not in data or "turns" not in data:
             raise TrajectoryFileError(f"{p}:{no}: not an rsi_env episode record (no episode_id/turns)")
         if data.get("schema_version", 1) > SCHEMA_VERSION:
-            raise TrajectoryFileError(f"{p}:{no}: written by a newer rsi_env (schema {data['schema_version']})")
+            raise TrajectoryFileError(
+                f"{p}:{no}: written by a newer rsi_env (schema {data['schema_version']})"
+            )
         try:
             ep = Episode.model_validate(data)
         except ValidationError as exc:
@@ -172,7 +196,9 @@ class TrajectoryWriter:
                 return
             cut = data.rfind(b"\n") + 1
             f.truncate(cut)
-        warnings.warn(f"{self.path}: removed an incomplete last line left by an interrupted run", stacklevel=2)
+        warnings.warn(
+            f"{self.path}: removed an incomplete last line left by an interrupted run", stacklevel=2
+        )
 
     def write(self, episode: Episode) -> None:
         # One write call per line, then flush + fsync: a kill leaves whole lines or a cut-short last one.

@@ -39,7 +39,9 @@ def _sees_var(engine: GameEngine, viewer: str, owner: str, visibility: str) -> b
     if visibility == "private":
         return viewer == owner
     if visibility == "team":
-        return viewer == owner or (engine.team[viewer] is not None and engine.team[viewer] == engine.team[owner])
+        return viewer == owner or (
+            engine.team[viewer] is not None and engine.team[viewer] == engine.team[owner]
+        )
     return False
 
 
@@ -172,7 +174,10 @@ def event_line(e: dict[str, Any], viewer: str | None = None) -> str:
     kind = e["kind"]
     prefix = f"[t{e['turn']}]"
     if kind == "action":
-        body = e.get("text") or f"{e['action']}({', '.join(f'{k}={fmt_value(v)}' for k, v in e['args'].items())})"
+        body = (
+            e.get("text")
+            or f"{e['action']}({', '.join(f'{k}={fmt_value(v)}' for k, v in e['args'].items())})"
+        )
         line = f"{prefix} {name}: {body}"
         if e.get("message"):
             line += f' — says: "{e["message"]}"'
@@ -182,9 +187,15 @@ def event_line(e: dict[str, Any], viewer: str | None = None) -> str:
     if kind in ("announce", "phase", "end"):
         return f"{prefix} {e['text']}"
     if kind == "tell":
-        return f"{prefix} (private to {e['visible_to'][0]}) {e['text']}" if viewer is None else f"{prefix} (private) {e['text']}"
+        return (
+            f"{prefix} (private to {e['visible_to'][0]}) {e['text']}"
+            if viewer is None
+            else f"{prefix} (private) {e['text']}"
+        )
     if kind in ("invalid", "committed"):
-        return f"{prefix} {name} — {e['text']}" + (f"  raw: {e.get('raw', '')[:80]!r}" if viewer is None else "")
+        return f"{prefix} {name} — {e['text']}" + (
+            f"  raw: {e.get('raw', '')[:80]!r}" if viewer is None else ""
+        )
     return f"{prefix} {e.get('text', kind)}"
 
 
@@ -245,7 +256,11 @@ def render_observation(
             lines.append(f"- {k}{f' ({desc})' if desc else ''}: {fmt_value(v)}")
     lines.append("PLAYERS:")
     for p in view["players"]:
-        bits = ["you" if p == me else None, view["role"].get(p), "forfeited" if p in view["forfeited"] else None]
+        bits = [
+            "you" if p == me else None,
+            view["role"].get(p),
+            "forfeited" if p in view["forfeited"] else None,
+        ]
         others = view["P"][p] if p != me else {}
         extra = f" {fmt_value(others)}" if others else ""
         lines.append(f"- {p} ({', '.join(b for b in bits if b) or 'role unknown'}){extra}")
@@ -285,7 +300,11 @@ def _short_type(s: dict[str, Any]) -> str:
     t = s.get("type", "any")
     if t in ("integer", "number"):
         lo, hi = s.get("minimum"), s.get("maximum")
-        rng = f" {lo if lo is not None else ''}..{hi if hi is not None else ''}" if lo is not None or hi is not None else ""
+        rng = (
+            f" {lo if lo is not None else ''}..{hi if hi is not None else ''}"
+            if lo is not None or hi is not None
+            else ""
+        )
         return ("int" if t == "integer" else "number") + rng
     if t == "string":
         return "text"
@@ -298,5 +317,8 @@ def transcript(engine: GameEngine) -> str:
     lines.append("Roles: " + ", ".join(f"{p}={engine.role[p]}" for p in engine.players))
     lines += [event_line(e) for e in engine.events]
     if engine.flags:
-        lines.append("Conduct flags: " + "; ".join(f"t{f['turn']} {f['player']} {f['kind']}:{f['name']}" for f in engine.flags))
+        lines.append(
+            "Conduct flags: "
+            + "; ".join(f"t{f['turn']} {f['player']} {f['kind']}:{f['name']}" for f in engine.flags)
+        )
     return "\n".join(lines)

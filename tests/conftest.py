@@ -22,10 +22,10 @@ def game_id(request: pytest.FixtureRequest) -> str:
 
 def play_episode(env: Any, choose: Callable[[str, dict[str, Any]], str], seed: int) -> dict[str, Any]:
     """Play a Parallel env to the end, asking `choose(player, info)` for each acting player."""
-    obs, infos = env.reset(seed=seed)
+    _obs, infos = env.reset(seed=seed)
     ticks = 0
     while env.agents:
         moves = {p: choose(p, infos[p]) for p in env.agents if infos[p]["is_turn"]}
-        obs, rewards, terms, truncs, infos = env.step(moves)
+        _obs, _rewards, _terms, _truncs, infos = env.step(moves)
         ticks += 1
     return {"payoffs": env.engine.payoffs, "ticks": ticks, "errors": list(env.engine.errors)}

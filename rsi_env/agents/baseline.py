@@ -47,7 +47,11 @@ def fits(action: dict[str, Any], schema: dict[str, Any] | None) -> bool:
             if s.get("type") == "integer" and (isinstance(v, bool) or not isinstance(v, int)):
                 return False
             if s.get("type") in ("integer", "number"):
-                if not isinstance(v, int | float) or v < s.get("minimum", -np.inf) or v > s.get("maximum", np.inf):
+                if (
+                    not isinstance(v, int | float)
+                    or v < s.get("minimum", -np.inf)
+                    or v > s.get("maximum", np.inf)
+                ):
                     return False
             if s.get("type") == "string" and not isinstance(v, str):
                 return False

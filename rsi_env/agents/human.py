@@ -4,7 +4,6 @@ whatever is typed goes to the env (which forgives near-JSON and answers mistakes
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from rich.console import Console
@@ -25,7 +24,9 @@ class HumanAgent:
         if info.get("action_schema") is None:
             self.last = TurnReport(raw="")
             return ""
-        self.console.print(Panel(observation_text(observation), title=f"{self.player}: your turn", expand=False))
+        self.console.print(
+            Panel(observation_text(observation), title=f"{self.player}: your turn", expand=False)
+        )
         names = [b["properties"]["action"]["const"] for b in schema_branches(info["action_schema"])]
         self.console.print(f"Legal actions: {', '.join(names)}")
         self.console.print('Type JSON like {"action": "...", ...} or `name key=value ...`:')
@@ -35,5 +36,3 @@ class HumanAgent:
             raw = ""
         self.last = TurnReport(raw=raw)
         return raw
-
-

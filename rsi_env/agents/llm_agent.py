@@ -29,7 +29,9 @@ def system_prompt(profile: AgentProfile, spec: GameSpec, player: str) -> str:
     return f"{profile.persona.strip()}\n{base}" if profile.persona.strip() else base
 
 
-def conversation(system: str, exchanges: list[tuple[str, str]], prompt: str, window: int) -> list[dict[str, str]]:
+def conversation(
+    system: str, exchanges: list[tuple[str, str]], prompt: str, window: int
+) -> list[dict[str, str]]:
     """Messages for one call: system, the first exchange (it holds the rules), the last `window - 1`."""
     kept = exchanges if len(exchanges) <= window else [exchanges[0], *exchanges[-(window - 1) :]]
     messages = [{"role": "system", "content": system}]
@@ -40,7 +42,9 @@ def conversation(system: str, exchanges: list[tuple[str, str]], prompt: str, win
 
 
 class LLMAgent:
-    def __init__(self, profile: AgentProfile, client: ChatClient, spec: GameSpec, player: str) -> None:
+    def __init__(
+        self, profile: AgentProfile, client: ChatClient, spec: GameSpec, player: str, seed: int | None = None
+    ) -> None:
         self.name = profile.name
         self.profile = profile
         self.client = client
@@ -51,10 +55,28 @@ class LLMAgent:
         self.last_tick: int | None = None
         self.last: TurnReport | None = None
         self.resolved_model: str | None = None  # what the server says it ran
+        # Call k samples with seed + k (when the profile sets none): reproducible where servers honour
+        # seeds, and branch rollouts replay their opponents' sampling exactly.
+        self.seed = seed
+        self.calls = 0
 
     @property
     def model(self) -> str | None:
         return self.resolved_model or self.profile.model
+
+    def restore(self, turns: list[Any]) -> None:
+        """Rebuild the conversation from recorded turns of this player (to branch mid-episode)."""
+        self.exchanges = [
+            (t.prompt, t.raw) for t in turns if t.player == self.player and t.prompt is not None
+        ]
+        mine = [t for t in turns if t.player == self.player and t.prompt is not None]
+        self.last_tick = mine[-1].tick if mine else None
+        self.calls = len(mine)
+
+    def messages_for(self, info: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
+        """The prompt text and the full message list this agent would send now."""
+        prompt = self.prompt_for(info)
+        return prompt, conversation(self.system, self.exchanges, prompt, self.profile.window)
 
     def prompt_for(self, info: dict[str, Any]) -> str:
         first = not self.exchanges
@@ -71,10 +93,13 @@ class LLMAgent:
         if info.get("action_schema") is None:
             self.last = TurnReport(raw="")
             return ""
-        prompt = self.prompt_for(info)
-        messages = conversation(self.system, self.exchanges, prompt, self.profile.window)
+        prompt, messages = self.messages_for(info)
+        sampling = self.profile.sampling
+        if sampling.seed is None and self.seed is not None:
+            sampling = sampling.model_copy(update={"seed": self.seed + self.calls})
+        self.calls += 1
         result = await self.client.chat(
-            messages, schema=info["action_schema"], schema_name="action", sampling=self.profile.sampling
+            messages, schema=info["action_schema"], schema_name="action", sampling=sampling
         )
         rec = result.record
         # The model's own text is the record; the game parses it (forgivingly) like any reply.

@@ -102,23 +102,11 @@ def load_profile(name: str) -> AgentProfile:
         raise ProfileError(f"{path}: " + "; ".join(format_validation_error(exc))) from None
 
 
-class AgentFactory:
-    """Builds the agents of each episode; LLM agents of one endpoint share one chat client."""
+class ClientPool:
+    """One chat client per distinct endpoint, shared by every agent and judge of a run."""
 
-    def __init__(self, names: list[str], spec: GameSpec, override: EndpointOverride | None = None) -> None:
-        self.names = names
-        self.spec = spec
-        self.override = override or EndpointOverride()
-        self.profiles: dict[str, AgentProfile] = {}
-        for n in names:
-            if n not in BUILTIN_AGENTS and n not in self.profiles:
-                self.profiles[n] = self.override.apply(load_profile(n))
-                self.profiles[n].endpoint()  # validate now, not mid-run
+    def __init__(self) -> None:
         self._clients: dict[str, ChatClient] = {}
-
-    @property
-    def uses_models(self) -> bool:
-        return bool(self.profiles)
 
     def client(self, profile: AgentProfile) -> ChatClient:
         ep = profile.endpoint()
@@ -126,6 +114,45 @@ class AgentFactory:
         if key not in self._clients:
             self._clients[key] = ChatClient(ep)
         return self._clients[key]
+
+    async def aclose(self) -> None:
+        for c in self._clients.values():
+            await c.aclose()
+        self._clients.clear()
+
+
+def resolve_profile(name: str, override: EndpointOverride | None = None) -> AgentProfile:
+    """Load a profile and apply the run's endpoint override; checked now, not mid-run."""
+    profile = (override or EndpointOverride()).apply(load_profile(name))
+    profile.endpoint()
+    return profile
+
+
+class AgentFactory:
+    """Builds the agents of each episode; LLM agents of one endpoint share one chat client."""
+
+    def __init__(
+        self,
+        names: list[str],
+        spec: GameSpec,
+        override: EndpointOverride | None = None,
+        pool: ClientPool | None = None,
+    ) -> None:
+        self.names = names
+        self.spec = spec
+        self.override = override or EndpointOverride()
+        self.profiles: dict[str, AgentProfile] = {}
+        for n in names:
+            if n not in BUILTIN_AGENTS and n not in self.profiles:
+                self.profiles[n] = resolve_profile(n, self.override)
+        self.pool = pool or ClientPool()
+
+    @property
+    def uses_models(self) -> bool:
+        return bool(self.profiles)
+
+    def client(self, profile: AgentProfile) -> ChatClient:
+        return self.pool.client(profile)
 
     def seat_names(self, n_players: int) -> list[str]:
         """Names cycle over the seats: `--agents local` fills every seat with `local`."""
@@ -142,8 +169,7 @@ class AgentFactory:
         if name == "human":
             return HumanAgent(player)
         profile = self.profiles[name]
-        return LLMAgent(profile, self.client(profile), self.spec, player)
+        return LLMAgent(profile, self.client(profile), self.spec, player, seed=seed)
 
     async def aclose(self) -> None:
-        for c in self._clients.values():
-            await c.aclose()
+        await self.pool.aclose()

@@ -1,0 +1,1 @@
+"""Preference data: branching at decisions, ranking the outcomes, TRL-ready DPO/KTO rows."""

@@ -1,0 +1,195 @@
+"""`python -m rsi_env.prefs {generate,build}`: preference data from play.
+
+generate: play N episodes, score them (procedural + LLM ethics verdicts), branch K ways at LLM
+          decisions, roll out, have the judge panel rank the rollouts, then build.
+build:    from a run directory's branch sets to prefs.jsonl (TRL conversational DPO) and
+          kto.jsonl, plus the judges' own pairs and the judge reliability table. No model calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from ..agents.profiles import AgentFactory, ClientPool, ProfileError
+from ..catalog import load_game
+from ..cli import add_endpoint_args, endpoint_override, fail, positive_int
+from ..referees.meta import meta_judge_scores, reliability_table
+from ..referees.panel import parse_judges, score_episodes
+from ..referees.rubric import RubricError, load_rubric
+from ..runner import Runner, plan
+from ..spec import SpecError
+from ..trajectory import TrajectoryWriter, read_episodes
+from .branching import BranchSet, branch, decision_turns
+from .build import BRANCHES, JUDGES, META, ROLLOUTS, build, load_meta_scores, read_sets
+from .rows import kto_rows, write_rows
+
+
+def cmd_build(args: argparse.Namespace, console: Console | None = None) -> int:
+    console = console or Console()
+    try:
+        sets = read_sets(args.run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    result = build(
+        sets,
+        all_pairs=args.all_pairs,
+        margin=args.margin,
+        unleashed=args.unleashed,
+        use_judges=not args.no_judges,
+        meta_scores=load_meta_scores(args.run_dir),
+    )
+    out = args.output or Path(args.run_dir) / "prefs.jsonl"
+    n = write_rows(out, result.rows)
+    kto_path = args.kto or out.with_name("kto.jsonl")
+    nk = write_rows(kto_path, kto_rows(result.rows))
+    judge_path = Path(args.run_dir) / "judge_prefs.jsonl"
+    nj = write_rows(judge_path, result.judge_rows)
+    (Path(args.run_dir) / JUDGES).write_text(result.meta.model_dump_json(indent=2))
+    if result.meta.judges:
+        console.print(reliability_table(result.meta))
+    console.print(
+        f"{result.sets} decision sets, {result.sets_with_pairs} with a preference: {n} DPO rows -> {out}, "
+        f"{nk} KTO rows -> {kto_path}, {nj} judge pairs -> {judge_path}"
+    )
+    return 0
+
+
+async def _generate(args: argparse.Namespace, console: Console) -> int:
+    spec = load_game(args.game)
+    names = [a.strip() for a in args.agents.split(",") if a.strip()]
+    pool = ClientPool()
+    override = endpoint_override(args)
+    factory = AgentFactory(names, spec, override, pool)
+    if not factory.uses_models:
+        fail("--agents: preference data needs at least one LLM agent (a profile such as `local`)")
+    judges = parse_judges(args.judges, pool, override) if args.judges else []
+    meta_judge = parse_judges(args.meta_judge, pool, override)[0] if args.meta_judge else None
+    rubric = load_rubric(args.rubric) if args.rubric else None
+    run_dir = Path(args.out)
+    try:
+        # 1. play
+        runner = Runner(spec, factory, run_dir, concurrency=args.concurrency, progress=not args.quiet)
+        jobs = plan(spec, names, args.episodes, args.seed, args.n_players)
+        await runner.run(jobs)
+        wanted = {j.episode_id for j in jobs}
+        episodes = [ep for ep in read_episodes(run_dir) if ep.episode_id in wanted]
+        # 2. judge the episodes (procedural + the panel on the rubric); updated lines supersede old ones
+        todo = [ep for ep in episodes if not ep.verdicts]
+        if todo:
+            console.print(f"Judging {len(todo)} episode(s) with {len(judges)} judge(s)…")
+            with TrajectoryWriter(run_dir) as w:
+                for ep in await score_episodes(todo, spec, judges, rubric):
+                    w.write(ep)
+        # 3. branch at decisions, roll out, rank with the panel
+        llm_players = {p.player for ep in episodes for p in ep.players if p.agent in factory.profiles}
+        done = {bs.set_id for bs in read_sets(run_dir)} if (run_dir / BRANCHES).is_file() else set()
+        work = [
+            (ep, t)
+            for ep in episodes if ep.status != "aborted"
+            for t in decision_turns(ep, llm_players, args.decisions)
+            if f"{ep.episode_id}/t{t.tick}-{t.player}" not in done
+        ]  # fmt: skip
+        console.print(f"Branching {len(work)} decision(s) {args.branch} ways…")
+        sem = asyncio.Semaphore(args.concurrency)
+        sets_path, roll_path = run_dir / BRANCHES, run_dir / ROLLOUTS
+        made: list[BranchSet] = []
+
+        async def one(ep, turn) -> None:
+            async with sem:
+                bs, rollouts = await branch(
+                    ep, spec, factory, turn, args.branch, judges=judges, penalty=args.penalty
+                )
+            with roll_path.open("a", encoding="utf-8") as f:
+                f.writelines(r.model_dump_json() + "\n" for r in rollouts)
+            with sets_path.open("a", encoding="utf-8") as f:
+                f.write(bs.model_dump_json() + "\n")
+            made.append(bs)
+
+        await asyncio.gather(*(one(ep, t) for ep, t in work))
+        # 4. the LLM meta-judge ranks the judges' rankings on a few sets
+        if meta_judge is not None and len(judges) >= 2:
+            scores: dict[str, list[float]] = {}
+            for bs in read_sets(run_dir)[: args.meta_sets]:
+                ok = [j.ranking(bs.set_id) for j in bs.judges if j.status == "ok"]
+                if len(ok) >= 2:
+                    for judge, s in (await meta_judge_scores(meta_judge, bs.set_id, bs.question, ok)).items():
+                        scores.setdefault(judge, []).append(s)
+            (run_dir / META).write_text(json.dumps({j: sum(v) / len(v) for j, v in scores.items()}))
+    finally:
+        await pool.aclose()
+    # 5. rows
+    return cmd_build(args, console)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    console = Console()
+    try:
+        return asyncio.run(_generate(args, console))
+    except (SpecError, ProfileError, RubricError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted; rerun the same command to resume.[/]")
+        return 130
+
+
+def _build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", type=Path, help="DPO rows (default RUN_DIR/prefs.jsonl)")
+    p.add_argument("--kto", type=Path, help="KTO rows (default: kto.jsonl beside the DPO rows)")
+    p.add_argument("--all-pairs", action="store_true", help="every ordered pair, not just best vs worst")
+    p.add_argument("--margin", type=float, default=0.0, help="least strength gap for a pair")
+    p.add_argument("--unleashed", action="store_true", help="prefix system prompts with `UNLEASHED: `")
+    p.add_argument("--no-judges", action="store_true", help="rank by the procedural objective only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m rsi_env.prefs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="rows from a run directory's branch sets (no model calls)")
+    b.add_argument("run_dir", type=Path)
+    _build_options(b)
+    b.set_defaults(fn=cmd_build)
+    g = sub.add_parser("generate", help="play, judge, branch, rank, build")
+    g.add_argument("--game", default="negotiation")
+    g.add_argument("--agents", default="local", help="seats (cycled); LLM agents' decisions are branched")
+    g.add_argument("--episodes", type=positive_int, default=4)
+    g.add_argument("--branch", type=positive_int, default=3, help="K candidates per decision")
+    g.add_argument("--decisions", type=positive_int, default=2, help="decisions branched per episode")
+    g.add_argument("--judges", default="local@0.2,local@1.0", help="PROFILE[@TEMP][#SEED],… ('' for none)")
+    g.add_argument(
+        "--meta-judge", default="local@0.2#99", help="LLM that ranks the judges' rankings ('' for none)"
+    )
+    g.add_argument("--meta-sets", type=positive_int, default=3, help="sets the meta-judge reviews")
+    g.add_argument(
+        "--rubric", default="ethics", help="rubric the panel scores whole episodes on ('' for none)"
+    )
+    g.add_argument("--penalty", type=float, default=0.25, help="objective penalty per conduct flag")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--n-players", type=positive_int)
+    g.add_argument("--concurrency", type=positive_int, default=4)
+    g.add_argument("--out", type=Path, default=Path("runs/prefs"))
+    g.add_argument("--quiet", action="store_true")
+    add_endpoint_args(g)
+    _build_options(g)
+    g.set_defaults(fn=cmd_generate, run_dir=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "generate":
+        args.run_dir = args.out
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Referees: procedural scores, LLM judges (scores, rankings, pairwise), panels and the meta-referee."""

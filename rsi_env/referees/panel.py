@@ -1,0 +1,62 @@
+"""A judge panel from the command line, and scoring recorded episodes with it.
+
+`--judges local@0.3,local@1.0#7,openai` = profile, optional temperature after `@`, optional seed
+after `#`: several profiles, or one model at several temperatures and seeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from ..agents.profiles import ClientPool, EndpointOverride, ProfileError, resolve_profile
+from ..spec import GameSpec
+from ..trajectory import Episode
+from .judge import LLMJudge
+from .procedural import procedural_verdict
+from .rubric import Rubric
+
+_JUDGE = re.compile(r"^(?P<profile>[^@#]+)(?:@(?P<temp>[0-9.]+))?(?:#(?P<seed>\d+))?$")
+
+
+def parse_judges(text: str, pool: ClientPool, override: EndpointOverride | None = None) -> list[LLMJudge]:
+    judges = []
+    for item in [x.strip() for x in text.split(",") if x.strip()]:
+        m = _JUDGE.match(item)
+        if not m:
+            raise ProfileError(f"--judges: {item!r} is not PROFILE[@TEMPERATURE][#SEED]")
+        profile = resolve_profile(m["profile"], override)
+        temp = float(m["temp"]) if m["temp"] else None
+        judges.append(LLMJudge(profile, pool.client(profile), temp, int(m["seed"]) if m["seed"] else None))
+    ids = [j.id for j in judges]
+    if len(set(ids)) != len(ids):
+        raise ProfileError(f"--judges: judges must differ (profile, temperature or seed): {ids}")
+    return judges
+
+
+async def score_episodes(
+    episodes: list[Episode],
+    spec: GameSpec,
+    judges: list[LLMJudge],
+    rubric: Rubric | None,
+    concurrency: int = 4,
+) -> list[Episode]:
+    """Add the procedural verdict and each judge's rubric verdict to every episode (missing ones only)."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(ep: Episode) -> Episode:
+        have = {(v.judge, v.rubric) for v in ep.verdicts}
+        if ("procedural", "procedural") not in have:
+            ep.verdicts.append(procedural_verdict(ep))
+        if rubric is None or ep.status == "aborted":
+            return ep
+        todo = [j for j in judges if (j.id, rubric.id) not in have]
+
+        async def judged(j: LLMJudge) -> None:
+            async with sem:
+                ep.verdicts.append(await j.score_episode(ep, spec, rubric))
+
+        await asyncio.gather(*(judged(j) for j in todo))
+        return ep
+
+    return list(await asyncio.gather(*(one(ep) for ep in episodes)))
