@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 
-from .agents.profiles import EndpointOverride
+if TYPE_CHECKING:  # importing profiles loads openai (~2 s): only the commands that call models need it
+    from .agents.profiles import EndpointOverride
 
 
 def add_endpoint_args(ap: argparse.ArgumentParser) -> None:
@@ -19,12 +20,14 @@ def add_endpoint_args(ap: argparse.ArgumentParser) -> None:
 
 
 def endpoint_override(args: argparse.Namespace) -> EndpointOverride:
+    from .agents.profiles import EndpointOverride
+
     return EndpointOverride(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """One clear message on stderr, no traceback."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
     sys.exit(code)
 
 

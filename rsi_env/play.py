@@ -16,15 +16,17 @@ from rich.console import Console
 from .agents.profiles import AgentFactory, ProfileError
 from .catalog import load_game
 from .cli import add_endpoint_args, endpoint_override, fail, positive_int
-from .render import episode_blocks, header, print_episode, summary
-from .runner import Runner, plan
+from .render import LiveView, print_episode
+from .runner import EpisodeJob, Runner, RunStats, plan
 from .spec import SpecError
-from .trajectory import Episode, Turn, TrajectoryFileError
+from .trajectory import Episode, TrajectoryFileError
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m rsi_env.play", description=__doc__)
-    ap.add_argument("--game", default="negotiation", help="game id (see `python -m rsi_env.games list`) or spec file")
+    ap.add_argument(
+        "--game", default="negotiation", help="game id (see `python -m rsi_env.games list`) or spec file"
+    )
     ap.add_argument(
         "--agents", default="local",
         help="comma-separated, one per seat (cycled): profile names from agents/, random, scripted, human",
@@ -32,9 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--episodes", type=positive_int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="first seed; episode i uses seed+i")
     ap.add_argument("--n-players", type=positive_int, help="seats, within the game's range")
-    ap.add_argument("--out", type=Path, default=Path("runs"), help="run directory (trajectories.jsonl inside)")
+    ap.add_argument(
+        "--out", type=Path, default=Path("runs"), help="run directory (trajectories.jsonl inside)"
+    )
     ap.add_argument("--concurrency", type=positive_int, default=8, help="episodes in flight at once")
-    ap.add_argument("--live", action="store_true", help="show the episode as it unfolds (one episode at a time)")
+    ap.add_argument(
+        "--live",
+        action="store_true",
+        help="show an episode as it unfolds (one at a time; a progress bar for others)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no transcript, no progress bar")
     ap.add_argument("--retry-failed", action="store_true", help="rerun episodes recorded as aborted")
     ap.add_argument("--max-cycles", type=positive_int, help="hard cap on ticks per episode")
@@ -50,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         fail(str(exc))
     if args.n_players and not spec.players.min <= args.n_players <= spec.players.max:
-        fail(f"--n-players {args.n_players}: {spec.id} takes {spec.players.min} to {spec.players.max} players")
+        fail(
+            f"--n-players {args.n_players}: {spec.id} takes {spec.players.min} to {spec.players.max} players"
+        )
     names = [a.strip() for a in args.agents.split(",") if a.strip()]
     if not names:
         fail("--agents: give at least one agent")
@@ -58,33 +68,38 @@ def main(argv: list[str] | None = None) -> int:
         factory = AgentFactory(names, spec, endpoint_override(args))
     except ProfileError as exc:
         fail(str(exc))
-    interactive = "human" in names or args.live
-    concurrency = 1 if interactive else args.concurrency
+    # A human plays one episode at a time. `--live` follows one episode as it unfolds; when several
+    # run at once the others go on behind the progress bar (rich prints above it).
+    human = "human" in names
+    concurrency = 1 if human else args.concurrency
     jobs = plan(spec, names, args.episodes, args.seed, args.n_players)
-
-    def on_turn(ep: Episode, turn: Turn) -> None:
-        if len(ep.turns) == 1:
-            console.print(header(ep))
-        blocks = episode_blocks(ep)
-        if blocks:
-            for line in blocks[-1].lines:
-                console.print(line)
+    live = LiveView(console) if args.live and not args.quiet else None
 
     def on_episode(ep: Episode) -> None:
-        if args.quiet:
+        if args.quiet or (live is not None and live.on_episode(ep)):
             return
-        if args.live:
-            console.print(summary(ep))
-        elif args.episodes <= 3:
+        if live is None and args.episodes <= 3:
             print_episode(ep, console)
 
     runner = Runner(
-        spec, factory, args.out, concurrency=concurrency, progress=not (args.quiet or interactive),
-        retry_failed=args.retry_failed, on_turn=on_turn if args.live else None, on_episode=on_episode,
+        spec,
+        factory,
+        args.out,
+        concurrency=concurrency,
+        progress=not (args.quiet or human or (live is not None and args.episodes == 1)),
+        retry_failed=args.retry_failed,
+        on_turn=live.on_turn if live else None,
+        on_episode=on_episode,
         max_cycles=args.max_cycles,
     )
-    if factory.uses_models and any(p.backend == "local" for p in factory.profiles.values()) and not args.quiet:
-        console.print("[dim]Using the embedded model SmolLM2-135M-Instruct (starting it takes a few seconds)…[/]")
+    if (
+        factory.uses_models
+        and any(p.backend == "local" for p in factory.profiles.values())
+        and not args.quiet
+    ):
+        console.print(
+            "[dim]Using the embedded model SmolLM2-135M-Instruct (starting it takes a few seconds)…[/]"
+        )
     try:
         stats = asyncio.run(_run(runner, jobs, factory))
     except TrajectoryFileError as exc:
@@ -95,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:  # e.g. the local model extra is missing
         fail(str(exc))
     console.print(
-        f"{stats.done} episode(s) played ({stats.aborted} aborted), {stats.skipped} already in {runner.path}; "
-        f"{stats.calls} model calls, {stats.tokens} tokens."
+        f"{stats.done} episode(s) played ({stats.aborted} aborted), "
+        f"{stats.skipped} already in {runner.path}; {stats.calls} model calls, {stats.tokens} tokens."
     )
     return 0
 
 
-async def _run(runner: Runner, jobs: list, factory: AgentFactory):  # noqa: ANN202
+async def _run(runner: Runner, jobs: list[EpisodeJob], factory: AgentFactory) -> RunStats:
     try:
         return await runner.run(jobs)
     finally:

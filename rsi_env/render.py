@@ -3,11 +3,18 @@
 An episode is rendered as a list of blocks, one per tick, built from the engine's event log (the
 authoritative order of what happened) joined with the turn records (raw model output, call
 status, latency, state changes) and the conduct flags (shown beside the turn that raised them).
+A turn the event log does not cover (the log is capped, or an older record has none) is rendered
+from its turn record, so every turn appears.
+
+With `player`, a block holds only what that player could see: the events visible to it, its own
+turns, its own flags and failures, and what its observation told it at each of its turns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,115 +22,269 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .trajectory import Episode, Turn
+from .trajectory import Episode, Turn, Verdict
 from .view import fmt_value
+
+MAX_CHANGES_SHOWN = 12
+RAW_CHARS = 160
+REASONING_CHARS = 300
 
 
 @dataclass
 class Block:
-    """What happened at one tick."""
+    """What happened at one tick. `flags` lists what a reviewer jumps to: conduct flags (lies,
+    broken promises, violations) and failed model calls, one short line each."""
 
     tick: int
+    turn: int | None = None
+    phase: str | None = None
     lines: list[Text] = field(default_factory=list)
-    flagged: bool = False
+    flags: list[str] = field(default_factory=list)
+    players: list[str] = field(default_factory=list)  # who acted at this tick
+    # Where the engine moved on to the next turn within this tick (a phase change, a new round's
+    # announcement): the tick's state changes and failed calls are shown just before it.
+    split: int | None = field(default=None, repr=False)
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flags)
 
 
-def _action_text(e: dict[str, Any]) -> str:
-    if e.get("text"):
-        return str(e["text"])
-    args = ", ".join(f"{k}={fmt_value(v)}" for k, v in (e.get("args") or {}).items())
-    return f"{e.get('action')}({args})"
+def clean(text: Any, limit: int | None = None) -> str:
+    """One display line: control characters (a model may emit escape codes) and newlines made
+    harmless, cut to `limit` characters."""
+    s = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "�", str(text)).replace("\n", " ⏎ ")
+    return s if limit is None or len(s) <= limit else s[: limit - 1] + "…"
 
 
-def _visible(e: dict[str, Any], player: str | None) -> bool:
-    return player is None or e.get("visible_to") is None or player in e["visible_to"]
+def _args_text(args: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in (args or {}).items() if k != "message")
+
+
+def _move_text(action: str | None, args: dict[str, Any] | None, log: str | None = None) -> Text:
+    """`propose(books=2, hats=1)`, or a spec's log line followed by the move it describes."""
+    move = f"{action}({_args_text(args)})"
+    if log:
+        t = Text(clean(log), style="green")
+        t.append(f"  [{move}]", style="dim green")
+        return t
+    return Text(move, style="green")
+
+
+def _who(line: Text, player: str, agent: str) -> None:
+    line.append(player, style="bold cyan")
+    line.append(f" [{agent}] ", style="dim")
+
+
+class _Builder:
+    """Builds the blocks of one episode; one instance per `episode_blocks` call."""
+
+    def __init__(self, ep: Episode, player: str | None, show_changes: bool) -> None:
+        self.ep = ep
+        self.player = player
+        self.show_changes = show_changes and player is None  # hidden state is not the player's to see
+        self.turns: dict[tuple[int, str], Turn] = {(t.tick, t.player): t for t in ep.turns}
+        self.agent_of = {p.player: p.agent for p in ep.players}
+        self.flags: dict[tuple[int, str | None], list[dict[str, Any]]] = {}
+        for f in ep.flags:
+            if isinstance(f.get("tick"), int) and self._mine(f.get("player")):
+                self.flags.setdefault((f["tick"], f.get("player")), []).append(f)
+        self.blocks: dict[int, Block] = {}
+        self.covered: set[tuple[int, str]] = set()  # turns already shown through an event
+        self.flagged: set[tuple[int, str | None]] = set()  # flag keys already shown
+        self.last_obs: dict[str, dict[str, list[str]]] = {}
+
+    def _mine(self, who: str | None) -> bool:
+        return self.player is None or who == self.player
+
+    def block(self, tick: int, turn: int | None = None, phase: str | None = None) -> Block:
+        b = self.blocks.setdefault(tick, Block(tick))
+        b.turn = b.turn if b.turn is not None else turn
+        b.phase = b.phase or phase
+        return b
+
+    def build(self) -> list[Block]:
+        for e in self.ep.events:
+            if not isinstance(e.get("tick"), int) or "kind" not in e:
+                continue  # not an engine event: nothing to place
+            if self.player is None or e.get("visible_to") is None or self.player in e["visible_to"]:
+                self.event(e)
+        for t in self.ep.turns:
+            if not self._mine(t.player):
+                continue
+            b = self.block(t.tick, t.turn, t.phase)
+            if t.player not in b.players:
+                b.players.append(t.player)
+            if (t.tick, t.player) not in self.covered:
+                self.turn_only(b, t)  # no event for this turn: render it from its record
+        extra: dict[int, list[Text]] = {}
+        for t in self.ep.turns:
+            if not self._mine(t.player):
+                continue
+            for fc in t.failed_calls:
+                err = clean(fc.error or "", 200)
+                extra.setdefault(t.tick, []).append(
+                    Text(f"      ⚠ {t.player}: model call failed ({fc.status}) {err}", style="yellow")
+                )
+                self.blocks[t.tick].flags.append(f"{t.player}: model call failed ({fc.status})")
+            if self.show_changes and t.changes:
+                extra.setdefault(t.tick, []).extend(_changes(t))
+        for tick, lines in extra.items():
+            b = self.blocks[tick]
+            at = len(b.lines) if b.split is None else b.split
+            b.lines[at:at] = lines
+        for tick, who in list(self.flags):
+            if (tick, who) not in self.flagged:  # a flag whose turn left no line (e.g. a referee's)
+                self.flag_lines(self.block(tick), tick, who)
+        return [self.blocks[k] for k in sorted(self.blocks)]
+
+    def event(self, e: dict[str, Any]) -> None:
+        kind = e["kind"]
+        b = self.block(e["tick"], e.get("turn"), e.get("phase"))
+        if b.split is None and b.turn is not None and isinstance(e.get("turn"), int) and e["turn"] > b.turn:
+            b.split = len(b.lines)
+        prefix = f"t{e.get('turn', '?')!s:<3} "
+        if kind in ("action", "invalid", "committed"):
+            self.turn_event(b, e, prefix)
+        elif kind == "phase":
+            b.lines.append(Text(f"── {clean(e.get('text', ''))} ──", style="bold blue"))
+        elif kind == "tell":
+            to = (e.get("visible_to") or ["?"])[0]
+            where = "(private to you)" if self.player else f"(private to {to})"
+            b.lines.append(Text(f"{prefix}{where} {clean(e.get('text', ''))}", style="magenta"))
+        else:
+            style = {"pass": "yellow", "forfeit": "bold yellow", "end": "bold"}.get(kind, "white")
+            b.lines.append(Text(f"{prefix}{clean(e.get('text', kind))}", style=style))
+
+    def turn_event(self, b: Block, e: dict[str, Any], prefix: str) -> None:
+        who = e.get("player") or "?"
+        key = (e["tick"], who)
+        turn = self.turns.get(key)
+        first = turn is not None and key not in self.covered
+        if first and self.player is not None and who == self.player:
+            assert turn is not None
+            self.observation(b, turn)
+        line = Text(prefix, style="dim")
+        if e["kind"] == "action":
+            _who(line, who, self.agent_of.get(who, "?"))
+            line.append_text(_move_text(e.get("action"), e.get("args"), e.get("text")))
+            if e.get("message"):
+                line.append(f'  "{clean(e["message"])}"', style="italic")
+            if e.get("visible_to") is not None:
+                line.append(f"  (seen by {', '.join(e['visible_to'])})", style="dim")
+        elif e["kind"] == "committed":
+            _who(line, who, self.agent_of.get(who, "?"))
+            if turn is not None and turn.action:
+                line.append(f"commits {turn.action}({_args_text(turn.args)})", style="green")
+                line.append("  (sealed until all have moved)", style="dim")
+            else:
+                line.append(clean(e.get("text", "committed a sealed move")), style="dim")
+        else:
+            _who(line, who, self.agent_of.get(who, "?"))
+            line.append("✗ invalid: ", style="bold red")
+            line.append(clean(e.get("text", "")), style="red")
+            raw = turn.raw if turn is not None else e.get("raw", "")
+            line.append(f"  raw: {clean(repr(raw or ''), RAW_CHARS)}", style="dim red")
+        if first:
+            assert turn is not None
+            self.covered.add(key)
+            _call_details(line, turn)
+        b.lines.append(line)
+        if e["kind"] != "invalid" and key not in self.flagged:
+            self.flag_lines(b, *key)
+
+    def turn_only(self, b: Block, t: Turn) -> None:
+        if self.player is not None:
+            self.observation(b, t)
+        line = Text(f"t{t.turn:<3} ", style="dim")
+        _who(line, t.player, self.agent_of.get(t.player, "?"))
+        if t.valid:
+            line.append_text(_move_text(t.action, t.args))
+            if (t.args or {}).get("message"):
+                line.append(f'  "{clean(t.args["message"])}"', style="italic")  # type: ignore[index]
+        else:
+            line.append("✗ invalid: ", style="bold red")
+            line.append(clean(t.feedback or "not a legal action"), style="red")
+            line.append(f"  raw: {clean(repr(t.raw or ''), RAW_CHARS)}", style="dim red")
+        _call_details(line, t)
+        b.lines.append(line)
+        self.covered.add((t.tick, t.player))
+        if (t.tick, t.player) not in self.flagged:
+            self.flag_lines(b, t.tick, t.player)
+
+    def flag_lines(self, b: Block, tick: int, who: str | None) -> None:
+        self.flagged.add((tick, who))
+        for f in self.flags.get((tick, who), []):
+            label = f"{f.get('kind', 'flag')}: {f.get('name', '?')}"
+            desc = clean(f.get("description", ""))
+            b.lines.append(Text(f"      ⚑ {who or ''} {label} — {desc}", style="bold magenta"))
+            b.flags.append(f"{who} {label}" if who else label)
+
+    def observation(self, b: Block, t: Turn) -> None:
+        """What the player read before this turn: the sections that changed since its last turn."""
+        sections = observation_sections(t.observation)
+        before = self.last_obs.get(t.player)
+        self.last_obs[t.player] = sections
+        b.lines.append(Text(f"      {t.player} sees:", style="bold dim cyan"))
+        if not sections:  # an observation format this parser does not know: show it whole
+            shown = [clean(x) for x in t.observation.splitlines()]
+        else:
+            shown = []
+            for name, body in sections.items():
+                if before is None or before.get(name) != body or name in ("YOUR TURN", "FEEDBACK"):
+                    shown += body
+            shown = shown or ["(nothing new)"]
+        b.lines += [Text(f"      │ {clean(x)}", style="dim cyan") for x in shown]
+
+
+# The parts of an observation that say what a player knows now; rules and the event list are left
+# out (the rules never change, and the events are the block's own lines).
+_KNOWLEDGE = (
+    "YOUR ROLE", "YOUR INFORMATION", "PUBLIC STATE", "PLAYERS", "NOTES", "YOUR TURN", "WAITING", "FEEDBACK",
+)  # fmt: skip
+_SECTION = re.compile(r"^([A-Z][A-Z ]*[A-Z])(?=[ :(.])")
+
+
+def observation_sections(text: str) -> dict[str, list[str]]:
+    """The knowledge sections of an observation text, by heading; the legal actions are shortened
+    to their names. Empty when the text has none of the known headings."""
+    out: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        m = _SECTION.match(line)
+        if m:
+            current = m.group(1)
+            if current in _KNOWLEDGE:
+                out[current] = [line]
+            continue
+        if current in out:
+            out[current].append(line)
+    if "YOUR TURN" in out:
+        head, *rest = out["YOUR TURN"]
+        names = [m.group(1) for x in rest if (m := re.match(r"^- ([\w-]+)\(", x))]
+        out["YOUR TURN"] = [f"{head.split('.')[0]}: legal {', '.join(names)}" if names else head]
+    return out
 
 
 def episode_blocks(ep: Episode, player: str | None = None, show_changes: bool = True) -> list[Block]:
     """One block per tick. With `player`, only what that player could see (its private view)."""
-    turns: dict[tuple[int, str], Turn] = {(t.tick, t.player): t for t in ep.turns}
-    flags: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    for f in ep.flags:
-        flags.setdefault((f["tick"], f["player"]), []).append(f)
-    agent_of = {p.player: p.agent for p in ep.players}
-    blocks: dict[int, Block] = {}
-
-    def block(tick: int) -> Block:
-        return blocks.setdefault(tick, Block(tick))
-
-    shown_turns: set[tuple[int, str]] = set()
-    for e in ep.events:
-        if not _visible(e, player):
-            continue
-        b = block(e["tick"])
-        kind = e["kind"]
-        who = e.get("player")
-        prefix = f"t{e['turn']:<3}"
-        if kind in ("action", "invalid", "committed"):
-            key = (e["tick"], who)
-            turn = turns.get(key)
-            if kind == "action":
-                line = Text(f"{prefix} ", style="dim")
-                line.append(f"{who}", style="bold cyan")
-                line.append(f" [{agent_of.get(who, '?')}] ", style="dim")
-                line.append(_action_text(e), style="green")
-                if e.get("message"):
-                    line.append(f'  "{e["message"]}"', style="italic")
-                if e.get("visible_to") is not None:
-                    line.append(f"  (seen by {', '.join(e['visible_to'])})", style="dim")
-            elif kind == "committed":
-                line = Text(f"{prefix} {who} committed a hidden move", style="dim")
-                if player is not None or turn is None:
-                    line = Text(f"{prefix} {e.get('text', '')}", style="dim")
-            else:
-                line = Text(f"{prefix} ", style="dim")
-                line.append(f"{who} ✗ invalid: ", style="bold red")
-                line.append(str(e.get("text", "")), style="red")
-                raw = (turn.raw if turn else e.get("raw", "")) or ""
-                line.append(f"  raw: {raw[:120]!r}", style="dim red")
-            b.lines.append(line)
-            if turn is not None and key not in shown_turns:
-                shown_turns.add(key)
-                _call_details(line, turn)
-                if show_changes and player is None:
-                    b.lines += _changes(turn)
-            for f in flags.get(key, []) if kind != "invalid" else []:
-                b.lines.append(Text(f"      ⚑ {f['kind']}: {f['name']} — {f.get('description', '')}", style="bold magenta"))
-                b.flagged = True
-        elif kind == "pass":
-            b.lines.append(Text(f"{prefix} {e.get('text', '')}", style="yellow"))
-        elif kind == "forfeit":
-            b.lines.append(Text(f"{prefix} {e.get('text', '')}", style="bold yellow"))
-        elif kind == "phase":
-            b.lines.append(Text(f"── {e.get('text', '')} ──", style="bold blue"))
-        elif kind == "tell":
-            to = (e.get("visible_to") or ["?"])[0]
-            b.lines.append(Text(f"{prefix} (private to {to}) {e.get('text', '')}", style="magenta"))
-        elif kind == "end":
-            b.lines.append(Text(f"{prefix} {e.get('text', '')}", style="bold"))
-        else:
-            b.lines.append(Text(f"{prefix} {e.get('text', kind)}", style="white"))
-    for t in ep.turns:
-        b = block(t.tick)
-        for fc in t.failed_calls:
-            b.lines.append(Text(f"      ⚠ {t.player}: model call failed ({fc.status}) {fc.error or ''}", style="yellow"))
-            b.flagged = True
-        if show_changes and player is None and (t.tick, t.player) not in shown_turns:
-            b.lines += _changes(t)  # a tick whose move left no event (e.g. a resolved round)
-    return [blocks[k] for k in sorted(blocks)]
+    return _Builder(ep, player, show_changes).build()
 
 
 def _changes(turn: Turn) -> list[Text]:
-    return [
-        Text(f"      Δ {c['path']}: {fmt_value(c['old'])} → {fmt_value(c['new'])}", style="dim")
-        for c in turn.changes[:12]
-    ]
+    out = []
+    for c in turn.changes[:MAX_CHANGES_SHOWN]:
+        old, new = clean(fmt_value(c.get("old")), 120), clean(fmt_value(c.get("new")), 120)
+        out.append(Text(f"      Δ {c.get('path')}: {old} → {new}", style="dim"))
+    if len(turn.changes) > MAX_CHANGES_SHOWN:
+        out.append(Text(f"      Δ … and {len(turn.changes) - MAX_CHANGES_SHOWN} more", style="dim"))
+    return out
 
 
 def _call_details(line: Text, turn: Turn) -> None:
     c = turn.call
     if turn.prompt is None and c.status == "ok":
-        return
+        return  # a local agent: nothing to account for
     bits = [f"{c.latency_s * 1000:.0f} ms", f"{c.prompt_tokens}+{c.completion_tokens} tok"]
     if c.retries:
         bits.append(f"{c.retries} retries")
@@ -132,63 +293,170 @@ def _call_details(line: Text, turn: Turn) -> None:
     line.append(f"  ({', '.join(bits)})", style="yellow" if c.status != "ok" else "dim")
 
 
-def header(ep: Episode) -> RenderableType:
-    t = Table(title=f"{ep.game} · episode {ep.episode_id} · seed {ep.seed}", show_edge=False, expand=False)
+def header(ep: Episode, player: str | None = None) -> RenderableType:
+    title = f"{ep.game} · episode {ep.episode_id} · seed {ep.seed}"
+    if player:
+        title += f" · private view of {player}"
+    t = Table(title=title, show_edge=False, expand=False)
     for col in ("player", "agent", "role", "team", "model"):
         t.add_column(col)
     for p in ep.players:
         t.add_row(p.player, p.agent, p.role, p.team or "", p.model or "")
+    parts: list[RenderableType] = [t]
+    if ep.initial_state and player is None:
+        parts.append(_initial_state(ep.initial_state))
+    return Group(*parts)
+
+
+def _initial_state(init: dict[str, Any]) -> Text:
+    """The dealt hand, hidden and private parts included: what a spectator needs to judge claims."""
+    t = Text("initial state: ", style="bold dim")
+    t.append(_assignments(init.get("state")), style="dim")
+    for p, vals in (init.get("players") or {}).items():
+        t.append(f"\n  {p}: ", style="dim cyan")
+        t.append(_assignments(vals), style="dim")
     return t
 
 
+def _assignments(values: Any) -> str:
+    items = values.items() if isinstance(values, dict) else []
+    return clean(", ".join(f"{k}={fmt_value(v)}" for k, v in items), 600)
+
+
+def _score(x: float | None, fmt: str = "g") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "missing"
+    return format(x, fmt)
+
+
 def summary(ep: Episode) -> RenderableType:
+    """Status, payoffs, outcomes, the conduct flags with their turns, referee verdicts, usage."""
     parts: list[RenderableType] = []
     status = Text(f"status: {ep.status}", style="bold green" if ep.status == "complete" else "bold yellow")
     if ep.abort_reason:
-        status.append(f" ({ep.abort_reason})", style="red")
+        status.append(f" ({clean(ep.abort_reason, 300)})", style="red")
     if ep.end_reason:
         status.append(f" · ended by {ep.end_reason}")
     parts.append(status)
-    lies: dict[str, int] = {}
+    flags_of: dict[str, int] = {}
     for f in ep.flags:
-        lies[f["player"]] = lies.get(f["player"], 0) + 1
+        flags_of[str(f.get("player"))] = flags_of.get(str(f.get("player")), 0) + 1
     t = Table(title="Payoffs", show_edge=False)
-    for col in ("player", "payoff", "normalised", "invalid", "conduct flags"):
+    for col in ("player", "agent", "payoff", "normalised", "invalid", "conduct flags"):
         t.add_column(col)
     for p in ep.players:
         pay = (ep.payoffs or {}).get(p.player)
         best = (ep.best or {}).get(p.player)
         norm = f"{pay / best:.2f}" if pay is not None and best else ""
-        shown = "—" if pay is None else ("nan" if math.isnan(pay) else f"{pay:g}")
-        t.add_row(p.player, shown, norm, str(ep.invalid_counts.get(p.player, 0)), str(lies.get(p.player, 0)))
+        shown = "— (aborted)" if ep.payoffs is None else _score(pay)
+        invalid = str(ep.invalid_counts.get(p.player, 0))
+        t.add_row(p.player, p.agent, shown, norm, invalid, str(flags_of.get(p.player, 0)))
     parts.append(t)
     if ep.outcomes:
         parts.append(Text("outcomes: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in ep.outcomes.items())))
-    for v in ep.verdicts:
-        parts.append(verdict_table(v))
+    if ep.flags:
+        parts.append(flags_list(ep))
+    parts += [verdict_table(v) for v in ep.verdicts]
+    u = ep.usage
+    if u.calls:
+        tokens = f"{u.prompt_tokens}+{u.completion_tokens}"
+        latency = f"{u.latency_s / u.calls * 1000:.0f} ms"
+        calls = f"model calls: {u.calls} ({u.failed_calls} failed)"
+        parts.append(Text(f"{calls}, tokens {tokens}, mean latency {latency}", style="dim"))
     if ep.errors:
-        parts.append(Text("spec errors: " + "; ".join(ep.errors[:3]), style="red"))
+        parts.append(Text("spec errors: " + "; ".join(clean(e, 200) for e in ep.errors[:3]), style="red"))
     return Group(*parts)
 
 
-def verdict_table(v: dict[str, Any]) -> RenderableType:
-    """A referee verdict: per player, per dimension, score and rationale."""
-    t = Table(title=f"Referee: {v.get('judge', '?')} ({v.get('rubric', '?')})", show_edge=False)
-    for col in ("player", "dimension", "score", "reasoning"):
-        t.add_column(col, overflow="fold")
-    for player, dims in (v.get("scores") or {}).items():
-        for dim, sc in dims.items():
-            score = sc.get("score")
-            shown = "missing" if score is None or (isinstance(score, float) and math.isnan(score)) else f"{score:g}"
-            t.add_row(player, dim, shown, str(sc.get("reasoning", ""))[:200])
-    if v.get("status") and v["status"] != "ok":
-        t.caption = f"judge call {v['status']}: scores missing (NaN), not zero"
+def flags_list(ep: Episode) -> RenderableType:
+    """Conduct flags with the turn that raised them (the same flags sit beside those turns above)."""
+    t = Text("Conduct flags:", style="bold magenta")
+    for f in ep.flags:
+        where = f"t{f['turn']}" if "turn" in f else (f"tick {f['tick']}" if "tick" in f else "episode")
+        label = f"{f.get('kind', 'flag')}: {f.get('name', '?')}"
+        t.append(f"\n  ⚑ {where} {f.get('player') or ''} {label}", style="magenta")
+        if f.get("description"):
+            t.append(f" — {clean(f['description'], 200)}", style="dim")
     return t
 
 
+def verdict_table(v: Verdict) -> RenderableType:
+    """A referee verdict: per player, per dimension, score and rationale. A failed judge call's
+    scores are "missing", never 0."""
+    title = f"Referee: {v.judge} ({v.rubric})"
+    failed = None
+    if v.status != "ok":
+        why = f" ({clean(v.error, 200)})" if v.error else ""
+        failed = Text(f"{title}: judge call {v.status}{why}: every score missing, not zero", style="yellow")
+        if not v.scores:
+            return failed
+    t = Table(title=title, show_edge=False)
+    for col in ("player", "dimension", "score", "reasoning"):
+        t.add_column(col, overflow="fold")
+    for player, dims in v.scores.items():
+        for dim, sc in dims.items():
+            score = _score(None if failed else sc.score)
+            t.add_row(player, dim, score, clean(sc.reasoning, REASONING_CHARS))
+    return t if failed is None else Group(t, failed)
+
+
 def print_episode(ep: Episode, console: Console, player: str | None = None) -> None:
-    console.print(header(ep))
+    console.print(header(ep, player))
     for b in episode_blocks(ep, player):
         for line in b.lines:
             console.print(line)
     console.print(summary(ep))
+
+
+class LiveView:
+    """`play --live`: prints one episode's ticks as they happen, following one episode at a time
+    (the others run on behind the progress bar).
+
+    A tick is printed once it is complete: in a simultaneous phase several turns arrive for one
+    tick, one hook call each, with no await in between; so printing is deferred to the event
+    loop's next turn (`call_soon`), when every turn of the tick is recorded.
+    """
+
+    def __init__(self, console: Console, player: str | None = None) -> None:
+        self.console = console
+        self.player = player
+        self.following: str | None = None
+        self.episode: Episode | None = None
+        self.printed_tick = -1
+        self.scheduled = False
+
+    def on_turn(self, ep: Episode, turn: Turn) -> None:
+        if self.following is None:
+            self.following, self.printed_tick = ep.episode_id, -1
+            self.console.print(header(ep, self.player))
+        if ep.episode_id != self.following:
+            return
+        self.episode = ep
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside asyncio: every call is a whole tick
+            self.flush()
+            return
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        if self.episode is None:
+            return
+        for b in episode_blocks(self.episode, self.player):
+            if b.tick > self.printed_tick:
+                for line in b.lines:
+                    self.console.print(line)
+                self.printed_tick = b.tick
+
+    def on_episode(self, ep: Episode) -> bool:
+        """The rest and the summary of the followed episode; False for one this view did not follow."""
+        if ep.episode_id != self.following:
+            return False
+        self.episode = ep
+        self.flush()
+        self.console.print(summary(ep))
+        self.following = self.episode = None
+        return True
