@@ -20,6 +20,7 @@ import json_repair
 MAX_TEXT_CHARS = 20_000
 MAX_OBJECT_CHARS = 8_000
 MAX_NESTING = 64
+MAX_REPAIR_CHARS = 2_000  # json_repair is slow on long garbage; real actions are far shorter
 
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*")
 _ACTION_KEYS = ("action", "type", "name", "move", "act", "command")
@@ -73,7 +74,7 @@ def _load_object(candidate: str) -> Any:
     if candidate.count("{") + candidate.count("[") > MAX_NESTING:
         return None
     try:
-        return json_repair.loads(candidate)
+        return json_repair.loads(candidate[:MAX_REPAIR_CHARS])
     except Exception:  # json_repair is best-effort; any failure means "not an object"
         return None
 

@@ -12,11 +12,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
+import os
+import signal
+import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .agents.base import Agent, TurnReport
-from .agents.profiles import AgentFactory
+from .agents.profiles import AgentFactory, AgentProfile, EndpointOverride
+from .compiled import compiled
 from .env import GameParallelEnv
 from .spec import GameSpec
 from .trajectory import (
@@ -102,6 +109,24 @@ def _state_of(env: GameParallelEnv) -> dict[str, Any]:
     return {"state": e.state, "P": e.pstate}
 
 
+def _copy_json(value: Any) -> Any:
+    """Deep copy of a JSON-like value (the engine's state): ~10x cheaper than `copy.deepcopy`, which
+    the runner would otherwise pay at every tick; anything unusual still goes through deepcopy."""
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return copy.deepcopy(value)
+
+
+def _actors(env: GameParallelEnv) -> list[str]:
+    """Live agents on turn now, without rendering anyone's observation (only actors' are needed)."""
+    acting = env.engine.current_actors()
+    return [p for p in env.agents if p in acting]
+
+
 def _diff(before: Any, after: Any, path: str, out: list[dict[str, Any]]) -> None:
     if isinstance(before, dict) and isinstance(after, dict):
         for k in before.keys() | after.keys():
@@ -127,9 +152,15 @@ async def play_episode(
     on_turn: TurnHook | None = None,
     stats: RunStats | None = None,
     max_cycles: int | None = None,
+    env: GameParallelEnv | None = None,
 ) -> Episode:
-    """Play one episode to the end and return its record (never raises for model failures)."""
-    env = GameParallelEnv(spec, n_players=job.n_players, max_cycles=max_cycles)
+    """Play one episode to the end and return its record (never raises for model failures).
+
+    `env` reuses an idle env of the same game, player count and `max_cycles` (reset here): building
+    one costs more than several turns, and a runner worker plays its episodes one after another.
+    """
+    if env is None:
+        env = GameParallelEnv(spec, n_players=job.n_players, max_cycles=max_cycles)
     env.reset(seed=job.seed)
     agents = build_agents(factory, env, job.agents, job.seed)
     ep = new_episode(job.episode_id, run_id, spec, env, job.agents, agents, job.seed)
@@ -173,15 +204,17 @@ def new_episode(
         episode_id=episode_id,
         run_id=run_id,
         game=spec.id,
-        spec_hash=spec.spec_hash(),
+        spec_hash=compiled(spec).hash,  # cached: hashing the spec per episode costs ~0.2 ms
         seed=seed,
         n_players=len(env.possible_agents),
         players=players,
         status="complete",
         started_at=time.time(),
-        initial_state=copy.deepcopy({"state": e.state, "players": e.pstate}),
+        initial_state=_copy_json({"state": e.state, "players": e.pstate}),
     )
-    ep.events = e.events  # the live log, so a live view sees events as they happen
+    # The live logs, so a live view sees events and conduct flags as they happen.
+    ep.events = e.events
+    ep.flags = e.flags
     return ep
 
 
@@ -202,20 +235,19 @@ async def continue_episode(
     e = env.engine
     t0 = time.perf_counter()
     usage = ep.usage
-    infos = {p: env.agent_info(p) for p in env.agents}
     try:
         while env.agents:
-            actors = [p for p in env.agents if infos[p]["is_turn"]]
+            # Only the actors' observations are rendered: a waiting player's would be thrown away.
+            actors = _actors(env)
             if first_moves is not None:
                 reports, failed = {p: first_moves[p] for p in actors}, {}
                 first_moves = None
             else:
-                reports, failed = await _ask(actors, agents, env, infos, turn_retries, usage, stats)
-            before = copy.deepcopy(_state_of(env))
+                reports, failed = await _ask(actors, agents, env, turn_retries, usage, stats)
+            before = _copy_json(_state_of(env))
             tick, turn, phase = e.tick_no, e.turn, e.phase
             obs_before = {p: env.observe(p)["text"] for p in actors}
             env.advance({p: reports[p].raw for p in actors})
-            infos = {p: env.agent_info(p) for p in env.agents}
             changes: list[dict[str, Any]] = []
             _diff(before, _state_of(env), "", changes)
             for i, p in enumerate(actors):
@@ -265,7 +297,6 @@ async def _ask(
     actors: list[str],
     agents: dict[str, Agent],
     env: GameParallelEnv,
-    infos: dict[str, Any],
     turn_retries: int,
     usage: Usage,
     stats: RunStats | None,
@@ -275,7 +306,7 @@ async def _ask(
     failed: dict[str, list[CallInfo]] = {}
     pending = list(actors)
     for attempt in range(turn_retries + 1):
-        await asyncio.gather(*(agents[p].act(env.observe(p), infos[p]) for p in pending))
+        await asyncio.gather(*(agents[p].act(env.observe(p), env.agent_info(p)) for p in pending))
         still = []
         for p in pending:
             rep = agents[p].last or TurnReport(raw="")
@@ -303,8 +334,27 @@ async def _ask(
     return reports, failed
 
 
+class WorkerSetup(BaseModel):
+    """What a worker process needs to play jobs exactly as the parent would (sent as its first line)."""
+
+    spec: dict[str, Any]
+    spec_hash: str
+    names: list[str]
+    profiles: dict[str, AgentProfile]
+    override: EndpointOverride
+    run_id: str
+    max_cycles: int | None = None
+
+
 class Runner:
-    """Runs a plan of episodes with at most `concurrency` in flight, writing each as it finishes."""
+    """Runs a plan of episodes with at most `concurrency` in flight, writing each as it finishes.
+
+    `workers=N` (opt-in) plays the episodes in N child processes, each with its own event loop and
+    chat client, `concurrency` split between them; finished episodes stream back to this process,
+    which alone writes the file and drives the progress bar. It needs LLM agents on an endpoint (or
+    local baselines), a plain `AgentFactory`, and no `on_turn` hook. On a small machine one event
+    loop runs out of CPU before a fast endpoint runs out of capacity: see scripts/bench_runner.py.
+    """
 
     def __init__(
         self,
@@ -319,6 +369,7 @@ class Runner:
         on_episode: Callable[[Episode], None] | None = None,
         console: Console | None = None,
         max_cycles: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.spec = spec
         self.factory = factory
@@ -330,8 +381,23 @@ class Runner:
         self.on_episode = on_episode
         self.console = console or Console(stderr=True)
         self.max_cycles = max_cycles
+        self.workers = max(1, workers)
         self.run_id = time.strftime("%Y%m%dT%H%M%S")
         self.stats = RunStats()
+        if self.workers > 1:
+            self._check_workers()
+
+    def _check_workers(self) -> None:
+        f = self.factory
+        if type(f) is not AgentFactory:
+            raise ValueError("workers > 1 needs a plain AgentFactory (worker processes rebuild it)")
+        if self.on_turn is not None or "human" in f.names:
+            raise ValueError("workers > 1 cannot follow turns live or seat a human; use workers=1")
+        if any(p.backend == "local" for p in f.profiles.values()):
+            raise ValueError(
+                "workers > 1 needs LLM agents on an endpoint (--base-url): the embedded model serves "
+                "one request at a time, and each worker would start its own copy"
+            )
 
     def _todo(self, jobs: list[EpisodeJob]) -> list[EpisodeJob]:
         if not self.path.exists():
@@ -339,13 +405,8 @@ class Runner:
         keep = {ep.episode_id for ep in read_episodes(self.path) if ep.finished or not self.retry_failed}
         return [j for j in jobs if j.episode_id not in keep]
 
-    async def run(self, jobs: list[EpisodeJob]) -> RunStats:
-        todo = self._todo(jobs)
-        self.stats = RunStats(planned=len(jobs), skipped=len(jobs) - len(todo))
-        queue: asyncio.Queue[EpisodeJob] = asyncio.Queue()
-        for j in todo:
-            queue.put_nowait(j)
-        progress = Progress(
+    def _progress(self) -> Progress:
+        return Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -356,41 +417,211 @@ class Runner:
             console=self.console,
             disable=not self.progress,
         )
+
+    async def run(self, jobs: list[EpisodeJob]) -> RunStats:
+        todo = self._todo(jobs)
+        self.stats = RunStats(planned=len(jobs), skipped=len(jobs) - len(todo))
+        progress = self._progress()
         task = progress.add_task(self.spec.id, total=len(todo), aborted=0, tokens=0, rate=0.0)
+        loop = asyncio.get_running_loop()
+        # One thread writes the file, in order: `write` fsyncs (~3 ms on this disk), which would
+        # otherwise stall every episode in flight on the event loop.
+        write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trajectory-writer")
         with TrajectoryWriter(self.path) as writer, progress:
 
-            async def worker() -> None:
-                while True:
-                    try:
-                        job = queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        return
-                    ep = await play_episode(
-                        job,
-                        self.spec,
-                        self.factory,
-                        run_id=self.run_id,
-                        on_turn=self.on_turn,
-                        stats=self.stats,
-                        max_cycles=self.max_cycles,
-                    )
-                    writer.write(ep)
-                    self.stats.done += 1
-                    self.stats.aborted += ep.status == "aborted"
-                    progress.update(
-                        task,
-                        advance=1,
-                        aborted=self.stats.aborted,
-                        tokens=self.stats.tokens,
-                        rate=self.stats.calls_per_s,
-                    )
-                    if self.on_episode is not None:
-                        self.on_episode(ep)
+            async def record(ep: Episode) -> None:
+                # Shielded: a Ctrl-C while the line is queued still writes it (the pool is drained
+                # below before the file closes), so a finished episode is never lost.
+                await asyncio.shield(loop.run_in_executor(write_pool, writer.write, ep))
+                self.stats.done += 1
+                self.stats.aborted += ep.status == "aborted"
+                progress.update(
+                    task,
+                    advance=1,
+                    aborted=self.stats.aborted,
+                    tokens=self.stats.tokens,
+                    rate=self.stats.calls_per_s,
+                )
+                if self.on_episode is not None:
+                    self.on_episode(ep)
 
-            workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
             try:
-                await asyncio.gather(*workers)
+                if self.workers > 1 and len(todo) > 1:
+                    await self._run_workers(todo, record)
+                else:
+                    await self._run_here(todo, record)
             finally:
-                for w in workers:
-                    w.cancel()  # Ctrl-C: in-flight episodes are dropped, the file keeps whole lines
+                write_pool.shutdown(wait=True)
         return self.stats
+
+    async def _run_here(self, todo: list[EpisodeJob], record: Callable[[Episode], Awaitable[None]]) -> None:
+        queue: asyncio.Queue[EpisodeJob] = asyncio.Queue()
+        for j in todo:
+            queue.put_nowait(j)
+
+        async def worker() -> None:
+            envs: dict[tuple[int, int | None], GameParallelEnv] = {}  # reused, one episode at a time
+            while True:
+                try:
+                    job = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                key = (job.n_players, self.max_cycles)
+                if key not in envs:
+                    envs[key] = GameParallelEnv(self.spec, n_players=key[0], max_cycles=key[1])
+                ep = await play_episode(
+                    job,
+                    self.spec,
+                    self.factory,
+                    run_id=self.run_id,
+                    on_turn=self.on_turn,
+                    stats=self.stats,
+                    max_cycles=self.max_cycles,
+                    env=envs[key],
+                )
+                await record(ep)
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()  # Ctrl-C: in-flight episodes are dropped, the file keeps whole lines
+
+    async def _run_workers(
+        self, todo: list[EpisodeJob], record: Callable[[Episode], Awaitable[None]]
+    ) -> None:
+        n = min(self.workers, len(todo), self.concurrency)
+        # `concurrency` episodes in flight in all, split as evenly as it goes.
+        slots = [self.concurrency // n + (i < self.concurrency % n) for i in range(n)]
+        f = self.factory
+        setup = WorkerSetup(
+            spec=self.spec.model_dump(mode="json", by_alias=True),
+            spec_hash=compiled(self.spec).hash,
+            names=f.names,
+            profiles=f.profiles,
+            override=f.override,
+            run_id=self.run_id,
+            max_cycles=self.max_cycles,
+        )
+        pending = list(reversed(todo))  # popped from the end, so in plan order
+        procs = [await _spawn_worker(setup) for _ in range(n)]
+
+        async def feed(proc: asyncio.subprocess.Process, k: int) -> int:
+            """Send up to k more jobs; close stdin once none are left (the worker then finishes)."""
+            stdin = proc.stdin
+            assert stdin is not None
+            if stdin.is_closing():
+                return 0
+            sent = 0
+            while pending and sent < k:
+                stdin.write(pending.pop().model_dump_json().encode() + b"\n")
+                sent += 1
+            await stdin.drain()
+            if not pending:
+                stdin.close()
+            return sent
+
+        async def drive(proc: asyncio.subprocess.Process, k: int) -> None:
+            assert proc.stdout is not None
+            in_flight = await feed(proc, k)
+            while in_flight:
+                line = await proc.stdout.readline()
+                if not line:
+                    code = await proc.wait()
+                    raise RuntimeError(f"a runner worker exited (code {code}) with episodes unfinished")
+                ep = Episode.model_validate_json(line)
+                # The worker's own counters stay there; the run's come from each episode's usage.
+                self.stats.calls += ep.usage.calls
+                self.stats.failed_calls += ep.usage.failed_calls
+                self.stats.tokens += ep.usage.prompt_tokens + ep.usage.completion_tokens
+                await record(ep)
+                in_flight += await feed(proc, 1) - 1
+
+        try:
+            await asyncio.gather(*(drive(p, k) for p, k in zip(procs, slots, strict=True)))
+            for p in procs:
+                await p.wait()
+        finally:
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()  # Ctrl-C or a failure: in-flight episodes are dropped
+                    await p.wait()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Worker processes (Runner(workers=N)): jobs arrive as JSON lines on stdin, each finished episode
+# leaves as one JSON line on stdout. stdin's end (the parent is done, or died) ends the worker.
+# ---------------------------------------------------------------------------------------------------
+
+_LINE_LIMIT = 1 << 28  # an episode line can be large (observations of every turn); this bounds memory
+_WORKER_CMD = "from rsi_env.runner import worker_main; worker_main()"
+
+
+async def _spawn_worker(setup: WorkerSetup) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WORKER_CMD,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        limit=_LINE_LIMIT,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(setup.model_dump_json().encode() + b"\n")
+    return proc
+
+
+def worker_main() -> None:
+    """Entry point of a worker process (started by `Runner` with workers > 1)."""
+    # Ctrl-C reaches the whole process group: the parent decides what happens, and kills us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed goes to stderr, never into the episode stream
+    with contextlib.suppress(BrokenPipeError):
+        asyncio.run(_worker_loop(out))
+
+
+async def _worker_loop(out: Any) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    setup = WorkerSetup.model_validate_json(await reader.readline())
+    spec = GameSpec.model_validate(setup.spec)
+    if compiled(spec).hash != setup.spec_hash:
+        raise RuntimeError("worker: the game spec changed in transit")
+    factory = AgentFactory(setup.names, spec, setup.override)
+    factory.profiles = dict(setup.profiles)  # exactly the parent's, whatever the files say now
+    idle: list[GameParallelEnv] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def play(job: EpisodeJob) -> None:
+        try:
+            env = next((e for e in idle if len(e.possible_agents) == job.n_players), None)
+            if env is None:
+                env = GameParallelEnv(spec, n_players=job.n_players, max_cycles=setup.max_cycles)
+            else:
+                idle.remove(env)
+            ep = await play_episode(
+                job, spec, factory, run_id=setup.run_id, max_cycles=setup.max_cycles, env=env
+            )
+            out.write(ep.model_dump_json().encode() + b"\n")
+            out.flush()
+            idle.append(env)
+        except Exception:
+            # A bug, not a model failure (those end up in the episode): stop, and the parent's run
+            # fails as it would in one process.
+            traceback.print_exc()
+            os._exit(70)
+
+    try:
+        while line := await reader.readline():
+            t = asyncio.create_task(play(EpisodeJob.model_validate_json(line)))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await factory.aclose()

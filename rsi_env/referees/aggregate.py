@@ -69,8 +69,10 @@ def bradley_terry(
     np.add.at(h, (jj, jj), v)
     np.add.at(h, (ii, jj), -v)
     np.add.at(h, (jj, ii), -v)
-    h += 2 * ridge * np.eye(n)
-    cov = np.linalg.pinv(h)
+    # Strengths are only defined up to a constant: invert within the sum-to-zero subspace (the ridge
+    # is added there only), so the constant direction does not inflate the errors.
+    centre = np.eye(n) - np.ones((n, n)) / n
+    cov = centre @ np.linalg.pinv(h + 2 * ridge * centre) @ centre
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
     return {c: float(theta[k]) for c, k in idx.items()}, {c: float(se[k]) for c, k in idx.items()}
 

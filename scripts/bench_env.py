@@ -1,0 +1,67 @@
+"""Random-play speed of every game's AEC env, beside PettingZoo's own generated_agents_env_v0.
+
+Two workloads per game: legal random actions (RandomAgent over the action schema) and invalid ones
+(random strings sampled from the Text action space). Prints steps/s and the ratio to the reference
+measured in the same run; the target is every game within 10x of the reference.
+
+    python scripts/bench_env.py [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+from pettingzoo.test.example_envs import generated_agents_env_v0
+from rich.console import Console
+from rich.table import Table
+
+import rsi_env
+from rsi_env.agents.baseline import RandomAgent
+from rsi_env.catalog import game_files
+
+
+def steps_per_second(make_env, choose, seconds: float) -> float:
+    env = make_env()
+    steps, seed = 0, 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        env.reset(seed=seed)
+        seed += 1
+        for agent in env.agent_iter():
+            _obs, _r, term, trunc, info = env.last()
+            env.step(None if term or trunc else choose(env, agent, info))
+            steps += 1
+    return steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    ref = steps_per_second(
+        generated_agents_env_v0.env, lambda env, a, info: env.action_space(a).sample(), args.seconds
+    )
+    agents: dict[str, RandomAgent] = {}
+
+    def legal(env, agent, info):
+        return agents.setdefault(agent, RandomAgent(len(agents))).choose(info)
+
+    def invalid(env, agent, info):
+        return env.action_space(agent).sample()
+
+    t = Table(title=f"AEC random play, steps/s (reference generated_agents_env_v0: {ref:,.0f} steps/s)")
+    for col in ("game", "legal actions", "ratio", "invalid text", "ratio", "within 10x"):
+        t.add_column(col, justify="right" if col != "game" else "left")
+    for game in game_files():
+        v = steps_per_second(lambda g=game: rsi_env.make(g), legal, args.seconds)
+        i = steps_per_second(lambda g=game: rsi_env.make(g), invalid, args.seconds)
+        ok = v >= ref / 10 and i >= ref / 10
+        t.add_row(game, f"{v:,.0f}", f"{v / ref:.2f}", f"{i:,.0f}", f"{i / ref:.2f}", "yes" if ok else "NO")
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    main()
