@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel
-from scipy.optimize import minimize
-from scipy.special import expit
 
+from .referees.aggregate import bradley_terry
 from .trajectory import Episode, PlayerInfo
 
 PRIOR_SD = 3.0
@@ -95,40 +94,9 @@ def comparisons(ep: Episode, label: Callable[[PlayerInfo], str] = agent_label) -
 def fit(
     comps: list[Comparison], names: list[str], prior_sd: float = PRIOR_SD
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MAP strengths and their covariance (of the centred strengths)."""
-    n = len(names)
-    idx = {a: i for i, a in enumerate(names)}
-    ia = np.array([idx[c.a] for c in comps])
-    ib = np.array([idx[c.b] for c in comps])
-    s = np.array([c.score for c in comps])
-    w = np.array([c.weight for c in comps])
-    prec = 1 / prior_sd**2
-
-    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        d = theta[ia] - theta[ib]
-        # -log-likelihood of s under p = sigmoid(d), in a form that never overflows
-        nll = np.sum(w * (np.logaddexp(0, -d) * s + np.logaddexp(0, d) * (1 - s)))
-        g = w * (expit(d) - s)
-        grad = np.bincount(ia, g, n) - np.bincount(ib, g, n) + prec * theta
-        return float(nll + 0.5 * prec * theta @ theta), grad
-
-    def hessian(theta: np.ndarray) -> np.ndarray:
-        p = expit(theta[ia] - theta[ib])
-        h = w * p * (1 - p)
-        hess = np.eye(n) * prec
-        np.add.at(hess, (ia, ia), h)
-        np.add.at(hess, (ib, ib), h)
-        np.add.at(hess, (ia, ib), -h)
-        np.add.at(hess, (ib, ia), -h)
-        return hess
-
-    res = minimize(objective, np.zeros(n), jac=True, hess=hessian, method="trust-exact")
-    theta = res.x - res.x.mean()
-    # The likelihood only sees differences: the common shift is the prior's alone. Projecting it
-    # out gives the uncertainty of each strength relative to the field.
-    centre = np.eye(n) - 1 / n
-    cov = centre @ np.linalg.inv(hessian(theta)) @ centre
-    return theta, cov
+    """MAP strengths and their standard errors (the referees' Bradley–Terry fit)."""
+    strength, se = bradley_terry([(c.a, c.b, c.score, c.weight) for c in comps], names, prior_sd=prior_sd)
+    return np.array([strength[a] for a in names]), np.array([se[a] for a in names])
 
 
 def rate(
@@ -151,8 +119,7 @@ def rate(
     if len(names) < 2:
         table.note = "ratings need episodes where at least two different agents played each other"
         return table
-    theta, cov = fit(comps, names)
-    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    theta, se = fit(comps, names)
     record = {a: [0.0, 0.0, 0.0] for a in names}  # wins, ties, losses
     for c in comps:
         k = 0 if c.score == 1 else 1 if c.score == 0.5 else 2

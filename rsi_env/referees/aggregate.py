@@ -1,8 +1,9 @@
 """Aggregating rankings: weighted Bradley–Terry fit, Kendall τ, and cycle detection.
 
 Each judge's ranking of a candidate set becomes pairwise outcomes (ties count half to each side),
-weighted by the judge's reliability; a Bradley–Terry model fitted by maximum likelihood (scipy,
-with a small ridge so separable data still has finite strengths) gives the consensus. Kendall's
+weighted by the judge's reliability; a Bradley–Terry model fitted by maximum a posteriori (scipy,
+with a weak Gaussian prior so separable data still has finite strengths) gives the consensus. The
+same fit rates agents across episodes (`rsi_env.ratings`). Kendall's
 τ-b (ties allowed) measures agreement; networkx finds cycles in a judge's pairwise preferences.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 import networkx as nx
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import expit
 from scipy.stats import kendalltau
 
 Scores = dict[str, float | None]
@@ -32,47 +34,46 @@ def pairwise_outcomes(scores: Scores) -> list[tuple[str, str, float]]:
 
 
 def bradley_terry(
-    comparisons: Sequence[tuple[str, str, float, float]], items: Sequence[str], ridge: float = 0.01
+    comparisons: Sequence[tuple[str, str, float, float]], items: Sequence[str], prior_sd: float = 7.0
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Fit strengths from weighted comparisons (i, j, s_ij, weight); returns (strength, std error).
+    """MAP strengths from weighted comparisons (i, j, s_ij, weight); returns (strength, std error).
 
-    P(i beats j) = sigmoid(θ_i − θ_j). Strengths are centred to mean 0. Standard errors come from
-    the inverse Hessian of the penalised negative log-likelihood.
+    P(i beats j) = sigmoid(θ_i − θ_j). A Gaussian prior N(0, prior_sd²) keeps an item that never
+    lost finite. Strengths are centred (mean 0); the likelihood only sees differences, so the
+    common shift is projected out of the covariance (the inverse Hessian) before taking errors.
     """
-    idx = {c: k for k, c in enumerate(items)}
     n = len(items)
     if n == 0:
         return {}, {}
-    ii = np.array([idx[c[0]] for c in comparisons], dtype=int)
-    jj = np.array([idx[c[1]] for c in comparisons], dtype=int)
+    idx = {c: k for k, c in enumerate(items)}
+    ia = np.array([idx[c[0]] for c in comparisons], dtype=int)
+    ib = np.array([idx[c[1]] for c in comparisons], dtype=int)
     s = np.array([c[2] for c in comparisons], dtype=float)
     w = np.array([c[3] for c in comparisons], dtype=float)
+    prec = 1 / prior_sd**2
 
-    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        d = theta[ii] - theta[jj]
-        p = 1.0 / (1.0 + np.exp(-d))
-        eps = 1e-12
-        loss = -np.sum(w * (s * np.log(p + eps) + (1 - s) * np.log(1 - p + eps))) + ridge * np.sum(theta**2)
-        g_d = w * (p - s)
-        grad = np.zeros(n)
-        np.add.at(grad, ii, g_d)
-        np.add.at(grad, jj, -g_d)
-        return float(loss), grad + 2 * ridge * theta
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        d = theta[ia] - theta[ib]
+        # -log-likelihood of s under p = sigmoid(d), in a form that never overflows
+        nll = np.sum(w * (np.logaddexp(0, -d) * s + np.logaddexp(0, d) * (1 - s)))
+        g = w * (expit(d) - s)
+        grad = np.bincount(ia, g, n) - np.bincount(ib, g, n) + prec * theta
+        return float(nll + 0.5 * prec * theta @ theta), grad
 
-    res = minimize(nll, np.zeros(n), jac=True, method="L-BFGS-B")
+    def hessian(theta: np.ndarray) -> np.ndarray:
+        p = expit(theta[ia] - theta[ib])
+        h = w * p * (1 - p)
+        hess = np.eye(n) * prec
+        np.add.at(hess, (ia, ia), h)
+        np.add.at(hess, (ib, ib), h)
+        np.add.at(hess, (ia, ib), -h)
+        np.add.at(hess, (ib, ia), -h)
+        return hess
+
+    res = minimize(objective, np.zeros(n), jac=True, hess=hessian, method="trust-exact")
     theta = res.x - res.x.mean()
-    d = theta[ii] - theta[jj]
-    p = 1.0 / (1.0 + np.exp(-d))
-    h = np.zeros((n, n))
-    v = w * p * (1 - p)
-    np.add.at(h, (ii, ii), v)
-    np.add.at(h, (jj, jj), v)
-    np.add.at(h, (ii, jj), -v)
-    np.add.at(h, (jj, ii), -v)
-    # Strengths are only defined up to a constant: invert within the sum-to-zero subspace (the ridge
-    # is added there only), so the constant direction does not inflate the errors.
-    centre = np.eye(n) - np.ones((n, n)) / n
-    cov = centre @ np.linalg.pinv(h + 2 * ridge * centre) @ centre
+    centre = np.eye(n) - 1 / n
+    cov = centre @ np.linalg.inv(hessian(theta)) @ centre
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
     return {c: float(theta[k]) for c, k in idx.items()}, {c: float(se[k]) for c, k in idx.items()}
 
