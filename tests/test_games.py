@@ -191,3 +191,10 @@ def test_hand_computed_payoffs(case_file: Path) -> None:
             assert env.engine.outcomes[k] == v, f"case {i}: outcome {k}"
         flags = sorted((f["player"], f["name"]) for f in env.engine.flags)
         assert flags == sorted((f["player"], f["name"]) for f in case.get("flags", [])), f"case {i}: flags"
+
+
+def test_readme_shows_the_current_negotiation_spec() -> None:
+    """The README documents the spec language with the full negotiation spec: keep them equal."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    assert (root / "games" / "negotiation.yaml").read_text().strip() in readme

@@ -21,6 +21,7 @@ from ..agents.llm_agent import LLMAgent
 from ..agents.profiles import AgentFactory
 from ..env import GameParallelEnv
 from ..referees.judge import Candidate, LLMJudge, Ranking
+from ..referees.procedural import conduct_flags
 from ..referees.transcript import episode_text, game_brief
 from ..runner import build_agents, continue_episode
 from ..spec import GameSpec
@@ -190,7 +191,7 @@ async def branch(
             first[q] = TurnReport(raw=t.raw, prompt=t.prompt, status=t.call.status)
         await continue_episode(ep, env, roll_agents, first_moves=first)
         rollouts.append(ep)
-        flags = sum(1 for f in ep.flags if f["player"] == player and f["tick"] >= tick)
+        flags = conduct_flags(ep, player, from_tick=tick)
         pay = (ep.payoffs or {}).get(player)
         best = (ep.best or {}).get(player)
         cand.rollout_id, cand.rollout_status = ep.episode_id, ep.status
