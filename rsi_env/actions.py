@@ -68,7 +68,7 @@ def _balanced_object(text: str, start: int) -> str:
 
 def _load_object(candidate: str) -> Any:
     try:
-        return json.loads(candidate)
+        return json.loads(candidate, strict=False)  # raw newlines inside a message are fine
     except (ValueError, RecursionError):
         pass
     if candidate.count("{") + candidate.count("[") > MAX_NESTING:

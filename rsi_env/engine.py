@@ -389,7 +389,7 @@ class GameEngine:
             self._run_effects(cp.on_exit, {})
             target = self._next_phase(cp)
             if target == "end":
-                return self._finish("phase transition")
+                return self._finish("phase transition", exited=True)
             self._enter_phase(target)
         return self._finish("no actors left")
 
@@ -400,9 +400,13 @@ class GameEngine:
         phases = self.spec.phases
         return phases[(cp.index + 1) % len(phases)].name
 
-    def _finish(self, reason: str, truncated: bool = False) -> None:
+    def _finish(self, reason: str, truncated: bool = False, exited: bool = False) -> None:
+        """End the game: the current phase exits (unless a transition already exited it), then
+        payoffs and outcomes are computed, with the conduct `flags` readable by both."""
         if self.done:
             return
+        if not exited:
+            self._run_effects(self.game.phases[self.phase].on_exit, {})
         self.done = True
         self.truncated = truncated
         self.end_reason = reason
@@ -413,16 +417,16 @@ class GameEngine:
             if p in self.forfeit_payoffs:
                 payoffs[p] = self.forfeit_payoffs[p]
                 continue
-            v = self._eval(self.game.payoff, self._scoped(p=p), default=None, path="payoffs.value")
-            payoffs[p] = _number(v)
+            scope = self._scoped(p=p, flags=self.flags)
+            payoffs[p] = _number(self._eval(self.game.payoff, scope, default=None, path="payoffs.value"))
             if self.game.payoff_best is not None:
-                b = self._eval(self.game.payoff_best, self._scoped(p=p), path="payoffs.best")
+                b = self._eval(self.game.payoff_best, scope, path="payoffs.best")
                 best[p] = float(b) if isinstance(b, int | float) else None
         self.payoffs = payoffs
         self.best = best or None
         for k, e in self.game.outcomes.items():
             if e is not None:
-                self.outcomes[k] = self._eval(e, self._scoped(), path=f"outcomes.{k}")
+                self.outcomes[k] = self._eval(e, self._scoped(flags=self.flags), path=f"outcomes.{k}")
         self._event("end", text=f"Game over ({reason}).", payoffs=payoffs)
 
     # --- acting ----------------------------------------------------------------------------------

@@ -55,8 +55,19 @@ class UnicodeText(spaces.Text):
 
     gymnasium's `Text.sample` builds a probability vector over the whole charset and converts the
     charset tuple to an array on every call (~20 ms for 63k characters); drawing indices into a
-    cached array gives the same distribution at a fraction of the cost.
+    cached array gives the same distribution at a fraction of the cost. Given the regex of the
+    characters outside its charset, `contains` is one regex search instead of a set lookup per
+    character.
     """
+
+    def __init__(self, *args: Any, outside: re.Pattern[str] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._outside = outside
+
+    def contains(self, x: Any) -> bool:
+        if self._outside is None or not isinstance(x, str):
+            return super().contains(x)
+        return self.min_length <= len(x) <= self.max_length and self._outside.search(x) is None
 
     def sample(self, mask: Any = None, probability: Any = None) -> str:
         if mask is not None or probability is not None:
@@ -73,8 +84,9 @@ class UnicodeText(spaces.Text):
 def _spaces() -> tuple[spaces.Dict, spaces.Text]:
     # Built once per process: the 63k-character charset takes ~50 ms to index.
     charset = frozenset(_ALLOWED)
-    obs = spaces.Dict({"text": UnicodeText(max_length=MAX_OBSERVATION_CHARS, min_length=0, charset=charset)})
-    action = UnicodeText(max_length=MAX_ACTION_CHARS, min_length=0, charset=charset)
+    text = {"min_length": 0, "charset": charset, "outside": _DISALLOWED}
+    obs = spaces.Dict({"text": UnicodeText(max_length=MAX_OBSERVATION_CHARS, **text)})
+    action = UnicodeText(max_length=MAX_ACTION_CHARS, **text)
     return obs, action
 
 

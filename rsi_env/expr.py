@@ -121,12 +121,22 @@ def _count(items: Iterable[Any], value: Any) -> int:
     return sum(1 for v in items if v == value)
 
 
+def _items(m: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
+    """A map's entries in key order: a map built by the CEL runtime has no stable order of its own,
+    and a list or text made from it must not vary between runs."""
+    try:
+        return sorted(m.items(), key=lambda kv: kv[0])
+    except TypeError:  # keys of mixed types
+        return sorted(m.items(), key=lambda kv: (type(kv[0]).__name__, str(kv[0])))
+
+
 def _keys(m: Mapping[Any, Any]) -> list[Any]:
-    return list(m.keys())
+    return [k for k, _ in _items(m)]
 
 
 def _values(m: Mapping[Any, Any]) -> list[Any]:
-    return list(m.values())
+    """Values in key order (so `keys(m)[i]` and `values(m)[i]` belong together)."""
+    return [v for _, v in _items(m)]
 
 
 def _put(m: Mapping[Any, Any], key: Any, value: Any) -> dict[Any, Any]:
@@ -153,7 +163,7 @@ def _dot(a: Mapping[Any, Any], b: Mapping[Any, Any]) -> Any:
 
 
 def _fmt_map(m: Mapping[Any, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in m.items())
+    return ", ".join(f"{k}={v}" for k, v in _items(m))
 
 
 PURE_FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -225,12 +235,13 @@ RANDOM_FUNCTION_NAMES = frozenset({"randint", "uniform", "choice", "shuffle", "s
 # Namespaced stdlib functions (`lists.range`, `math.abs`) read as variable `lists` + function `range`.
 STDLIB_FUNCTION_NAMES = frozenset(f.rsplit(".", 1)[-1] for f in cel_stdlib.STDLIB_FUNCTIONS)
 STDLIB_NAMESPACES = frozenset(f.split(".")[0] for f in cel_stdlib.STDLIB_FUNCTIONS if "." in f)
-# Functions the cel crate implements natively (the core spec), which `references()` reports too.
+# Functions the cel crate implements natively, checked one by one (`max`, `min`, `bool` and list
+# `contains` are not: they come from the package's stdlib module, registered when a spec uses them).
 NATIVE_FUNCTION_NAMES = frozenset(
     {
-        "size", "int", "uint", "double", "string", "bytes", "bool", "dyn", "type", "has",
-        "contains", "startsWith", "endsWith", "matches", "timestamp", "duration",
-        "all", "exists", "exists_one", "map", "filter", "max", "min",
+        "size", "int", "uint", "double", "string", "bytes", "dyn", "type", "has",
+        "startsWith", "endsWith", "matches", "timestamp", "duration",
+        "all", "exists", "exists_one", "map", "filter",
     }
 )  # fmt: skip
 KNOWN_FUNCTIONS = NATIVE_FUNCTION_NAMES | STDLIB_FUNCTION_NAMES | frozenset(PURE_FUNCTIONS)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .catalog import game_files, load_game
+from .cli import run
 from .spec import SpecError, read_spec_file, spec_json_schema
 from .spec_check import check_spec
 
@@ -45,6 +46,107 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """LLM-generated games; the machinery is in `rsi_env.generate` (imported here: it is heavy)."""
+    import asyncio
+    import datetime as dt
+    import secrets
+
+    from rich.console import Console
+
+    from .agents.profiles import ClientPool, ProfileError, resolve_profile
+    from .cli import endpoint_override, fail
+    from .generate.generator import GenerationConfig
+    from .generate.pipeline import RunConfig, run_generation
+    from .local_model import DEFAULT_N_CTX, LocalModelError
+    from .referees.meta import reliability_table
+    from .referees.panel import parse_judges
+    from .referees.rubric import RubricError, load_rubric
+
+    console = Console(highlight=False, soft_wrap=True)
+    override = endpoint_override(args)
+    try:
+        profile = resolve_profile(args.profile, override)
+    except ProfileError as exc:
+        fail(str(exc))
+    local = profile.backend == "local"
+    # A whole spec is a long reply: the profile's per-call timeout (sized for one move) is too short.
+    # No transport retries for the embedded model: its server keeps working on a request the client
+    # gave up on, so a retry only queues behind it.
+    profile = profile.model_copy(
+        update={"timeout_s": args.timeout, "max_retries": 0 if local else min(profile.max_retries, 1)}
+    )
+    seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
+    stamp = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    config = RunConfig(
+        n=args.n,
+        seed=seed,
+        theme=args.theme,
+        out_dir=args.out,
+        log_path=args.log or Path("runs/generate") / f"{stamp}-s{seed}.jsonl",
+        profile=profile.name,
+        generation=GenerationConfig(
+            # A spec is 2-5k tokens as YAML, more as JSON: a strong model needs room to finish one.
+            max_tokens=args.max_tokens or (1500 if local else 8000),
+            temperature=args.temperature,
+            context_tokens=args.context_tokens or (DEFAULT_N_CTX if local else 32768),
+            schema_variant=args.schema if args.schema != "auto" else ("json" if local else "full"),
+            repair_rounds=0 if args.no_repair else 1,
+        ),
+        near_duplicate=args.near_duplicate,
+        min_quality=args.min_quality,
+    )
+    judges_arg = args.judges if args.judges is not None else f"{args.profile}@0.2,{args.profile}@1.0"
+
+    async def go():  # type: ignore[no-untyped-def]
+        pool = ClientPool()
+        try:
+            judges = parse_judges(judges_arg, pool, override) if judges_arg else []
+            meta = parse_judges(args.meta_judge, pool, override)[0] if args.meta_judge else None
+            rubric = load_rubric(args.rubric) if judges else None
+            return await run_generation(
+                config,
+                pool.client(profile),
+                judges,
+                rubric,
+                meta,
+                echo=lambda line: console.print(line, markup=False),
+            )
+        finally:
+            await pool.aclose()
+
+    g = config.generation
+    console.print(
+        f"Generating {args.n} game(s) with profile `{profile.name}` "
+        + ("(embedded model)" if local else f"({profile.model or 'default model'} at {profile.base_url})")
+        + f"; seed {seed}, max_tokens {g.max_tokens}, "
+        f"context {g.context_tokens}, schema {g.schema_variant}; log: {config.log_path}",
+        markup=False,
+    )
+    try:
+        report = asyncio.run(go())
+    except (ProfileError, RubricError, LocalModelError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]Interrupted; attempts so far are in {config.log_path}[/]")
+        return 130
+    console.print(f"\nRates: {report.rate_line()}", markup=False)
+    if report.why_not:
+        console.print("Why not: " + ", ".join(f"{k} {v}" for k, v in sorted(report.why_not.items())))
+    console.print("Diversity:")
+    for d in report.diversity:
+        console.print(f"  {d.line()}", markup=False)
+    if report.meta is not None and report.meta.judges:
+        console.print(reliability_table(report.meta))
+    console.print(f"Attempt log: {config.log_path}")
+    if report.rates["accepted"] and not report.on_search_path:
+        console.print(
+            f"[yellow]{args.out} is not on the game search path: set RSI_ENV_GAMES={args.out} "
+            "to play the accepted games with --game <id>.[/]"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m rsi_env.games", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -56,7 +158,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--no-dry-run", action="store_true", help="skip the random-play dry run")
     p.set_defaults(fn=cmd_validate)
+    _generate_parser(sub)
     return ap
+
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
+    from .catalog import content_dir
+    from .cli import add_endpoint_args, positive_int
+
+    p = sub.add_parser(
+        "generate",
+        help="LLM-generated games: generate, validate (+1 repair), play-test, rank, check diversity, accept",
+    )
+    p.add_argument("--n", type=positive_int, default=3, help="attempts (default 3)")
+    p.add_argument("--theme", help="the theme of every attempt (default: sampled from a varied list)")
+    p.add_argument("--profile", default="local", help="agent profile of the generating model (default local)")
+    p.add_argument(
+        "--out", type=Path, default=content_dir("games") / "generated", help="where accepted games go"
+    )
+    p.add_argument("--log", type=Path, help="attempt log (JSONL; default runs/generate/<time>-s<seed>.jsonl)")
+    p.add_argument(
+        "--judges",
+        help="PROFILE[@TEMP][#SEED],… ranking the games ('' for none; default PROFILE@0.2,PROFILE@1.0)",
+    )
+    p.add_argument("--meta-judge", default="", help="LLM that ranks the judges' rankings (default none)")
+    p.add_argument("--rubric", default="game_quality")
+    p.add_argument("--seed", type=int, help="seeds themes and examples (default: random, printed)")
+    p.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        help="reply budget per call (default 1500 embedded, 8000 otherwise)",
+    )
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument(
+        "--context-tokens", type=positive_int, help="model context (default 8192 local, else 32768)"
+    )
+    p.add_argument(
+        "--schema",
+        choices=["auto", "full", "compact", "json"],
+        default="auto",
+        help="structured output: the full spec schema, its compact grammar-friendly form, or JSON mode "
+        "with the schema in the prompt (auto: json for the embedded model, full otherwise)",
+    )
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per model call (default 900)")
+    p.add_argument("--no-repair", action="store_true", help="no repair round after a failed validation")
+    p.add_argument(
+        "--min-quality", type=float, default=0.0, help="judges' quality in [0,1] needed (default off)"
+    )
+    p.add_argument("--near-duplicate", type=float, default=0.7, help="TF-IDF cosine that counts as a copy")
+    add_endpoint_args(p)
+    p.set_defaults(fn=cmd_generate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,4 +216,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

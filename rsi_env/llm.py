@@ -20,7 +20,7 @@ import re
 import time
 from enum import StrEnum
 from types import ModuleType, TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -97,6 +97,13 @@ class Endpoint(BaseModel):
     max_backoff_s: float = 8.0
 
 
+def on_local_server(ep: Endpoint, local: Endpoint) -> Endpoint:
+    """`ep` (base_url None) resolved to the embedded server: the server's settings, except what the
+    caller set explicitly (the server's own model alias always wins)."""
+    explicit = ep.model_dump(include=ep.model_fields_set - {"base_url", "model"})
+    return local.model_copy(update=explicit)
+
+
 class Sampling(BaseModel):
     temperature: float = 0.7
     top_p: float = 1.0
@@ -147,17 +154,19 @@ def extract_json(text: str) -> Any:
     s = text.strip()
     if not s:
         raise ValueError("the reply is empty")
+    # strict=False: models put raw newlines and tabs inside strings (a multi-line message); the
+    # meaning is unambiguous, so it is accepted rather than sent back for repair.
     with contextlib.suppress(ValueError):
-        return json.loads(s)
+        return json.loads(s, strict=False)
     candidates = [s]
     m = _FENCE_RE.search(s)
     if m is not None and m.group(2).strip():
         candidates.insert(0, m.group(2).strip())  # the fenced block first; the whole text if that fails
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)
     last_error = "no JSON object or array found"
     for cand in candidates:
         with contextlib.suppress(ValueError):
-            return json.loads(cand)
+            return json.loads(cand, strict=False)
         # Try each opening bracket in turn: prose before the JSON may contain brackets too.
         starts = [i for i, ch in enumerate(cand) if ch in "{["][:_MAX_JSON_STARTS]
         for start in starts:
@@ -505,6 +514,19 @@ def forget_dialects() -> None:
     _dialect_memory.clear()
 
 
+class Chat(Protocol):
+    """What callers need of a chat client: `ChatClient`, or a test double that implements just this."""
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        schema: dict[str, Any] | None = None,
+        schema_name: str = "response",
+        sampling: Sampling | None = None,
+    ) -> ChatResult: ...
+
+
 class ChatClient:
     """Chat calls against one endpoint, with structured output, retries and accounting.
 
@@ -548,10 +570,7 @@ class ChatClient:
             if ep.base_url is None:
                 from rsi_env import local_model
 
-                local = await asyncio.to_thread(local_model.ensure_local_endpoint)
-                # The local server's settings, except what the caller set explicitly.
-                explicit = ep.model_dump(include=ep.model_fields_set - {"base_url", "model"})
-                ep = local.model_copy(update=explicit)
+                ep = on_local_server(ep, await asyncio.to_thread(local_model.ensure_local_endpoint))
             client = self._make_client(ep)
             if ep.model is None:
                 ep = ep.model_copy(update={"model": await self._first_model(client)})

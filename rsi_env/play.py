@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from .agents.profiles import AgentFactory, ProfileError
 from .catalog import load_game
-from .cli import add_endpoint_args, endpoint_override, fail, positive_int
+from .cli import add_endpoint_args, endpoint_override, fail, positive_int, run
 from .render import LiveView, print_episode
 from .runner import EpisodeJob, Runner, RunStats, plan
 from .spec import SpecError
@@ -124,4 +123,4 @@ async def _run(runner: Runner, jobs: list[EpisodeJob], factory: AgentFactory) ->
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

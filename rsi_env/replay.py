@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console, RenderableType
 from rich.table import Table
 
-from .cli import fail
+from .cli import fail, run
 from .render import Block, episode_blocks, header, summary
 from .trajectory import Episode, TrajectoryFileError, read_episodes, resolve_path
 
@@ -377,4 +377,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

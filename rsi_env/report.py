@@ -29,7 +29,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .cli import fail
+from .cli import fail, run
 from .ratings import RatingTable, agent_label, rate
 from .trajectory import Episode, TrajectoryFileError, read_episodes, resolve_path
 
@@ -331,4 +331,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -7,6 +7,9 @@
   retried as a whole turn; if it keeps failing the episode is recorded as `aborted` with that
   status and no payoffs. A model that answers badly is not a failure: its text goes to the game,
   which answers with feedback like any invalid move.
+- Per turn the runner renders only the acting players' observations, and each worker reuses one
+  env across its episodes; lines are written (and fsynced) by one background thread. The runner's
+  own work per call is small next to the HTTP client's: see scripts/bench_runner.py.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -80,6 +86,8 @@ class RunStats:
     calls: int = 0
     failed_calls: int = 0
     tokens: int = 0
+    worker_episodes: int = 0  # played in worker processes (Runner(workers=N))
+    worker_start: str | None = None  # how they started: "fork" or "spawn"
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -109,14 +117,18 @@ def _state_of(env: GameParallelEnv) -> dict[str, Any]:
     return {"state": e.state, "P": e.pstate}
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _copy_json(value: Any) -> Any:
-    """Deep copy of a JSON-like value (the engine's state): ~10x cheaper than `copy.deepcopy`, which
-    the runner would otherwise pay at every tick; anything unusual still goes through deepcopy."""
-    if isinstance(value, dict):
+    """Deep copy of a JSON-like value (the engine's state): several times cheaper than `copy.deepcopy`,
+    which the runner would otherwise pay at every tick; anything unusual still goes through deepcopy."""
+    t = type(value)
+    if t is dict:
         return {k: _copy_json(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if t is list:
         return [_copy_json(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
+    if t in _SCALARS:
         return value
     return copy.deepcopy(value)
 
@@ -129,7 +141,9 @@ def _actors(env: GameParallelEnv) -> list[str]:
 
 def _diff(before: Any, after: Any, path: str, out: list[dict[str, Any]]) -> None:
     if isinstance(before, dict) and isinstance(after, dict):
-        for k in before.keys() | after.keys():
+        # In key order (not set order, which varies with the process's hash seed): same episode,
+        # same record, whichever process played it.
+        for k in [*before, *(k for k in after if k not in before)]:
             _diff(before.get(k), after.get(k), f"{path}.{k}" if path else str(k), out)
     elif before != after:
         out.append({"path": path, "old": before, "new": after})
@@ -306,7 +320,11 @@ async def _ask(
     failed: dict[str, list[CallInfo]] = {}
     pending = list(actors)
     for attempt in range(turn_retries + 1):
-        await asyncio.gather(*(agents[p].act(env.observe(p), env.agent_info(p)) for p in pending))
+        if len(pending) == 1:  # most turns: no task to create, no extra trip through a busy loop
+            p = pending[0]
+            await agents[p].act(env.observe(p), env.agent_info(p))
+        else:
+            await asyncio.gather(*(agents[p].act(env.observe(p), env.agent_info(p)) for p in pending))
         still = []
         for p in pending:
             rep = agents[p].last or TurnReport(raw="")
@@ -350,11 +368,16 @@ class Runner:
     """Runs a plan of episodes with at most `concurrency` in flight, writing each as it finishes.
 
     `workers=N` (opt-in) plays the episodes in N child processes, each with its own event loop and
-    chat client, `concurrency` split between them; finished episodes stream back to this process,
-    which alone writes the file and drives the progress bar. It needs LLM agents on an endpoint (or
-    local baselines), a plain `AgentFactory`, and no `on_turn` hook. On a small machine one event
-    loop runs out of CPU before a fast endpoint runs out of capacity: see scripts/bench_runner.py.
+    chat client and at most its share of `concurrency` (never more than `concurrency` in all);
+    finished episodes stream back to this process, which alone writes the file and drives the
+    progress bar. It needs LLM agents on an endpoint (or local baselines), a plain `AgentFactory`,
+    and no `on_turn` hook. It pays when one event loop runs out of CPU before the endpoint runs out
+    of capacity (high concurrency, fast endpoint): see scripts/bench_runner.py.
     """
+
+    # With workers: play in this process too until the worker processes are up (a spawned one takes
+    # ~1.5 s of imports), so that a short run loses no time. Off, every episode is a worker's.
+    bootstrap = True
 
     def __init__(
         self,
@@ -421,6 +444,18 @@ class Runner:
     async def run(self, jobs: list[EpisodeJob]) -> RunStats:
         todo = self._todo(jobs)
         self.stats = RunStats(planned=len(jobs), skipped=len(jobs) - len(todo))
+        n = min(self.workers, len(todo), self.concurrency)
+        # Worker processes first, before this run starts any thread (see _start_workers).
+        procs = _start_workers(n, self._worker_setup()) if n > 1 else []
+        self.stats.worker_start = procs[0].how if procs else None
+        try:
+            await self._run(todo, procs)
+        finally:
+            for w in procs:
+                w.kill()  # Ctrl-C or a failure: in-flight episodes are dropped (no-op once exited)
+        return self.stats
+
+    async def _run(self, todo: list[EpisodeJob], procs: list[_Worker]) -> None:
         progress = self._progress()
         task = progress.add_task(self.spec.id, total=len(todo), aborted=0, tokens=0, rate=0.0)
         loop = asyncio.get_running_loop()
@@ -446,56 +481,16 @@ class Runner:
                     self.on_episode(ep)
 
             try:
-                if self.workers > 1 and len(todo) > 1:
-                    await self._run_workers(todo, record)
+                if procs:
+                    await self._run_workers(todo, record, procs)
                 else:
                     await self._run_here(todo, record)
             finally:
                 write_pool.shutdown(wait=True)
-        return self.stats
 
-    async def _run_here(self, todo: list[EpisodeJob], record: Callable[[Episode], Awaitable[None]]) -> None:
-        queue: asyncio.Queue[EpisodeJob] = asyncio.Queue()
-        for j in todo:
-            queue.put_nowait(j)
-
-        async def worker() -> None:
-            envs: dict[tuple[int, int | None], GameParallelEnv] = {}  # reused, one episode at a time
-            while True:
-                try:
-                    job = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                key = (job.n_players, self.max_cycles)
-                if key not in envs:
-                    envs[key] = GameParallelEnv(self.spec, n_players=key[0], max_cycles=key[1])
-                ep = await play_episode(
-                    job,
-                    self.spec,
-                    self.factory,
-                    run_id=self.run_id,
-                    on_turn=self.on_turn,
-                    stats=self.stats,
-                    max_cycles=self.max_cycles,
-                    env=envs[key],
-                )
-                await record(ep)
-
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for w in workers:
-                w.cancel()  # Ctrl-C: in-flight episodes are dropped, the file keeps whole lines
-
-    async def _run_workers(
-        self, todo: list[EpisodeJob], record: Callable[[Episode], Awaitable[None]]
-    ) -> None:
-        n = min(self.workers, len(todo), self.concurrency)
-        # `concurrency` episodes in flight in all, split as evenly as it goes.
-        slots = [self.concurrency // n + (i < self.concurrency % n) for i in range(n)]
+    def _worker_setup(self) -> WorkerSetup:
         f = self.factory
-        setup = WorkerSetup(
+        return WorkerSetup(
             spec=self.spec.model_dump(mode="json", by_alias=True),
             spec_hash=compiled(self.spec).hash,
             names=f.names,
@@ -504,94 +499,256 @@ class Runner:
             run_id=self.run_id,
             max_cycles=self.max_cycles,
         )
-        pending = list(reversed(todo))  # popped from the end, so in plan order
-        procs = [await _spawn_worker(setup) for _ in range(n)]
 
-        async def feed(proc: asyncio.subprocess.Process, k: int) -> int:
-            """Send up to k more jobs; close stdin once none are left (the worker then finishes)."""
-            stdin = proc.stdin
-            assert stdin is not None
-            if stdin.is_closing():
-                return 0
-            sent = 0
-            while pending and sent < k:
-                stdin.write(pending.pop().model_dump_json().encode() + b"\n")
-                sent += 1
-            await stdin.drain()
-            if not pending:
-                stdin.close()
-            return sent
+    async def _run_here(self, todo: list[EpisodeJob], record: Callable[[Episode], Awaitable[None]]) -> None:
+        await self._local_lane(deque(todo), asyncio.Semaphore(self.concurrency), record)
 
-        async def drive(proc: asyncio.subprocess.Process, k: int) -> None:
-            assert proc.stdout is not None
-            in_flight = await feed(proc, k)
-            while in_flight:
-                line = await proc.stdout.readline()
-                if not line:
-                    code = await proc.wait()
-                    raise RuntimeError(f"a runner worker exited (code {code}) with episodes unfinished")
-                ep = Episode.model_validate_json(line)
-                # The worker's own counters stay there; the run's come from each episode's usage.
-                self.stats.calls += ep.usage.calls
-                self.stats.failed_calls += ep.usage.failed_calls
-                self.stats.tokens += ep.usage.prompt_tokens + ep.usage.completion_tokens
+    async def _local_lane(
+        self,
+        queue: deque[EpisodeJob],
+        slots: asyncio.Semaphore,
+        record: Callable[[Episode], Awaitable[None]],
+        active: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Play jobs from `queue` in this process, one per free slot, while `active()`."""
+
+        async def worker() -> None:
+            envs: dict[tuple[int, int | None], GameParallelEnv] = {}  # reused, one episode at a time
+            while queue and active():
+                async with slots:
+                    if not queue or not active():
+                        return
+                    job = queue.popleft()
+                    key = (job.n_players, self.max_cycles)
+                    if key not in envs:
+                        envs[key] = GameParallelEnv(self.spec, n_players=key[0], max_cycles=key[1])
+                    ep = await play_episode(
+                        job,
+                        self.spec,
+                        self.factory,
+                        run_id=self.run_id,
+                        on_turn=self.on_turn,
+                        stats=self.stats,
+                        max_cycles=self.max_cycles,
+                        env=envs[key],
+                    )
                 await record(ep)
-                in_flight += await feed(proc, 1) - 1
 
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(queue)))]
         try:
-            await asyncio.gather(*(drive(p, k) for p, k in zip(procs, slots, strict=True)))
-            for p in procs:
-                await p.wait()
+            await asyncio.gather(*workers)
         finally:
-            for p in procs:
-                if p.returncode is None:
-                    p.kill()  # Ctrl-C or a failure: in-flight episodes are dropped
-                    await p.wait()
+            for w in workers:
+                w.cancel()  # Ctrl-C: in-flight episodes are dropped, the file keeps whole lines
+
+    async def _run_workers(
+        self, todo: list[EpisodeJob], record: Callable[[Episode], Awaitable[None]], procs: list[_Worker]
+    ) -> None:
+        """Play in worker processes, each taking up to its share of `concurrency` (the total never
+        exceeds it). Until they are up (ms when forked, ~1.5 s of imports when spawned), this process
+        plays too (`bootstrap`)."""
+        n = len(procs)
+        share = -(-self.concurrency // n)
+        queue = deque(todo)
+        slots = asyncio.Semaphore(self.concurrency)
+        up = 0  # worker processes ready to play
+
+        async def lane(w: _Worker) -> None:
+            nonlocal up
+            jobs, episodes = await w.connect(self._worker_setup())
+            if await episodes.readline() != b"READY\n":
+                raise RuntimeError(f"a runner worker failed to start (exit code {await w.wait()})")
+            up += 1
+            mine = asyncio.Semaphore(share)
+            in_flight = 0
+
+            async def feed() -> None:
+                nonlocal in_flight
+                while queue:
+                    await mine.acquire()
+                    await slots.acquire()
+                    if not queue:
+                        slots.release()
+                        break
+                    jobs.write(queue.popleft().model_dump_json().encode() + b"\n")
+                    in_flight += 1
+                    await jobs.drain()
+                jobs.close()  # no more jobs: the worker exits once its episodes are done
+
+            feeder = asyncio.create_task(feed())
+            try:
+                while line := await episodes.readline():
+                    ep = Episode.model_validate_json(line)
+                    in_flight -= 1
+                    mine.release()
+                    slots.release()
+                    # The worker's own counters stay there; the run's come from each episode's usage.
+                    self.stats.worker_episodes += 1
+                    self.stats.calls += ep.usage.calls
+                    self.stats.failed_calls += ep.usage.failed_calls
+                    self.stats.tokens += ep.usage.prompt_tokens + ep.usage.completion_tokens
+                    await record(ep)
+                await feeder
+                code = await w.wait()
+                if in_flight or code:
+                    raise RuntimeError(f"a runner worker exited (code {code}) with episodes unfinished")
+            finally:
+                feeder.cancel()
+
+        # A forked worker is up at once; a spawned one is worth bootstrapping for.
+        bootstrap = self.bootstrap and any(w.how == "spawn" for w in procs)
+        await asyncio.gather(
+            self._local_lane(queue, slots, record, active=lambda: bootstrap and up < n),
+            *(lane(w) for w in procs),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
-# Worker processes (Runner(workers=N)): jobs arrive as JSON lines on stdin, each finished episode
-# leaves as one JSON line on stdout. stdin's end (the parent is done, or died) ends the worker.
+# Worker processes (Runner(workers=N)). Two pipes each: jobs in (JSON lines; the first is the
+# WorkerSetup), finished episodes out (JSON lines; the first is READY). The end of the jobs pipe (the
+# parent is done, or died) ends the worker; so does finding itself orphaned.
 # ---------------------------------------------------------------------------------------------------
 
 _LINE_LIMIT = 1 << 28  # an episode line can be large (observations of every turn); this bounds memory
-_WORKER_CMD = "from rsi_env.runner import worker_main; worker_main()"
 
 
-async def _spawn_worker(setup: WorkerSetup) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _WORKER_CMD,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        limit=_LINE_LIMIT,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(setup.model_dump_json().encode() + b"\n")
-    return proc
+class _Worker:
+    """A worker process, seen from the parent."""
+
+    def __init__(self, pid: int, how: str, popen: subprocess.Popen[bytes] | None, jobs_fd: int, eps_fd: int):
+        self.pid, self.how, self.popen = pid, how, popen
+        self.jobs_fd, self.eps_fd = jobs_fd, eps_fd
+        self.code: int | None = None
+
+    async def connect(self, setup: WorkerSetup) -> tuple[asyncio.StreamWriter, asyncio.StreamReader]:
+        loop = asyncio.get_running_loop()
+        episodes = asyncio.StreamReader(limit=_LINE_LIMIT)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(episodes), os.fdopen(self.eps_fd, "rb", buffering=0)
+        )
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(self.jobs_fd, "wb", buffering=0)
+        )
+        jobs = asyncio.StreamWriter(transport, protocol, None, loop)
+        jobs.write(setup.model_dump_json().encode() + b"\n")
+        return jobs, episodes
+
+    def poll(self) -> int | None:
+        if self.code is None:
+            if self.popen is not None:
+                self.code = self.popen.poll()
+            else:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.code = os.waitstatus_to_exitcode(status)
+        return self.code
+
+    async def wait(self) -> int:
+        while (code := self.poll()) is None:
+            await asyncio.sleep(0.02)
+        return code
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            if self.popen is not None:
+                self.code = self.popen.wait()
+            else:
+                self.code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
 
-def worker_main() -> None:
-    """Entry point of a worker process (started by `Runner` with workers > 1)."""
-    # Ctrl-C reaches the whole process group: the parent decides what happens, and kills us.
+def _can_fork() -> bool:
+    # A forked child is ready in milliseconds (a spawned one spends ~1.5 s importing), but forking a
+    # process with other threads can deadlock the child on a lock one of them held: fork only when
+    # this is the only thread (the play CLI); otherwise start a fresh interpreter.
+    return hasattr(os, "fork") and threading.active_count() == 1
+
+
+def _start_workers(n: int, setup: WorkerSetup) -> list[_Worker]:
+    """Start n workers. Synchronous on purpose: a fork must not be interleaved with anything."""
+    pipes = [(*os.pipe(), *os.pipe()) for _ in range(n)]  # jobs_r, jobs_w, eps_r, eps_w
+    every_fd = [fd for p in pipes for fd in p]
+    fork = _can_fork()
+    workers = []
+    for jobs_r, jobs_w, eps_r, eps_w in pipes:
+        if fork:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _forked_worker(jobs_r, eps_w, [fd for fd in every_fd if fd not in (jobs_r, eps_w)])
+            popen = None
+        else:
+            popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from rsi_env.runner import worker_main; worker_main({jobs_r}, {eps_w})",
+                ],
+                pass_fds=(jobs_r, eps_w),
+                stdin=subprocess.DEVNULL,
+                # Its own session: a Ctrl-C in the terminal reaches the parent only, which decides.
+                start_new_session=True,
+            )
+            pid = popen.pid
+        workers.append(_Worker(pid, "fork" if fork else "spawn", popen, jobs_w, eps_r))
+    for jobs_r, _, _, eps_w in pipes:
+        os.close(jobs_r)
+        os.close(eps_w)
+    return workers
+
+
+def _forked_worker(jobs_fd: int, eps_fd: int, others: list[int]) -> NoReturn:
+    """The child side of a fork: it must never return into the parent's stack (or its atexit hooks)."""
+    code = 70
+    try:
+        os.setsid()  # a Ctrl-C in the terminal reaches the parent only, which decides
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)  # the parent loop's, inherited
+        for fd in others:  # other workers' pipe ends: holding them would keep their pipes open
+            os.close(fd)
+        asyncio._set_running_loop(None)  # forked from inside the parent's running loop
+        _worker_process(jobs_fd, eps_fd, os.getppid())
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def worker_main(jobs_fd: int, eps_fd: int) -> None:
+    """Entry point of a spawned worker process (`python -c`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything printed goes to stderr, never into the episode stream
+    _worker_process(jobs_fd, eps_fd, os.getppid())
+
+
+def _worker_process(jobs_fd: int, eps_fd: int, parent: int) -> None:
+    out = os.fdopen(eps_fd, "wb")
     with contextlib.suppress(BrokenPipeError):
-        asyncio.run(_worker_loop(out))
+        asyncio.run(_worker_loop(os.fdopen(jobs_fd, "rb", buffering=0), out, parent))
 
 
-async def _worker_loop(out: Any) -> None:
+async def _orphan_watch(parent: int) -> None:
+    """A worker whose parent died (SIGKILL) stops at once instead of finishing its episodes."""
+    while os.getppid() == parent:
+        await asyncio.sleep(0.5)
+    os._exit(0)
+
+
+async def _worker_loop(jobs_pipe: Any, out: Any, parent: int) -> None:
     loop = asyncio.get_running_loop()
+    watch = asyncio.create_task(_orphan_watch(parent))
     reader = asyncio.StreamReader(limit=_LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), jobs_pipe)
     setup = WorkerSetup.model_validate_json(await reader.readline())
     spec = GameSpec.model_validate(setup.spec)
     if compiled(spec).hash != setup.spec_hash:
         raise RuntimeError("worker: the game spec changed in transit")
     factory = AgentFactory(setup.names, spec, setup.override)
     factory.profiles = dict(setup.profiles)  # exactly the parent's, whatever the files say now
+    out.write(b"READY\n")
+    out.flush()
     idle: list[GameParallelEnv] = []
     tasks: set[asyncio.Task[None]] = set()
 
@@ -608,6 +765,8 @@ async def _worker_loop(out: Any) -> None:
             out.write(ep.model_dump_json().encode() + b"\n")
             out.flush()
             idle.append(env)
+        except BrokenPipeError:
+            os._exit(0)  # the parent is gone
         except Exception:
             # A bug, not a model failure (those end up in the episode): stop, and the parent's run
             # fails as it would in one process.
@@ -622,6 +781,7 @@ async def _worker_loop(out: Any) -> None:
         if tasks:
             await asyncio.gather(*tasks)
     finally:
+        watch.cancel()
         for t in tasks:
             t.cancel()
         await factory.aclose()

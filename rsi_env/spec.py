@@ -12,7 +12,9 @@ names exist, actions reachable) live in `rsi_env.spec_check`.
 Names an expression may read (the full list is in README "Spec language"):
 `state` (global vars), `P` (per-player vars by player id), `players`, `n`, `role`, `team`,
 `phase`, `turn`, `forfeited`; in actions also `me`, `my` (= `P[me]`) and `args`; in per-player
-expressions `p`; in `on_resolve` `moves` (player -> {action, args}).
+expressions `p`; in `on_resolve` `moves` (player -> {action, args}); in payoffs and outcomes
+`flags` (the conduct flags raised, each {player, name, kind, turn, ...}). When the game ends the
+current phase's `on_exit` runs first.
 """
 
 from __future__ import annotations

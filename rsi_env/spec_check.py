@@ -21,7 +21,7 @@ from .spec import GameSpec, SpecError
 
 BASE = frozenset({"state", "P", "players", "n", "role", "team", "phase", "turn", "forfeited"})
 ACTION = BASE | {"me", "my", "args"}
-PLAYER = BASE | {"p"}
+PLAYER = BASE | {"p", "flags"}  # payoffs: conduct flags are readable once the game is over
 VIEW = frozenset(
     {"state", "P", "players", "n", "role", "team", "phase", "turn", "forfeited", "me", "my", "actors",
      "is_turn", "game", "events", "done", "payoffs"}
@@ -187,7 +187,7 @@ def _check_names(spec: GameSpec, game: CompiledGame, problems: list[str]) -> Non
     for label, e in (("value", game.payoff), ("best", game.payoff_best), ("forfeit", game.payoff_forfeit)):
         _check_expr(f"payoffs.{label}", e, PLAYER, problems, spec)
     for k, e in game.outcomes.items():
-        _check_expr(f"outcomes.{k}", e, BASE, problems, spec)
+        _check_expr(f"outcomes.{k}", e, BASE | {"flags"}, problems, spec)
     for c, e in game.conduct:
         params = set(spec.actions[c.action].params) | {"message"} if c.action in spec.actions else None
         _check_expr(f"conduct.{c.name}.when", e, ACTION, problems, spec, params=params)

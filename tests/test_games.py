@@ -112,28 +112,10 @@ def test_arbitrary_text_never_raises(game_id: str, data: st.DataObject) -> None:
 
 
 def test_snapshot_restore_replays_exactly(game_id: str) -> None:
-    env = rsi_env.make_parallel(game_id)
-    spec = load_game(game_id)
-    _obs, infos = env.reset(seed=7)
-    agents = {p: RandomAgent(i) for i, p in enumerate(env.possible_agents)}
-    for _ in range(3):
-        if not env.agents:
-            break
-        *_, infos = env.step({p: agents[p].choose(infos[p]) for p in env.agents})
-    snap = env.snapshot()
-    scripted = {p: ScriptedAgent(spec, seed=3) for p in env.possible_agents}
-    first: list = []
-    moves_log: list[dict] = []
-    while env.agents:
-        moves = {p: scripted[p].choose(infos[p]) for p in env.agents}
-        moves_log.append(moves)
-        step = env.step(moves)
-        infos = step[4]
-        first.append(step)
-    env.restore(snap)
-    second = [env.step(m) for m in moves_log]
-    assert first == second
-    assert env.engine.done
+    # The same check the play-test of generated games runs (one definition for both).
+    from rsi_env.generate.playtest import snapshot_replay
+
+    snapshot_replay(load_game(game_id))
 
 
 def _agents(players: list[str], seed: int, scripted_seat: str | None = None, spec=None) -> dict:
@@ -198,3 +180,29 @@ def test_readme_shows_the_current_negotiation_spec() -> None:
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
     assert (root / "games" / "negotiation.yaml").read_text().strip() in readme
+
+
+@pytest.mark.parametrize(
+    ("expr", "want"),
+    [("max([3, 9, 4])", 9), ("min([3, 9, 4])", 3), ("sum([1, 2])", 3), ("[1, 2].contains(2)", True),
+     ('"abc".contains("b")', True), ('bool("true")', True), ("math.greatest([1, 5])", 5),
+     ("size([1, 2])", 2)],
+)  # fmt: skip
+def test_every_function_the_checker_accepts_exists_at_run_time(expr: str, want: object) -> None:
+    from rsi_env.expr import Expr, Scope, select_functions
+
+    e = Expr(expr)
+    assert e(Scope({}, select_functions(e.functions))) == want
+
+
+@pytest.mark.parametrize(
+    ("expr", "want"),
+    [('keys({"b": 1, "a": 2, "c": 3})', ["a", "b", "c"]), ('values({"b": 1, "a": 2, "c": 3})', [2, 1, 3]),
+     ('fmt({"b": 1, "a": 2})', "a=2, b=1"), ("keys({2: 0, 1: 0})", [1, 2])],
+)  # fmt: skip
+def test_lists_and_text_made_from_maps_are_in_key_order(expr: str, want: object) -> None:
+    """A map's order from the CEL runtime is not stable; what specs build from it must be."""
+    from rsi_env.expr import Expr, Scope, select_functions
+
+    e = Expr(expr)
+    assert e(Scope({}, select_functions(e.functions))) == want

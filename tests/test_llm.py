@@ -418,6 +418,9 @@ def test_extract_json_variants() -> None:
     assert extract_json('My answer: {"a": 1} -- done {"b": 2}') == {"a": 1}
     assert extract_json('Use {braces} like this: {"a": 1}') == {"a": 1}
     assert extract_json('```json\n{"a": "```"}\n```') == {"a": "```"}
+    # A raw newline inside a string (a multi-line message) is what the model meant, not an error.
+    assert extract_json('{"text": "Hi.\nDeal?"}') == {"text": "Hi.\nDeal?"}
+    assert extract_json('Sure: {"text": "a\tb\nc"} ok') == {"text": "a\tb\nc"}
     for bad in ["", "no json here", '{"a": 1']:
         with pytest.raises(ValueError):
             extract_json(bad)

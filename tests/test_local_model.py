@@ -46,6 +46,31 @@ def test_gguf_path_points_at_the_packaged_model() -> None:
     assert isinstance(path, Path) and path.suffix == ".gguf" and path.stat().st_size > 50_000_000
 
 
+def test_a_local_profile_keeps_the_servers_settings_unless_it_sets_its_own() -> None:
+    """The default `local` profile sets no timeout or dialect: calls queued behind the one-at-a-time
+    server get the server's long timeout and its json_object dialect, not a remote API's defaults."""
+    from rsi_env.agents.profiles import AgentProfile, load_profile
+    from rsi_env.llm import on_local_server
+
+    unstarted = local_model.LocalServer()
+    unstarted.port = 8123  # its endpoint without running it
+    server = unstarted.endpoint()
+    ep = on_local_server(load_profile("local").endpoint(), server)
+    assert (ep.base_url, ep.model, ep.timeout_s, ep.dialect) == (
+        server.base_url,
+        server.model,
+        server.timeout_s,
+        server.dialect,
+    )
+    assert server.timeout_s > AgentProfile().timeout_s
+    own = AgentProfile(backend="local", timeout_s=5, dialect="prompt").endpoint()
+    assert on_local_server(own, server).model_dump(include={"timeout_s", "dialect", "base_url"}) == {
+        "timeout_s": 5,
+        "dialect": "prompt",
+        "base_url": server.base_url,
+    }
+
+
 def test_gguf_path_names_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_model, "GGUF_MODULE", "no_such_module_rsi_env")
     monkeypatch.setattr(local_model, "GGUF_PACKAGE", "no-such-package-rsi-env")

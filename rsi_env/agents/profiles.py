@@ -46,14 +46,19 @@ class AgentProfile(BaseModel):
     def endpoint(self) -> Endpoint:
         if self.backend == "endpoint" and not self.base_url:
             raise ProfileError(f"profile {self.name!r}: backend `endpoint` needs `base_url`")
-        return Endpoint(
-            base_url=self.base_url if self.backend == "endpoint" else None,
-            model=self.model,
-            api_key_env=self.api_key_env,
-            dialect=self.dialect,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-        )
+        fields = {
+            "model": self.model,
+            "api_key_env": self.api_key_env,
+            "dialect": self.dialect,
+            "timeout_s": self.timeout_s,
+            "max_retries": self.max_retries,
+        }
+        if self.backend == "local":
+            # Only what the profile sets: the rest comes from the embedded server's own endpoint
+            # (its dialect, and a timeout long enough to wait in its one-at-a-time queue).
+            fields = {k: v for k, v in fields.items() if k in self.model_fields_set}
+            return Endpoint(base_url=None, **fields)
+        return Endpoint(base_url=self.base_url, **fields)
 
 
 class EndpointOverride(BaseModel):

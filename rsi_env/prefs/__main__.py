@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from ..agents.profiles import AgentFactory, ClientPool, ProfileError
 from ..catalog import load_game
-from ..cli import add_endpoint_args, endpoint_override, fail, positive_int
+from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run
 from ..referees.meta import meta_judge_scores, reliability_table
 from ..referees.panel import parse_judges, score_episodes
 from ..referees.rubric import RubricError, load_rubric
@@ -192,4 +191,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -50,6 +50,19 @@ class JudgeRecord(BaseModel):
     response: str = ""
     pairwise: list[tuple[str, str, str]] = Field(default_factory=list)
 
+    @classmethod
+    def of(cls, r: Ranking) -> JudgeRecord:
+        """A judge's ranking as stored in a set (the inverse of `ranking`)."""
+        return cls(
+            judge=r.judge,
+            scores=r.scores,
+            reasoning=r.reasoning,
+            status=r.status,
+            prompt=r.prompt,
+            response=r.response,
+            pairwise=[(a, b, w) for (a, b), w in r.pairwise.items()],
+        )
+
     def ranking(self, set_id: str) -> Ranking:
         return Ranking(
             judge=self.judge,
@@ -231,16 +244,4 @@ async def judge_set(
     )
     context = f"{game_brief(spec)}\n\nTHE GAME UNTIL THE DECISION:\n{history.rsplit('Final payoffs', 1)[0]}"
     rankings = await asyncio.gather(*(j.rank(record.set_id, question, cands, context) for j in judges))
-    out = [
-        JudgeRecord(
-            judge=r.judge,
-            scores=r.scores,
-            reasoning=r.reasoning,
-            status=r.status,
-            prompt=r.prompt,
-            response=r.response,
-            pairwise=[(a, b, w) for (a, b), w in r.pairwise.items()],
-        )
-        for r in rankings
-    ]
-    return question, out
+    return question, [JudgeRecord.of(r) for r in rankings]

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ..referees.aggregate import consensus, tau
+from ..referees.aggregate import consensus, mean_agreement
 from ..referees.judge import Ranking
 from ..referees.meta import MetaReport, assess, judge_pairs
 from .branching import BranchSet
-from .rows import DPORow, Message, unleash
+from .rows import DPORow, RowMeta, ranked_pairs, unleash
 
 BRANCHES = "branch_sets.jsonl"
 ROLLOUTS = "rollouts.jsonl"
@@ -83,10 +83,7 @@ def build(
         if len(valid) < 2:
             continue
         strength = consensus([{k: v for k, v in m.items() if k in valid} for m in score_maps], w)
-        taus = [
-            t for i, a in enumerate(score_maps) for b in score_maps[i + 1 :] if (t := tau(a, b)) is not None
-        ]
-        agreement = sum(taus) / len(taus) if taus else -1.0
+        agreement = mean_agreement(score_maps)
         new = pairs_for(bs, strength, agreement, all_pairs=all_pairs, margin=margin, unleashed=unleashed)
         with_pairs += bool(new)
         rows += new
@@ -103,41 +100,24 @@ def pairs_for(
     margin: float,
     unleashed: bool,
 ) -> list[DPORow]:
-    raw = {c.id: c.raw for c in bs.candidates}
-    order = sorted(strength, key=lambda c: (-strength[c], c))
-    rank = {c: i for i, c in enumerate(order)}
-    prompt = unleash(bs.prompt) if unleashed else list(bs.prompt)
-    if all_pairs:
-        candidates = [(a, b) for a in order for b in order if rank[a] < rank[b]]
-    else:
-        candidates = [(order[0], order[-1])]
-    rows = []
-    for a, b in candidates:
-        gap = strength[a] - strength[b]
-        if gap <= margin or gap <= 1e-9 or raw[a] == raw[b]:
-            continue
-        rows.append(
-            DPORow(
-                prompt=prompt,
-                chosen=[Message(role="assistant", content=raw[a])],
-                rejected=[Message(role="assistant", content=raw[b])],
-                source="game",
-                task=bs.game,
-                level="action",
-                episode_id=bs.base_episode,
-                seed=bs.seed,
-                player=bs.player,
-                turn=bs.turn,
-                chosen_rank=rank[a],
-                rejected_rank=rank[b],
-                n_candidates=len(order),
-                chosen_score=strength[a],
-                rejected_score=strength[b],
-                margin=gap,
-                judge_agreement=agreement,
-            )
-        )
-    return rows
+    meta = RowMeta(
+        source="game",
+        task=bs.game,
+        level="action",
+        episode_id=bs.base_episode,
+        seed=bs.seed,
+        player=bs.player,
+        turn=bs.turn,
+        judge_agreement=agreement,
+    )
+    return ranked_pairs(
+        unleash(bs.prompt) if unleashed else list(bs.prompt),
+        {c.id: c.raw for c in bs.candidates},
+        strength,
+        meta,
+        all_pairs=all_pairs,
+        margin=margin,
+    )
 
 
 def load_meta_scores(run_dir: str | Path) -> dict[str, float] | None:

@@ -57,6 +57,53 @@ class KTORow(RowMeta):
     label: bool
 
 
+def ranked_pairs(
+    prompt: list[Message],
+    completions: dict[str, str],
+    strength: dict[str, float],
+    meta: RowMeta,
+    *,
+    all_pairs: bool = False,
+    margin: float = 0.0,
+    unchoosable: frozenset[str] | set[str] = frozenset(),
+) -> list[DPORow]:
+    """DPO rows from candidate completions of one prompt ranked by `strength` (higher is better):
+    best vs worst, or with `all_pairs` every better-worse pair whose gap exceeds `margin`. A candidate
+    in `unchoosable` (it failed a hard check) may be rejected, never chosen. `meta` gives the row's
+    fixed columns; ranks, scores and the margin are filled in per pair."""
+    order = sorted(strength, key=lambda c: (-strength[c], c))
+    rank = {c: i for i, c in enumerate(order)}
+    choosable = [c for c in order if c not in unchoosable]
+    if not choosable:
+        return []
+    if all_pairs:
+        pairs = [(a, b) for a in choosable for b in order if rank[a] < rank[b]]
+    else:
+        pairs = [(choosable[0], order[-1])]
+    rows = []
+    for a, b in pairs:
+        gap = strength[a] - strength[b]
+        if gap <= margin or gap <= 1e-9 or completions[a] == completions[b]:
+            continue  # no preference, or two identical completions: nothing to learn
+        columns = meta.model_dump() | {
+            "chosen_rank": rank[a],
+            "rejected_rank": rank[b],
+            "n_candidates": len(order),
+            "chosen_score": strength[a],
+            "rejected_score": strength[b],
+            "margin": gap,
+        }
+        rows.append(
+            DPORow(
+                prompt=prompt,
+                chosen=[Message(role="assistant", content=completions[a])],
+                rejected=[Message(role="assistant", content=completions[b])],
+                **columns,
+            )
+        )
+    return rows
+
+
 def unleash(prompt: list[Message]) -> list[Message]:
     """Prefix the system prompt with `UNLEASHED: ` (for open-endedly judged tasks)."""
     if prompt and prompt[0].role == "system":

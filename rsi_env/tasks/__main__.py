@@ -1,0 +1,201 @@
+"""`python -m rsi_env.tasks {programming,predict,trivia}`: preference data from open-ended tasks.
+
+programming: N challenges, V validators and K solutions per challenge; the sandbox runs every validator on
+             every solution and on deliberately broken ones; the panel ranks challenges, validators and
+             solutions.
+predict:     N programs with a question; the determinism filter (static + sandbox runs); K predictions per
+             kept program, scored by normalised exact match; the panel ranks the programs.
+trivia:      N random encyclopedia pages, Q questions per page, K answers per grounded question (without
+             the page); the panel (with the page) ranks questions and scores answers.
+
+Writes to --out: run.jsonl (every generated item, sandbox run, ranking and why items were dropped),
+sets.jsonl, prefs.jsonl (DPO, every level: see the `level` column), kto.jsonl, judges.json (the
+meta-referee's report) and bank.jsonl (tasks for the Gymnasium envs in rsi_env.tasks.envs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..agents.profiles import ClientPool, ProfileError, resolve_profile
+from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run
+from ..local_model import LocalModelError
+from ..referees.meta import reliability_table
+from ..referees.panel import parse_judges
+from ..sandbox import SandboxError, SandboxLimits, isolation_level
+from . import FAMILIES, predict, programming, trivia
+from .common import (
+    RUN_LOG,
+    BuildResult,
+    CandidateSet,
+    RunLog,
+    TaskContext,
+    build_rows,
+    meta_scores,
+    write_outputs,
+)
+from .corpus import CorpusMissing, corpus_path
+
+
+def _family_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a family's `run` takes."""
+    limits = SandboxLimits(timeout_s=args.timeout, memory_mb=256)
+    if args.family == "programming":
+        return {"n": args.n, "k": args.k, "validators": args.validators, "limits": limits}
+    if args.family == "predict":
+        return {"n": args.n, "k": args.k, "limits": limits}
+    return {"n": args.n, "k": args.k, "questions": args.questions}
+
+
+async def _generate(
+    args: argparse.Namespace, log: RunLog
+) -> tuple[list[CandidateSet], list[Any], dict | None]:
+    pool = ClientPool()
+    override = endpoint_override(args)
+    profile = resolve_profile(args.profile, override)
+    judges = parse_judges(args.judges, pool, override) if args.judges else []
+    meta_judge = parse_judges(args.meta_judge, pool, override)[0] if args.meta_judge else None
+    ctx = TaskContext(
+        client=pool.client(profile),
+        sampling=profile.sampling,
+        judges=list(judges),
+        meta_judge=meta_judge,
+        meta_sets=args.meta_sets,
+        log=log,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        concurrency=args.concurrency,
+    )
+    module = {"programming": programming, "predict": predict, "trivia": trivia}[args.family]
+    try:
+        sets, bank = await module.run(ctx, **_family_args(args))
+        scores = await meta_scores(ctx, sets)
+    finally:
+        await pool.aclose()
+    return sets, bank, scores
+
+
+def summary_table(family: str, log: RunLog, result: BuildResult) -> Table:
+    """Per level: items kept, dropped (by reason) and rows made."""
+    t = Table(title=f"{family}: items and preference rows")
+    for col in ("level", "kept", "dropped (why)", "rows"):
+        t.add_column(col)
+    rows_by_level: dict[str, int] = {}
+    for r in result.rows:
+        rows_by_level[r.level] = rows_by_level.get(r.level, 0) + 1
+    outcomes = log.outcomes()
+    for level in [*outcomes, *(lv for lv in rows_by_level if lv not in outcomes)]:
+        counts = outcomes.get(level, {})
+        dropped = "; ".join(f"{n}× {why}" for why, n in counts.items() if why != "kept") or "—"
+        t.add_row(level, str(counts.get("kept", 0)), dropped, str(rows_by_level.get(level, 0)))
+    return t
+
+
+def cmd_run(args: argparse.Namespace, console: Console | None = None) -> int:
+    console = console or Console()
+    out = Path(args.out or f"runs/tasks/{args.family}")
+    if args.family == "trivia":
+        try:
+            corpus_path()
+        except CorpusMissing as exc:
+            fail(str(exc))
+    isolation = None
+    if args.family in ("programming", "predict"):
+        try:
+            isolation = isolation_level()
+        except SandboxError as exc:
+            fail(f"the sandbox cannot run programs here: {exc}")
+    log = RunLog(out / RUN_LOG)
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "fn"}
+    log.write("start", family=args.family, options=options, isolation=isolation)
+    t0 = time.monotonic()
+    try:
+        sets, bank, scores = asyncio.run(_generate(args, log))
+    except (ProfileError, LocalModelError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted; the run log so far is in[/] " + str(out / RUN_LOG))
+        return 130
+    result = build_rows(
+        sets, source=args.family, seed=args.seed, unleashed=args.unleashed, all_pairs=args.all_pairs,
+        meta_scores=scores,
+    )  # fmt: skip
+    written = write_outputs(out, sets, result, prefs_path=args.output, bank=bank)
+    log.write("meta", report=result.meta, meta_scores=scores)
+    log.write("summary", outcomes=log.outcomes(), duration_s=round(time.monotonic() - t0, 1), **written)
+    if result.meta.judges:
+        console.print(reliability_table(result.meta))
+    console.print(summary_table(args.family, log, result))
+    console.print(
+        f"{result.sets} candidate sets, {result.sets_with_pairs} with a preference: "
+        f"{written['rows']} DPO rows -> {written['prefs']}, "
+        f"{written['kto_rows']} KTO rows -> {written['kto']}, "
+        f"{written['bank']} tasks -> {out / 'bank.jsonl'}; log: {out / RUN_LOG}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m rsi_env.tasks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="family", required=True, metavar="{" + ",".join(FAMILIES) + "}")
+    helps = {
+        "programming": ("challenges", "solutions per challenge"),
+        "predict": ("programs", "predictions per kept program"),
+        "trivia": ("pages", "answers per kept question"),
+    }
+    for family in FAMILIES:
+        n_help, k_help = helps[family]
+        p = sub.add_parser(family, help=f"{family} tasks -> preference rows")
+        p.add_argument("--n", type=positive_int, default=2 if family == "programming" else 4, help=n_help)
+        p.add_argument("--k", type=positive_int, default=4, help=k_help)
+        if family == "programming":
+            p.add_argument("--validators", type=positive_int, default=3, help="validators per challenge")
+        if family == "trivia":
+            p.add_argument("--questions", type=positive_int, default=3, help="questions per page")
+        p.add_argument("--profile", default="local", help="agent profile that generates (agents/*.yaml)")
+        p.add_argument(
+            "--judges", default="local@0.2,local@1.0", help="PROFILE[@TEMP][#SEED],… ('' for none)"
+        )
+        p.add_argument(
+            "--meta-judge", default="local@0.2#99", help="LLM that ranks the judges' rankings ('' for none)"
+        )
+        p.add_argument("--meta-sets", type=positive_int, default=3, help="sets the meta-judge reviews")
+        p.add_argument("--out", type=Path, help=f"run directory (default runs/tasks/{family})")
+        p.add_argument(
+            "-o", "--output", type=Path, help="DPO rows (default OUT/prefs.jsonl; KTO rows beside)"
+        )
+        p.add_argument("--unleashed", action="store_true", help="prefix system prompts with `UNLEASHED: `")
+        p.add_argument("--all-pairs", action="store_true", help="every ordered pair, not just best vs worst")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--max-tokens", type=positive_int, help="cap on every generation call (e.g. 150 locally)"
+        )
+        p.add_argument("--concurrency", type=positive_int, default=4, help="model calls in flight")
+        p.add_argument(
+            "--timeout", type=float, default=5.0, help="sandbox wall-clock limit per program run (s)"
+        )
+        add_endpoint_args(p)
+        p.set_defaults(fn=cmd_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 < args.timeout <= 600:
+        fail("--timeout: expected seconds in (0, 600]")
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,246 @@
+"""Runner throughput against a fixed-latency test server, beside the bare openai client in the same run.
+
+For each concurrency the runner plays N negotiation episodes with LLM agents on the fault server
+(no faults, a fixed per-call latency); then the bare `openai` async client makes the same number of
+calls (a real first-turn request: same messages, action schema, sampling) at the same concurrency.
+
+    ideal = calls x latency / concurrency        eff = ideal / achieved
+
+`steady` is the efficiency until the last episode (call) started: from then on a finite run of
+episodes is a tail of long episodes finishing with fewer than `concurrency` in flight, which no
+runner avoids and a long run hardly sees; the bare client has no such tail. The figure that matters
+is the runner's efficiency as a share of the bare client's (target >= 0.90), printed for both. On a
+small machine both clients end up capped by their own CPU per call (`cpu ms`, worker processes
+included). The server runs in its own process, so its CPU is not charged to the client. Then tokens
+per episode against turn count (the fault server counts ~4 characters per token): prompt growth.
+
+    python scripts/bench_runner.py [--episodes 600] [--latency 0.1] [--concurrency 8 16 32 64]
+                                   [--workers 1 2] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydantic import BaseModel
+
+from rsi_env.agents.llm_agent import LLMAgent
+from rsi_env.agents.profiles import AgentFactory, EndpointOverride
+from rsi_env.catalog import load_game
+from rsi_env.env import GameParallelEnv
+from rsi_env.llm import _httpx
+from rsi_env.runner import Runner, plan
+from rsi_env.spec import GameSpec
+from rsi_env.trajectory import Episode, read_episodes
+from tests.fault_server import FaultConfig, FaultServerProcess
+
+MODEL = "fault-test-model"
+AGENT = "local"  # the default profile; --base-url style override points it at the test server
+
+
+def cpu_time() -> float:
+    """CPU seconds of this process and of its finished children (worker processes, once waited for;
+    the fault server is still running, so it is not counted)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def server_requests(base_url: str) -> int:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats", timeout=10) as r:
+        return int(json.load(r)["requests"])
+
+
+class Timing(BaseModel):
+    """One row's timing. `steady` covers the run until its last unit of work started (the queue was
+    empty from then on): a finite run of episodes ends with a tail of long episodes finishing with
+    fewer than `concurrency` in flight, which no runner can avoid and a long run does not see."""
+
+    elapsed: float
+    steady_s: float
+    steady_calls: int
+
+
+async def run_runner(
+    spec: GameSpec, base_url: str, episodes: int, concurrency: int, workers: int, out: Path
+) -> Timing:
+    factory = AgentFactory([AGENT], spec, EndpointOverride(base_url=base_url, model=MODEL))
+    kw: dict[str, Any] = {"workers": workers} if workers > 1 else {}
+    runner = Runner(spec, factory, out, concurrency=concurrency, progress=False, **kw)
+    jobs = plan(spec, [AGENT], episodes)
+    wall0, t0 = time.time(), time.perf_counter()
+    try:
+        await runner.run(jobs)
+    finally:
+        await factory.aclose()
+    elapsed = time.perf_counter() - t0
+    # When each request completed, from the record: an episode's calls follow one another from its
+    # start (the few ms between them are left out, so this errs early, i.e. against the runner).
+    eps = list(read_episodes(out))
+    last_start = max(ep.started_at for ep in eps)
+    steady_calls = 0
+    for ep in eps:
+        t = ep.started_at
+        for turn in ep.turns:
+            for c in (*turn.failed_calls, turn.call):
+                t += c.latency_s
+                steady_calls += (1 + c.retries) * (t <= last_start)
+    return Timing(elapsed=elapsed, steady_s=last_start - wall0, steady_calls=steady_calls)
+
+
+def first_turn_request(spec: GameSpec) -> dict[str, Any]:
+    """The request an LLM agent sends on its first turn of seed 0, as ChatClient would send it."""
+    env = GameParallelEnv(spec)
+    env.reset(seed=0)
+    factory = AgentFactory([AGENT], spec, EndpointOverride(base_url="http://unused/v1", model=MODEL))
+    player = next(p for p in env.agents if env.agent_info(p)["is_turn"])
+    agent = factory.build(AGENT, player, 0)
+    assert isinstance(agent, LLMAgent)
+    info = env.agent_info(player)
+    _prompt, messages = agent.messages_for(info)
+    s = agent.profile.sampling
+    return {
+        "model": MODEL,
+        "messages": messages,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "max_tokens": s.max_tokens,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "action", "schema": info["action_schema"], "strict": False},
+        },
+    }
+
+
+async def run_bare(base_url: str, n_calls: int, concurrency: int, request: dict[str, Any]) -> Timing:
+    """The bare openai async client: n_calls with at most `concurrency` in flight."""
+    http = openai.DefaultAsyncHttpxClient(
+        limits=_httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    )
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0, http_client=http)
+    sem = asyncio.Semaphore(concurrency)
+    starts: list[float] = []
+    ends: list[float] = []
+
+    async def one(i: int) -> bool:
+        async with sem:
+            starts.append(time.perf_counter())
+            r = await client.chat.completions.create(**request, seed=i)
+            ends.append(time.perf_counter())
+            return bool(r.choices[0].message.content)
+
+    t0 = time.perf_counter()
+    try:
+        ok = await asyncio.gather(*(one(i) for i in range(n_calls)))
+    finally:
+        await client.close()
+    elapsed = time.perf_counter() - t0
+    if not all(ok):
+        raise RuntimeError("the bare client got empty replies from a fault-free server")
+    last_start = max(starts)
+    return Timing(elapsed=elapsed, steady_s=last_start - t0, steady_calls=sum(e <= last_start for e in ends))
+
+
+def tokens_by_turns(episodes: list[Episode]) -> None:
+    by_turns: dict[int, list[Episode]] = defaultdict(list)
+    for ep in episodes:
+        by_turns[len(ep.turns)].append(ep)
+    print("\ntokens per episode against turn count (prompt grows with the history each call carries)")
+    print(
+        f"{'turns':>5}{'episodes':>10}{'prompt/ep':>11}{'compl/ep':>10}{'tokens/ep':>11}{'tokens/turn':>13}"
+    )
+    for n in sorted(by_turns):
+        eps = by_turns[n]
+        pt = statistics.mean(e.usage.prompt_tokens for e in eps)
+        ct = statistics.mean(e.usage.completion_tokens for e in eps)
+        print(f"{n:>5}{len(eps):>10}{pt:>11.0f}{ct:>10.0f}{pt + ct:>11.0f}{(pt + ct) / max(1, n):>13.0f}")
+    at: dict[int, list[int]] = defaultdict(list)
+    for ep in episodes:
+        for k, t in enumerate(ep.turns, 1):
+            at[k].append(t.call.prompt_tokens)
+    row = "  ".join(f"{k}:{statistics.mean(v):.0f}" for k, v in sorted(at.items()))
+    print(f"prompt tokens of the k-th turn of an episode (mean): {row}")
+
+
+def row(
+    conc: int, name: str, calls: int, latency: float, timing: Timing, cpu: float, tail: str = ""
+) -> float:
+    """Print one row; returns the steady-state efficiency."""
+    ideal = calls * latency / conc
+    steady = timing.steady_calls * latency / conc / timing.steady_s
+    print(
+        f"{conc:>4} {name:<18}{calls:>7}{ideal:>9.2f}{timing.elapsed:>10.2f}{calls / timing.elapsed:>9.1f}"
+        f"{ideal / timing.elapsed:>7.2f}{steady:>8.2f}{cpu * 1000 / calls:>9.2f}{tail}",
+        flush=True,
+    )
+    return steady
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--game", default="negotiation")
+    ap.add_argument("--episodes", type=int, default=600)
+    ap.add_argument("--latency", type=float, default=0.1)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="runner rows: 1 = one event loop")
+    ap.add_argument("--repeat", type=int, default=1, help="rows per setting (the machine may be shared)")
+    ns = ap.parse_args()
+
+    spec = load_game(ns.game)
+    request = first_turn_request(spec)
+    config = FaultConfig(latency_s=ns.latency)
+    last_out: Path | None = None
+    with (
+        FaultServerProcess("--config", config.model_dump_json()) as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        url = server.base_url
+        print(
+            f"{spec.id}: {ns.episodes} episodes per runner row; fault server {url} in its own process, "
+            f"latency {ns.latency * 1000:.0f} ms, no faults"
+        )
+        print(
+            f"{'conc':>4} {'client':<18}{'calls':>7}{'ideal s':>9}{'actual s':>10}{'calls/s':>9}"
+            f"{'eff':>7}{'steady':>8}{'cpu ms':>9}   runner/bare: eff steady"
+        )
+        for conc in ns.concurrency:
+            for rep in range(ns.repeat):
+                for workers in ns.workers:
+                    out = Path(tmp) / f"c{conc}-w{workers}-r{rep}"
+                    before = server_requests(url)
+                    cpu0 = cpu_time()
+                    runner = asyncio.run(run_runner(spec, url, ns.episodes, conc, workers, out))
+                    cpu = cpu_time() - cpu0
+                    calls = server_requests(url) - before
+                    last_out = out
+                    name = "runner" if workers == 1 else f"runner workers={workers}"
+                    steady_runner = row(conc, name, calls, ns.latency, runner, cpu)
+                    # The same number of calls at the same concurrency, right after, on the same server.
+                    cpu0 = time.process_time()
+                    bare = asyncio.run(run_bare(url, calls, conc, request))
+                    cpu = time.process_time() - cpu0
+                    ratio = bare.elapsed / runner.elapsed  # = runner efficiency / bare efficiency
+                    steady_bare = bare.steady_calls * ns.latency / conc / bare.steady_s
+                    steady_ratio = steady_runner / steady_bare
+                    marks = " ".join(f"{r:.2f} {'ok' if r >= 0.9 else 'LOW'}" for r in (ratio, steady_ratio))
+                    row(conc, "bare openai", calls, ns.latency, bare, cpu, f"{'':>17}{marks}")
+        if last_out is not None:
+            tokens_by_turns(list(read_episodes(last_out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""The runner against the fault-injecting OpenAI-compatible server, over real loopback HTTP.
+
+- With 30% of calls faulty (429, 500, hangs past the timeout, malformed JSON, empty content,
+  truncated output) a 50-episode run completes: every planned episode is in the file once, every
+  failure is recorded with its status, a failed call is never played as a move, and an aborted
+  episode has no payoffs (missing, never zero).
+- The play CLI killed mid-run with SIGKILL (and interrupted with SIGINT) leaves a valid file; the
+  same command again resumes to exactly the planned set, with no duplicate lines.
+- Worker processes (`workers=N`) write the same episodes as one process, and die with their parent.
+- An env reused between episodes plays exactly like a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rsi_env.agents.baseline import RandomAgent
+from rsi_env.agents.profiles import AgentFactory, EndpointOverride
+from rsi_env.catalog import load_game
+from rsi_env.compiled import compiled
+from rsi_env.env import GameParallelEnv
+from rsi_env.expr import ExprError
+from rsi_env.llm import CallStatus
+from rsi_env.runner import EpisodeJob, Runner, plan, play_episode
+from rsi_env.spec import GameSpec
+from rsi_env.trajectory import FAILURE_STATUSES, Episode, read_episodes, resolve_path
+from rsi_env.view import _hints, fmt_value, view_scope
+from tests.fault_server import FaultConfig, FaultServer, random_instance, schema_of_request
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "fault-test-model"
+GAME = "negotiation"
+FAULTS = ("429", "500", "hang", "malformed", "empty", "truncated")
+# Independent draws per request: 1 - (1 - r)^6 = 0.30 of calls get one of the six faults.
+RATE = 1 - 0.7 ** (1 / 6)
+# What each injected fault is recorded as (an attempt's status).
+RECORDED_AS = {
+    "429": "rate_limited",
+    "500": "server_error",
+    "hang": "timeout",
+    "malformed": "server_error",
+    "empty": "invalid_output",
+    "truncated": "invalid_output",
+}
+TIMING = {"run_id", "started_at", "duration_s"}
+
+
+def faulty(latency_s: float = 0.02, **kw: Any) -> FaultConfig:
+    rates = {f"rate_{f}": RATE for f in FAULTS}
+    return FaultConfig(latency_s=latency_s, retry_after_s=0.02, seed=7, **{**rates, **kw})
+
+
+def write_profile(directory: Path, base_url: str, *, timeout_s: float = 2.0, max_retries: int = 1) -> str:
+    """An endpoint profile with a short timeout (a hang costs timeout_s), as a file path for --agents."""
+    path = directory / "fault-agent.yaml"
+    profile = {
+        "backend": "endpoint",
+        "base_url": base_url,
+        "model": MODEL,
+        "timeout_s": timeout_s,
+        "max_retries": max_retries,
+        "sampling": {"temperature": 0.7, "max_tokens": 64},
+        "persona": "You play to win.",
+    }
+    path.write_text(yaml.safe_dump(profile), encoding="utf-8")
+    return str(path)
+
+
+def deterministic_responder(body: dict[str, Any]) -> str:
+    """A valid action that depends on the request only (not on arrival order), so that two runs of
+    the same plan get the same replies however their calls interleave."""
+    digest = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).digest()
+    schema = schema_of_request(body) or {"type": "object"}
+    return json.dumps(random_instance(schema, random.Random(digest)))
+
+
+def run(runner: Runner, jobs: list[EpisodeJob]) -> Any:
+    async def go() -> Any:
+        try:
+            return await runner.run(jobs)
+        finally:
+            await runner.factory.aclose()
+
+    return asyncio.run(go())
+
+
+def raw_lines(out: Path) -> list[dict[str, Any]]:
+    """Every line of the file, parsed: a cut-short or duplicated line would show here."""
+    text = resolve_path(out).read_text(encoding="utf-8")
+    assert text.endswith("\n"), "the file ends in a cut-short line"
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def comparable(ep: Episode) -> dict[str, Any]:
+    """An episode without what depends on timing."""
+    data = ep.model_dump(mode="json", exclude=TIMING)
+    data["usage"].pop("latency_s")
+    for t in data["turns"]:
+        t["call"].pop("latency_s")
+    return data
+
+
+@pytest.fixture(scope="module")
+def spec() -> GameSpec:
+    return load_game(GAME)
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer(faulty()) as srv:
+        yield srv
+
+
+# --- a faulty endpoint ----------------------------------------------------------------------------
+
+
+def test_thirty_percent_faults_fifty_episodes(tmp_path: Path, spec: GameSpec, server: FaultServer) -> None:
+    agent = write_profile(tmp_path, server.base_url)
+    factory = AgentFactory([agent], spec, EndpointOverride(base_url=server.base_url, model=MODEL))
+    jobs = plan(spec, [agent], 50)
+    stats = run(Runner(spec, factory, tmp_path / "run", concurrency=16, progress=False), jobs)
+
+    lines = raw_lines(tmp_path / "run")
+    assert sorted(d["episode_id"] for d in lines) == sorted(j.episode_id for j in jobs)  # all, once
+    assert stats.done == 50 and stats.skipped == 0
+
+    faults = Counter({k: v for k, v in server.faults.items() if k != "ok"})
+    assert set(faults) == set(FAULTS), f"every kind of fault was injected: {server.faults}"
+    assert 0.2 < sum(faults.values()) / server.requests < 0.4
+
+    episodes = list(read_episodes(tmp_path / "run"))
+    recorded: Counter[str] = Counter()
+    requests = 0
+    for ep in episodes:
+        if ep.status == "aborted":
+            assert ep.payoffs is None and ep.abort_reason
+            assert ep.abort_reason.split(":")[0] in FAILURE_STATUSES
+        else:
+            assert ep.payoffs is not None and set(ep.payoffs) == {p.player for p in ep.players}
+        assert ep.usage.failed_calls == sum(len(t.failed_calls) for t in ep.turns) + (ep.status == "aborted")
+        for t in ep.turns:
+            # A turn is a call that got an answer: a failed call is never played as a move.
+            assert t.call.status not in FAILURE_STATUSES
+            assert t.call.status in set(CallStatus)
+            assert t.observation and t.prompt and t.call.latency_s > 0 and t.call.prompt_tokens > 0
+            assert t.valid == (t.action is not None)
+            for f in t.failed_calls:
+                assert f.status in FAILURE_STATUSES and f.error and f.attempts[-1] == f.status
+            for c in (t.call, *t.failed_calls):
+                recorded.update(c.attempts)
+                requests += 1 + c.retries
+    assert set(recorded) <= {s.value for s in CallStatus}
+    if not any(ep.status == "aborted" for ep in episodes):
+        # Every faulty response is one failed attempt with the status it deserves, and every
+        # request the server saw belongs to a recorded call. (An aborting turn is not a turn, so
+        # with aborts the file holds at most this; healthy calls may also time out on a busy box.)
+        expected = Counter()
+        for fault, n in faults.items():
+            expected[RECORDED_AS[fault]] += n
+        assert recorded["timeout"] >= expected.pop("timeout")
+        assert {k: recorded[k] for k in expected} == dict(expected)
+        assert requests == server.requests
+
+
+def test_a_dead_endpoint_aborts_episodes_without_payoffs_and_retry_failed_reruns_them(
+    tmp_path: Path, spec: GameSpec, server: FaultServer
+) -> None:
+    server.config = FaultConfig(rate_500=1.0, retry_after_s=None)
+    server.reset_counters()
+    agent = write_profile(tmp_path, server.base_url, max_retries=0)
+    override = EndpointOverride(base_url=server.base_url, model=MODEL)
+    jobs = plan(spec, [agent, "random"], 4)
+    stats = run(Runner(spec, AgentFactory([agent, "random"], spec, override), tmp_path, progress=False), jobs)
+    episodes = list(read_episodes(tmp_path))
+    assert len(episodes) == 4 and stats.aborted >= 2
+    for ep in episodes:
+        llm_seat = next(p.player for p in ep.players if p.agent == agent)
+        if ep.usage.calls == 0:  # the random seat ended the game before the model's first turn
+            assert ep.status == "complete" and ep.payoffs is not None
+            continue
+        assert ep.status == "aborted" and ep.payoffs is None and ep.best is None
+        assert ep.abort_reason and ep.abort_reason.startswith("server_error")
+        assert ep.usage.failed_calls == 3 and ep.usage.calls == 3  # the turn, retried twice
+        assert all(t.player != llm_seat for t in ep.turns)  # its failed turn was never played
+
+    # Rerun without --retry-failed: aborted episodes count as done. With it, they are played again.
+    again = run(Runner(spec, AgentFactory([agent, "random"], spec, override), tmp_path, progress=False), jobs)
+    assert again.skipped == 4 and again.done == 0
+    server.config = FaultConfig()
+    server.reset_counters()
+    retried = Runner(
+        spec, AgentFactory([agent, "random"], spec, override), tmp_path, progress=False, retry_failed=True
+    )
+    assert run(retried, jobs).done == stats.aborted
+    latest = list(read_episodes(tmp_path))
+    assert len(latest) == 4 and all(ep.finished and ep.payoffs is not None for ep in latest)
+    # Append-only: the aborted records stay in the file, and the latest line of an id wins.
+    assert len(raw_lines(tmp_path)) == 4 + stats.aborted
+
+
+# --- kills and resumes through the CLI -------------------------------------------------------------
+
+
+def play_cmd(agent: str, out: Path, base_url: str, episodes: int, concurrency: int = 16) -> list[str]:
+    return [
+        sys.executable, "-m", "rsi_env.play", "--game", GAME, "--agents", agent,
+        "--episodes", str(episodes), "--out", str(out), "--concurrency", str(concurrency), "--quiet",
+        "--base-url", base_url, "--model", MODEL,
+    ]  # fmt: skip
+
+
+def start(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def wait_for_lines(out: Path, n: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
+    path = resolve_path(out)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            count = path.read_bytes().count(b"\n")
+            if count >= n:
+                return count
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"the run ended before it could be interrupted: {err.decode()[-2000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no {n} episodes in {timeout_s} s")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_a_killed_run_resumes_to_exactly_the_planned_set(
+    tmp_path: Path, spec: GameSpec, server: FaultServer, how: str
+) -> None:
+    server.config = faulty(latency_s=0.05)
+    agent = write_profile(tmp_path, server.base_url, timeout_s=1.0)
+    out = tmp_path / "run"
+    n = 50 if how == "SIGKILL" else 20
+    cmd = play_cmd(agent, out, server.base_url, n)
+    proc = start(cmd)
+    wait_for_lines(out, 5, proc)
+    proc.send_signal(getattr(signal, how))
+    stdout, stderr = proc.communicate(timeout=30)
+    kept: dict[str, str] | None = None
+    if how == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL
+        assert resolve_path(out).read_bytes().count(b"\n") < n, "killed mid-way"
+        with resolve_path(out).open("ab") as f:
+            f.write(b'{"schema_version": 1, "episode_id": "negotiation-cut')  # as if killed mid-line
+    else:
+        assert proc.returncode == 130, stderr.decode()[-2000:]
+        assert b"rerun to resume" in stdout
+        first = raw_lines(out)  # whole lines only
+        assert 0 < len(first) < n, "interrupted mid-way"
+        kept = {d["episode_id"]: d["run_id"] for d in first}
+
+    resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    lines = raw_lines(out)
+    ids = [d["episode_id"] for d in lines]
+    assert len(ids) == len(set(ids)) == n, "no duplicates"
+    assert set(ids) == {j.episode_id for j in plan(spec, [agent], n)}
+    if kept is not None:  # finished episodes were skipped, not played again
+        assert all(d["run_id"] == kept[d["episode_id"]] for d in lines if d["episode_id"] in kept)
+
+
+# --- worker processes ------------------------------------------------------------------------------
+
+
+WORKERS_SCRIPT = """
+import asyncio, dataclasses, json
+from rsi_env import runner as R
+from rsi_env.agents.profiles import AgentFactory, EndpointOverride
+from rsi_env.catalog import load_game
+if {how!r} == "spawn":
+    R._can_fork = lambda: False
+spec = load_game({game!r})
+jobs = R.plan(spec, [{agent!r}], 8)
+seen = []
+
+async def play(out, **kw):
+    factory = AgentFactory([{agent!r}], spec, EndpointOverride(base_url={url!r}, model={model!r}))
+    runner = R.Runner(spec, factory, out, progress=False, on_episode=lambda e: seen.append(e.episode_id),
+                      **kw)
+    runner.bootstrap = False  # with workers, every episode in a worker process
+    try:
+        return await runner.run(jobs)
+    finally:
+        await factory.aclose()
+
+asyncio.run(play({one!r}))
+seen.clear()
+stats = asyncio.run(play({many!r}, concurrency=4, workers=2))
+print(json.dumps({{"stats": dataclasses.asdict(stats), "seen": seen}}))
+"""
+
+
+@pytest.mark.parametrize("how", ["spawn", "fork"])
+def test_workers_write_the_same_episodes_as_one_process(tmp_path: Path, spec: GameSpec, how: str) -> None:
+    """In a fresh interpreter: workers fork only when their parent has no other thread (as in the CLI),
+    and start a new interpreter otherwise (forced here for "spawn")."""
+    with FaultServer(FaultConfig(latency_s=0.01), responder=deterministic_responder) as srv:
+        agent = write_profile(tmp_path, srv.base_url)
+        script = WORKERS_SCRIPT.format(
+            how=how, game=GAME, agent=agent, url=srv.base_url, model=MODEL,
+            one=str(tmp_path / "one"), many=str(tmp_path / "many"),
+        )  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    result = json.loads(done.stdout.decode().splitlines()[-1])
+    stats, seen = result["stats"], result["seen"]
+    jobs = plan(spec, [agent], 8)
+    assert stats["worker_start"] == how
+    assert stats["done"] == stats["worker_episodes"] == 8 and sorted(seen) == sorted(
+        j.episode_id for j in jobs
+    )
+    assert stats["calls"] == sum(ep.usage.calls for ep in read_episodes(tmp_path / "many")) > 8
+    a = {ep.episode_id: comparable(ep) for ep in read_episodes(tmp_path / "one")}
+    b = {ep.episode_id: comparable(ep) for ep in read_episodes(tmp_path / "many")}
+    assert a == b
+    assert len(raw_lines(tmp_path / "many")) == 8
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child pids from Linux /proc")
+def test_workers_die_with_their_parent_and_the_run_resumes(tmp_path: Path, spec: GameSpec) -> None:
+    with FaultServer(FaultConfig(latency_s=0.05)) as srv:
+        agent = write_profile(tmp_path, srv.base_url)
+        out = tmp_path / "run"
+        script = (
+            "import asyncio, sys\n"
+            "from rsi_env.agents.profiles import AgentFactory, EndpointOverride\n"
+            "from rsi_env.catalog import load_game\n"
+            "from rsi_env.runner import Runner, plan\n"
+            f"spec = load_game({GAME!r})\n"
+            f"f = AgentFactory([{agent!r}], spec, EndpointOverride(base_url={srv.base_url!r}))\n"
+            f"r = Runner(spec, f, {str(out)!r}, concurrency=4, workers=2, progress=False)\n"
+            f"asyncio.run(r.run(plan(spec, [{agent!r}], 16)))\n"
+        )
+        proc = start([sys.executable, "-c", script])
+        wait_for_lines(out, 2, proc)
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(children) == 2
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        alive = children
+        while alive and time.monotonic() < deadline:
+            alive = [c for c in alive if _running(c)]
+            time.sleep(0.05)
+        assert not alive, "worker processes outlived their parent"
+
+        factory = AgentFactory([agent], spec, EndpointOverride(base_url=srv.base_url))
+        run(Runner(spec, factory, out, concurrency=8, progress=False), plan(spec, [agent], 16))
+    ids = [d["episode_id"] for d in raw_lines(out)]
+    assert len(ids) == len(set(ids)) == 16
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited; its new parent reaps it
+
+
+def test_workers_refuse_what_they_cannot_do(tmp_path: Path, spec: GameSpec) -> None:
+    override = EndpointOverride(base_url="http://127.0.0.1:9/v1", model=MODEL)
+    with pytest.raises(ValueError, match="live"):
+        Runner(spec, AgentFactory(["random"], spec), tmp_path, workers=2, on_turn=lambda ep, t: None)
+    with pytest.raises(ValueError, match="endpoint"):
+        Runner(spec, AgentFactory(["local"], spec), tmp_path, workers=2)
+    Runner(spec, AgentFactory(["local"], spec, override), tmp_path, workers=2)  # on an endpoint: fine
+
+
+# --- env reuse -------------------------------------------------------------------------------------
+
+
+def test_a_reused_env_plays_like_a_fresh_one(game_id: str) -> None:
+    spec = load_game(game_id)
+    factory = AgentFactory(["scripted", "random"], spec)
+    jobs = plan(spec, ["scripted", "random"], 3)
+    fresh = {j.episode_id: asyncio.run(play_episode(j, spec, factory)) for j in jobs}
+    env = GameParallelEnv(spec, n_players=jobs[0].n_players)
+    for j in reversed(jobs):  # another order: nothing of one episode leaks into the next
+        reused = asyncio.run(play_episode(j, spec, factory, env=env))
+        assert comparable(reused) == comparable(fresh[j.episode_id])
+
+
+def test_hints_read_from_the_variables_they_use_match_the_full_view(game_id: str) -> None:
+    """Observations and prompts render hints from a scope of just the variables the hints read; over
+    a played episode that gives what the whole view (as the scripted policy sees it) gives."""
+    spec = load_game(game_id)
+    game = compiled(spec)
+    env = GameParallelEnv(spec)
+    agents = {p: RandomAgent(i) for i, p in enumerate(env.possible_agents)}
+    _, infos = env.reset(seed=1)
+    checked = 0
+    while env.agents:
+        for p in env.agents:
+            view = infos[p]["view"]
+            full = view_scope(spec, view)
+            expected = []
+            for label, expr in game.hints.items():
+                with contextlib.suppress(ExprError):
+                    expected.append(f"- {label}: {fmt_value(expr(full))}")
+            assert _hints(spec, view) == expected
+            checked += bool(expected)
+        moves = {p: agents[p].choose(infos[p]) for p in env.agents if infos[p]["is_turn"]}
+        _, _, _, _, infos = env.step(moves)
+    assert checked or not game.hints
