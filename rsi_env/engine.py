@@ -62,6 +62,9 @@ class GameEngine:
         self._context = Scope({}, select_functions(self.game.function_names, self.random))
         self._scope: Scope | None = None
         self._actors: list[str] | None = None
+        # Evaluated parameter bounds per (player, action) until the next change: a schema and the
+        # check of the move it answers read the same ones.
+        self._bounds: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.last_results: dict[str, SubmitResult] = {}
         self.reset(0)
 
@@ -127,7 +130,7 @@ class GameEngine:
             self.state[name] = self._draw(
                 var.type, self.game.var_init[name], self.game.var_where[name], {}, f"state.{name}"
             )
-            self._dirty()
+            self._touch("state")  # later draws may read it: re-convert just this root
         for name, var in self.spec.player_state.items():
             for p in self.players:
                 self.pstate[p][name] = self._draw(
@@ -137,7 +140,7 @@ class GameEngine:
                     {"p": p},
                     f"player_state.{name}",
                 )
-                self._dirty()
+                self._touch("P")
 
     def _draw(self, vtype: str, init: Expr | None, where: Expr | None, bind: dict, path: str) -> Any:
         if init is None:
@@ -186,14 +189,19 @@ class GameEngine:
             bindings["my"] = self.pstate.get(bindings["me"], {})
         return self._scope.bind(**bindings) if bindings else self._scope
 
+    def _changed(self) -> None:
+        """Something a player's options depend on changed (state, turn, phase, forfeits)."""
+        self._actors = None
+        self._bounds = {}
+
     def _dirty(self) -> None:
         """The state or the turn changed: drop the scope and the cached actors."""
         self._scope = None
-        self._actors = None
+        self._changed()
 
     def _touch(self, root: str) -> None:
         """Refresh one root variable in the live scope after an effect wrote it."""
-        self._actors = None
+        self._changed()
         if self._scope is not None:
             if root == "state":
                 self._scope.refresh("state", self.state)
@@ -337,7 +345,7 @@ class GameEngine:
             self.phase_turns = max(0, int(t)) if isinstance(t, int | float) else 1
         if self._phase_spec().mode == "simultaneous":
             self.round_actors = self._phase_actors()
-        self._actors = None
+        self._changed()
 
     def current_actors(self) -> list[str]:
         """Who must act at this tick (cached until the state, turn or pending moves change)."""
@@ -467,7 +475,7 @@ class GameEngine:
         self._check_conduct(player, parsed.name, args)
         if self._phase_spec().mode == "simultaneous":
             self.pending[player] = {"action": parsed.name, "args": args}
-            self._actors = None
+            self._changed()
             self._event(
                 "committed",
                 player,
@@ -480,7 +488,7 @@ class GameEngine:
         else:
             self._apply(player, parsed.name, args)
             self.last_actor = player
-            self._actors = None
+            self._changed()
             self._after_turn()
         return SubmitResult(valid=True, action=parsed.name, args=args)
 
@@ -518,13 +526,13 @@ class GameEngine:
         self._event("pass", player, text=f"{player} passed (out of attempts).")
         if phase.mode == "simultaneous":
             self.pending[player] = move
-            self._actors = None
+            self._changed()
             self._maybe_resolve()
         else:
             if move is not None:
                 self._apply(player, move["action"], move["args"])
             self.last_actor = player
-            self._actors = None
+            self._changed()
             self._after_turn()
 
     def _forfeit(self, player: str) -> None:
@@ -537,7 +545,7 @@ class GameEngine:
             self._maybe_resolve()
         else:
             self.last_actor = player
-            self._actors = None
+            self._changed()
             self._after_turn()
 
     def _maybe_resolve(self) -> None:
@@ -626,7 +634,14 @@ class GameEngine:
     # --- validation of one action ----------------------------------------------------------------
 
     def param_bounds(self, player: str, name: str) -> dict[str, dict[str, Any]]:
-        """Evaluated bounds/choices of each parameter for `player` now (for checks and schemas)."""
+        """Evaluated bounds/choices of each parameter for `player` now (for checks and schemas).
+        Cached until the next change: callers must not modify it."""
+        hit = self._bounds.get((player, name))
+        if hit is None:
+            hit = self._bounds[(player, name)] = self._param_bounds(player, name)
+        return hit
+
+    def _param_bounds(self, player: str, name: str) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         scope = self._scoped(me=player)
         for pname, prm in self.spec.actions[name].params.items():

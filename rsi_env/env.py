@@ -224,11 +224,16 @@ class GameParallelEnv(_GameEnvBase, ParallelEnv):
         self.agents: list[str] = []
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        self.restart(seed)
+        return self._all()
+
+    def restart(self, seed: int | None = None) -> None:
+        """`reset` without building every agent's observation: like `advance`, for drivers that
+        render only the acting agents' observations, on demand."""
         self.engine.reset(seed)
         self._cache = {}
         self._rendered_events = 0
         self.agents = list(self.possible_agents)
-        return self._all()
 
     def _all(self) -> tuple[dict, dict]:
         obs, infos = {}, {}

@@ -175,7 +175,7 @@ async def play_episode(
     """
     if env is None:
         env = GameParallelEnv(spec, n_players=job.n_players, max_cycles=max_cycles)
-    env.reset(seed=job.seed)
+    env.restart(seed=job.seed)
     agents = build_agents(factory, env, job.agents, job.seed)
     ep = new_episode(job.episode_id, run_id, spec, env, job.agents, agents, job.seed)
     return await continue_episode(ep, env, agents, turn_retries=turn_retries, on_turn=on_turn, stats=stats)

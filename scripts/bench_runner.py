@@ -1,8 +1,10 @@
 """Runner throughput against a fixed-latency test server, beside the bare openai client in the same run.
 
 For each concurrency the runner plays N negotiation episodes with LLM agents on the fault server
-(no faults, a fixed per-call latency); then the bare `openai` async client makes the same number of
-calls (a real first-turn request: same messages, action schema, sampling) at the same concurrency.
+(no faults, a fixed per-call latency); then the bare `openai` async client makes the same calls at
+the same concurrency: every request the runner sent, rebuilt from its trajectories (the same
+messages, so the same bytes on the wire and the same prompt growth; the first turn's action schema
+and the profile's sampling).
 
     ideal = calls x latency / concurrency        eff = ideal / achieved
 
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import BaseModel
 
-from rsi_env.agents.llm_agent import LLMAgent
+from rsi_env.agents.llm_agent import LLMAgent, conversation
 from rsi_env.agents.profiles import AgentFactory, EndpointOverride
 from rsi_env.catalog import load_game
 from rsi_env.env import GameParallelEnv
@@ -126,8 +128,26 @@ def first_turn_request(spec: GameSpec) -> dict[str, Any]:
     }
 
 
-async def run_bare(base_url: str, n_calls: int, concurrency: int, request: dict[str, Any]) -> Timing:
-    """The bare openai async client: n_calls with at most `concurrency` in flight."""
+def recorded_requests(episodes: list[Episode]) -> list[list[dict[str, str]]]:
+    """The message lists of every call the runner made, rebuilt from the trajectories the way the
+    agent builds them (system prompt, its earlier exchanges within its window, this turn's prompt)."""
+    out = []
+    for ep in episodes:
+        seats = {p.player: p for p in ep.players}
+        exchanges: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for turn in ep.turns:
+            seat = seats[turn.player]
+            if turn.prompt is None or seat.system is None:
+                continue
+            out.append(conversation(seat.system, exchanges[turn.player], turn.prompt, seat.window or 8))
+            exchanges[turn.player].append((turn.prompt, turn.raw))
+    return out
+
+
+async def run_bare(
+    base_url: str, concurrency: int, request: dict[str, Any], messages: list[list[dict[str, str]]]
+) -> Timing:
+    """The bare openai async client: one call per message list, at most `concurrency` in flight."""
     http = openai.DefaultAsyncHttpxClient(
         limits=_httpx.Limits(max_connections=256, max_keepalive_connections=256)
     )
@@ -139,13 +159,13 @@ async def run_bare(base_url: str, n_calls: int, concurrency: int, request: dict[
     async def one(i: int) -> bool:
         async with sem:
             starts.append(time.perf_counter())
-            r = await client.chat.completions.create(**request, seed=i)
+            r = await client.chat.completions.create(**{**request, "messages": messages[i]}, seed=i)
             ends.append(time.perf_counter())
             return bool(r.choices[0].message.content)
 
     t0 = time.perf_counter()
     try:
-        ok = await asyncio.gather(*(one(i) for i in range(n_calls)))
+        ok = await asyncio.gather(*(one(i) for i in range(len(messages))))
     finally:
         await client.close()
     elapsed = time.perf_counter() - t0
@@ -229,9 +249,12 @@ def main() -> None:
                     last_out = out
                     name = "runner" if workers == 1 else f"runner workers={workers}"
                     steady_runner = row(conc, name, calls, ns.latency, runner, cpu)
-                    # The same number of calls at the same concurrency, right after, on the same server.
+                    # The same calls at the same concurrency, right after, on the same server.
                     cpu0 = time.process_time()
-                    bare = asyncio.run(run_bare(url, calls, conc, request))
+                    messages = recorded_requests(list(read_episodes(out)))
+                    if len(messages) != calls:
+                        raise RuntimeError(f"rebuilt {len(messages)} requests of the {calls} the server saw")
+                    bare = asyncio.run(run_bare(url, conc, request, messages))
                     cpu = time.process_time() - cpu0
                     ratio = bare.elapsed / runner.elapsed  # = runner efficiency / bare efficiency
                     steady_bare = bare.steady_calls * ns.latency / conc / bare.steady_s
