@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--concurrency", type=positive_int, default=8, help="episodes in flight at once")
     ap.add_argument(
+        "--workers", type=positive_int, default=1,
+        help="play in N processes (for a fast endpoint at high concurrency, when one event loop "
+        "runs out of CPU; needs an endpoint, no --live or human)",
+    )  # fmt: skip
+    ap.add_argument(
         "--live",
         action="store_true",
         help="show an episode as it unfolds (one at a time; a progress bar for others)",
@@ -80,17 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         if live is None and args.episodes <= 3:
             print_episode(ep, console)
 
-    runner = Runner(
-        spec,
-        factory,
-        args.out,
-        concurrency=concurrency,
-        progress=not (args.quiet or human or (live is not None and args.episodes == 1)),
-        retry_failed=args.retry_failed,
-        on_turn=live.on_turn if live else None,
-        on_episode=on_episode,
-        max_cycles=args.max_cycles,
-    )
+    try:
+        runner = Runner(
+            spec,
+            factory,
+            args.out,
+            concurrency=concurrency,
+            workers=args.workers,
+            progress=not (args.quiet or human or (live is not None and args.episodes == 1)),
+            retry_failed=args.retry_failed,
+            on_turn=live.on_turn if live else None,
+            on_episode=on_episode,
+            max_cycles=args.max_cycles,
+        )
+    except ValueError as exc:  # what worker processes cannot do (a live view, the embedded model)
+        fail(f"--workers {args.workers}: {exc}")
     if (
         factory.uses_models
         and any(p.backend == "local" for p in factory.profiles.values())

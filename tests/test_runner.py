@@ -390,6 +390,14 @@ def test_workers_refuse_what_they_cannot_do(tmp_path: Path, spec: GameSpec) -> N
     Runner(spec, AgentFactory(["local"], spec, override), tmp_path, workers=2)  # on an endpoint: fine
 
 
+def test_the_play_command_says_what_workers_cannot_do(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "rsi_env.play", "--agents", "scripted,random", "--out", str(tmp_path)]
+    done = subprocess.run([*cmd, "--workers", "2", "--live"], cwd=REPO, capture_output=True, timeout=60)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "--workers 2" in err and "live" in err and "Traceback" not in err
+    assert not (tmp_path / "trajectories.jsonl").exists() or not raw_lines(tmp_path)
+
+
 # --- env reuse -------------------------------------------------------------------------------------
 
 
