@@ -365,6 +365,7 @@ def _short(v: Any, n: int = 60) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 _MAX_ENUM_RANGE = 128
+_MAX_GRAMMAR_STRING = 1000  # longest maxLength sent to a llama.cpp grammar (see _long_strings_unbounded)
 
 
 def _bounded_ints_to_enum(schema: Any) -> Any:
@@ -390,6 +391,22 @@ def _bounded_ints_to_enum(schema: Any) -> Any:
             values = [v for v in range(math.ceil(lo), math.floor(hi) + 1) if not mult or v % mult == 0]
             if values:
                 out["enum"] = values
+    return out
+
+
+def _long_strings_unbounded(schema: Any) -> Any:
+    """Drop `maxLength` above _MAX_GRAMMAR_STRING, recursively (returns a copy).
+
+    llama.cpp's grammar unrolls `maxLength: N` into N optional characters; at ~1200 the
+    llama-cpp-python server crashes on the request. Validation still enforces the limit.
+    """
+    if isinstance(schema, list):
+        return [_long_strings_unbounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _long_strings_unbounded(v) for k, v in schema.items()}
+    if isinstance(out.get("maxLength"), int) and out["maxLength"] > _MAX_GRAMMAR_STRING:
+        del out["maxLength"]
     return out
 
 
@@ -692,7 +709,8 @@ class ChatClient:
             }
             return conv, rf
         if dialect == "json_object":
-            return conv, {"type": "json_object", "schema": _bounded_ints_to_enum(schema)}
+            grammar = _long_strings_unbounded(_bounded_ints_to_enum(schema))
+            return conv, {"type": "json_object", "schema": grammar}
         return _with_system_note(conv, _schema_instruction(schema)), None
 
     async def _run(

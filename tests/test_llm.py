@@ -114,6 +114,26 @@ def test_json_object_dialect_sends_schema_with_int_bounds_as_enum(server: FaultS
     assert rf["schema"]["anyOf"][0]["properties"]["books"]["enum"] == [0, 1, 2, 3]
 
 
+def test_json_object_dialect_leaves_long_string_limits_to_validation(server: FaultServer) -> None:
+    """llama.cpp unrolls maxLength into its grammar and its server dies near 1200: long limits are
+    not sent, short ones are, and the reply is still checked against the caller's schema."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "maxLength": 5000},
+            "note": {"type": "string", "maxLength": 300},
+        },
+        "required": ["code", "note"],
+        "additionalProperties": False,
+    }
+    res = call(endpoint(server, dialect="json_object"), schema=schema)
+    assert res.ok
+    sent = server.bodies[-1]["response_format"]["schema"]["properties"]
+    assert "maxLength" not in sent["code"] and sent["note"]["maxLength"] == 300
+    assert schema["properties"]["code"]["maxLength"] == 5000  # the caller's schema is untouched
+    assert validate_json({"code": "x" * 5001, "note": ""}, schema)  # ...and still enforced
+
+
 # -- transport faults ------------------------------------------------------------------------------
 
 TRANSIENT = {
