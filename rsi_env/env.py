@@ -81,13 +81,25 @@ class UnicodeText(spaces.Text):
 
 
 @cache
-def _spaces() -> tuple[spaces.Dict, spaces.Text]:
+def _charset() -> frozenset[str]:
     # Built once per process: the 63k-character charset takes ~50 ms to index.
-    charset = frozenset(_ALLOWED)
-    text = {"min_length": 0, "charset": charset, "outside": _DISALLOWED}
-    obs = spaces.Dict({"text": UnicodeText(max_length=MAX_OBSERVATION_CHARS, **text)})
-    action = UnicodeText(max_length=MAX_ACTION_CHARS, **text)
-    return obs, action
+    return frozenset(_ALLOWED)
+
+
+def text_space(max_length: int) -> UnicodeText:
+    """A `Text` space over what any model may write: the Basic Multilingual Plane minus control
+    characters and surrogates (the task envs use it too)."""
+    return UnicodeText(max_length=max_length, min_length=0, charset=_charset(), outside=_DISALLOWED)
+
+
+def printable(text: str) -> str:
+    """`text` with every character outside `text_space`'s charset replaced by U+FFFD."""
+    return _DISALLOWED.sub("\ufffd", text)
+
+
+@cache
+def _spaces() -> tuple[spaces.Dict, spaces.Text]:
+    return spaces.Dict({"text": text_space(MAX_OBSERVATION_CHARS)}), text_space(MAX_ACTION_CHARS)
 
 
 def _fresh(space: Any) -> Any:
@@ -100,7 +112,7 @@ def _fresh(space: Any) -> Any:
 
 
 def sanitize(text: str) -> str:
-    text = _DISALLOWED.sub("\ufffd", text)
+    text = printable(text)
     if len(text) > MAX_OBSERVATION_CHARS:
         text = "…" + text[-(MAX_OBSERVATION_CHARS - 1) :]
     return text

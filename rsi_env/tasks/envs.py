@@ -15,15 +15,13 @@ nothing a model writes makes `step` raise. Tasks come from a run directory's `ba
 from __future__ import annotations
 
 import json
-import re
-from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import gymnasium
-from gymnasium import spaces
 from pydantic import BaseModel
 
+from ..env import printable, text_space
 from ..referees.judge import Candidate
 from ..sandbox import SandboxLimits
 from . import predict, programming, trivia
@@ -34,27 +32,11 @@ from .validators import run_matrix
 
 MAX_OBSERVATION_CHARS = 32_000
 MAX_ACTION_CHARS = 32_000
-# The whole Basic Multilingual Plane minus control characters and surrogates (as the game envs do).
-_ALLOWED = (
-    "\t\n"
-    + "".join(chr(c) for c in range(0x20, 0x7F))
-    + "".join(chr(c) for c in (*range(0xA0, 0xD800), *range(0xE000, 0xFFFE)))
-)
-_DISALLOWED = re.compile("[^\t\n\x20-\x7e\xa0-\ud7ff\ue000-\ufffd]")
 _TaskT = TypeVar("_TaskT", bound=BaseModel)
 
 
-@cache
-def _charset() -> frozenset[str]:
-    return frozenset(_ALLOWED)
-
-
-def text_space(max_length: int) -> spaces.Text:
-    return spaces.Text(max_length=max_length, min_length=0, charset=_charset())
-
-
 def _clean(text: str) -> str:
-    return _DISALLOWED.sub("\ufffd", text)[:MAX_OBSERVATION_CHARS]
+    return printable(text)[:MAX_OBSERVATION_CHARS]
 
 
 def _as_text(action: Any) -> str:
