@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import random
 import signal
 import subprocess
@@ -434,3 +435,21 @@ def test_hints_read_from_the_variables_they_use_match_the_full_view(game_id: str
         moves = {p: agents[p].choose(infos[p]) for p in env.agents if infos[p]["is_turn"]}
         _, _, _, _, infos = env.step(moves)
     assert checked or not game.hints
+
+
+def test_play_uses_worker_processes_by_default_only_where_they_pay(tmp_path: Path) -> None:
+    from rsi_env.play import auto_workers
+
+    two = min(2, os.cpu_count() or 1)
+    assert auto_workers(8, 1000) == auto_workers(16, 1000) == auto_workers(64, 20) == 1
+    assert auto_workers(32, 1000) == auto_workers(64, 64) == two
+    # Where workers cannot go (a live view), the default quietly plays in one process.
+    cmd = [sys.executable, "-m", "rsi_env.play", "--agents", "scripted,random", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [*cmd, "--episodes", "40", "--concurrency", "32", "--live"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert len(raw_lines(tmp_path)) == 40
