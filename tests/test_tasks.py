@@ -245,6 +245,131 @@ def test_a_solution_cannot_forge_the_verdict_line(matrix: list[Any]) -> None:
     assert _score(matrix, "good", "exits") == 0.0  # exiting before the verdict is no escape either
 
 
+# Each cheat would score 1.0 against GOOD_VALIDATOR if the solution shared the harness's interpreter, its
+# /proc files or its work directory (all three did before the solution got a process of its own).
+_FORGED = '{"phase": "done", "score": 1.0, "checks": [true], "error": "", "error_in": ""}'
+CHEATS = {
+    # rewrite the verdict on its way out through os.write
+    "patch-os-write": (
+        "import os, re\n_w = os.write\n"
+        "def _forge(fd, data):\n"
+        "    return _w(fd, re.sub(rb'\"score\": [0-9.]+', b'\"score\": 1.0', data))\n"
+        "os.write = _forge\n"
+        "def add(a, b):\n    return None\n"
+    ),
+    # write a verdict with the harness's own nonce and fd, then leave
+    "harness-globals": (
+        "import os, sys\nm = sys.modules['__main__']\n"
+        f"os.write(m.verdict_fd, (m.nonce + {_FORGED!r} + '\\n').encode())\nos._exit(0)\n"
+        "def add(a, b):\n    return None\n"
+    ),
+    # read the nonce out of the harness's memory; answers right only if that worked
+    "read-harness-memory": (
+        "import os, re\n"
+        "def _nonce():\n"
+        "    ppid = os.getppid()\n"
+        "    with open(f'/proc/{ppid}/maps') as maps, open(f'/proc/{ppid}/mem', 'rb', 0) as mem:\n"
+        "        for line in maps:\n"
+        "            lo, hi = (int(x, 16) for x in line.split()[0].split('-'))\n"
+        "            for at in range(lo, hi, 1 << 20) if 'rw' in line.split()[1] else ():\n"
+        "                try:\n"
+        "                    mem.seek(at)\n"
+        "                    chunk = mem.read(min(1 << 20, hi - at) + 64)\n"
+        "                    found = re.search(rb'RSI-VERDICT-[0-9a-f]{24}:', chunk)\n"
+        "                except OSError:\n"
+        "                    continue\n"
+        "                if found:\n"
+        "                    return found.group()\n"
+        "def add(a, b):\n"
+        "    try:\n        return a + b if _nonce() else None\n"
+        "    except OSError:\n        return None\n"
+    ),
+    # answers right only if it can see the validator's source
+    "read-validator": (
+        "import os\ndef add(a, b):\n    return a + b if os.path.exists('validator.py') else None\n"
+    ),
+    # an object equal to everything
+    "equal-to-all": (
+        "class E:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
+        "def add(a, b):\n    return E()\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("cheat", sorted(CHEATS))
+def test_a_cheating_solution_scores_zero(cheat: str) -> None:
+    [run] = asyncio.run(run_matrix("add", {"good": GOOD_VALIDATOR}, {cheat: CHEATS[cheat]}, FAST))
+    assert run.score == 0.0, run
+
+
+# Data crosses the process boundary: objects come back as records, exceptions keep their builtin base,
+# in-place changes to a list argument are copied back, and what cannot cross is blamed on whoever sent it.
+RICH_SOLUTION = """import collections, dataclasses, datetime, decimal
+
+@dataclasses.dataclass
+class Span:
+    start: int
+    end: int
+
+Pair = collections.namedtuple("Pair", "a b")
+
+class ParseError(ValueError):
+    pass
+
+def rich(kind, data=None):
+    if kind == "span":
+        return Span(1, 2)
+    if kind == "pair":
+        return Pair(1, 2)
+    if kind == "gen":
+        return (i * i for i in range(4))
+    if kind == "when":
+        return datetime.date(2024, 1, 2) + datetime.timedelta(days=1)
+    if kind == "money":
+        return decimal.Decimal("1.10")
+    if kind == "bad":
+        raise ParseError("bad input")
+    if kind == "sort":
+        data.sort()
+        return None
+    return lambda: 1
+"""
+RICH_VALIDATOR = """import datetime, decimal
+
+def validate(fn):
+    span, pair = fn("span"), fn("pair")
+    checks = [type(span).__name__ == "Span" and (span.start, span.end) == (1, 2)]
+    checks += [pair == (1, 2) and pair.b == 2]
+    checks += [list(fn("gen")) == [0, 1, 4, 9], fn("when") == datetime.date(2024, 1, 3)]
+    checks += [fn("money") == decimal.Decimal("1.10")]
+    try:
+        fn("bad")
+        checks.append(False)
+    except ValueError as exc:
+        checks.append(type(exc).__name__ == "ParseError" and "bad input" in str(exc))
+    xs = [3, 1, 2]
+    fn("sort", xs)
+    checks.append(xs == [1, 2, 3])
+    try:
+        fn("function")
+        checks.append(False)
+    except TypeError:
+        checks.append(True)
+    return checks
+"""
+
+
+def test_values_cross_the_process_boundary_as_plain_data() -> None:
+    validators = {
+        "rich": RICH_VALIDATOR,
+        "sends-lambda": "def validate(fn):\n    return [fn(lambda: 1) == 1]\n",
+    }
+    runs = asyncio.run(run_matrix("rich", validators, {"rich": RICH_SOLUTION}, FAST))
+    rich, lam = sorted(runs, key=lambda r: r.validator_id)
+    assert (rich.score, rich.checks, rich.error) == (1.0, [True] * 8, ""), rich
+    assert lam.score is None and lam.error_in == "validator" and "another process" in lam.error, lam
+
+
 def test_solution_truth_weights_validators_by_separation(matrix: list[Any]) -> None:
     model, broken = set(SOLUTIONS), set(broken_solutions("add"))
     seps = {v: separation(matrix, v, model, broken) for v in ("good", "lazy", "broken")}

@@ -74,7 +74,9 @@ VALIDATOR_SYSTEM = "You write evaluation code for programming challenges."
 VALIDATOR_USER = (
     "{challenge}\n\n"
     "Write a validator in Python: a function `validate(fn)` that receives a candidate's `{entry}` function, "
-    "calls it on inputs you choose and returns a list of booleans, one per check (True = passed). A good "
+    "calls it on inputs you choose and returns a list of booleans, one per check (True = passed). The "
+    "function runs in another process: pass it plain data (numbers, strings, lists, dicts, tuples, sets, "
+    "None, datetime, Decimal), not your own functions or classes. A good "
     "validator passes a correct solution and fails wrong ones, such as one that returns None or a constant. "
     "Only the standard library. Reply with the code in one ```python block."
 )

@@ -2,19 +2,22 @@
 
 A validator is model-written code defining ``validate(fn)``: it receives the solution's entry-point
 function, calls it, and returns its checks (a list of booleans; a bool or a 0..1 score is accepted too).
-Each (validator, solution) pair runs as one sandboxed program: a trusted harness loads ``validator.py``
-and ``solution.py`` from the work directory, calls ``validate``, and prints one verdict line.
+Each (validator, solution) pair runs as one sandboxed program: the trusted harness
+(``sandboxed/check_harness.py``) loads the validator, starts the solution in a process of its own
+(``sandboxed/solution_server.py``), hands ``validate`` a proxy that forwards each call there, and prints one
+verdict line carrying a nonce read from stdin. The solution shares no memory with the harness, cannot read
+its file descriptors or the validator's source, and sends back plain data only, so it cannot patch the
+checks or forge the verdict; it can only answer calls. The price: ``fn`` takes and returns data that can
+cross a process boundary (builtins, datetime, Decimal, Fraction, collections; objects come back as records
+with their class name and attributes), and in-place changes to list/dict/set arguments are copied back.
 
 Who is at fault decides the score of a pair:
-- the validator cannot be loaded, defines no ``validate`` or returns no usable checks → ``None``
-  (the validator is broken; this pair says nothing about the solution);
-- anything else that goes wrong (the solution does not load, lacks the entry point, raises, hangs, or
-  ``validate`` raises, e.g. a failed ``assert``) → 0.0 for the solution.
+- the validator cannot be loaded, defines no ``validate``, returns no usable checks or passes ``fn``
+  something that cannot be sent to another process → ``None`` (this pair says nothing about the solution);
+- anything else that goes wrong (the solution does not load, lacks the entry point, raises, hangs, dies,
+  or ``validate`` raises, e.g. a failed ``assert``) → 0.0 for the solution.
 
-Limitation (documented, not hidden): the checks run in the solution's own interpreter, so a solution
-written to cheat could walk the stack or patch ``validate``'s helpers. The verdict line carries a nonce
-read from stdin, the solution's output is moved to stderr, and `tamper_signs` flags the usual tricks in
-the run log; the judges see the code.
+`tamper_signs` still flags code that reaches for the interpreter's internals, for the judges to see.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import re
 import secrets
 import statistics
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -38,90 +42,10 @@ BROKEN_SOLUTIONS = {
 }
 UNUSABLE = -1.0  # separation of a validator that never produced a verdict: worse than a useless one
 
-_HARNESS = r'''
-import importlib.util, json, os, sys, traceback
-
-ENTRY = {entry!r}
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, name + ".py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _origin(exc):
-    origin = "harness"
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        base = os.path.basename(frame.f_code.co_filename)
-        if base in ("solution.py", "validator.py"):
-            origin = base[:-3]
-    return origin
-
-
-def _describe(exc):
-    return ("%s: %s" % (type(exc).__name__, exc))[:300]
-
-
-def _checks(value):
-    """(checks, score) from what validate returned; (None, None) when it is not a verdict."""
-    if isinstance(value, bool):
-        return [value], None
-    if isinstance(value, (int, float)):
-        return (None, float(value)) if 0 <= value <= 1 else (None, None)
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)) and value:
-        out = []
-        for item in value:
-            if isinstance(item, (tuple, list)) and item and isinstance(item[-1], (bool, int)):
-                item = item[-1]  # ("name", passed) pairs
-            if isinstance(item, (bool, int, float)):
-                out.append(bool(item))
-            else:
-                return None, None
-        return out, None
-    return None, None
-
-
-def _verdict():
-    try:
-        validate = getattr(_load("validator"), "validate", None)
-        if not callable(validate):
-            raise NameError("validator.py defines no function validate(fn)")
-    except BaseException as exc:
-        return dict(phase="validator", score=None, error=_describe(exc), error_in="validator")
-    try:
-        fn = getattr(_load("solution"), ENTRY, None)
-        if not callable(fn):
-            raise NameError("solution.py defines no function %s" % ENTRY)
-    except BaseException as exc:
-        return dict(phase="solution", score=0.0, error=_describe(exc), error_in="solution")
-    try:
-        value = validate(fn)
-    except BaseException as exc:
-        return dict(phase="validate", score=0.0, error=_describe(exc), error_in=_origin(exc))
-    try:
-        checks, score = _checks(value)
-    except BaseException as exc:
-        checks, score = None, None
-    if checks is None and score is None:
-        what = "validate returned %s, not checks" % type(value).__name__
-        return dict(phase="verdict", score=None, error=what, error_in="validator")
-    if checks is not None:
-        score = sum(checks) / len(checks)
-    return dict(phase="done", score=score, checks=checks or [], error="", error_in="")
-
-
-nonce = sys.stdin.readline().strip()
-verdict_fd = os.dup(1)
-os.dup2(2, 1)  # the programs' own prints go to stderr: stdout carries only the verdict line
-line = nonce + json.dumps(_verdict()) + "\n"
-os.write(verdict_fd, line.encode())
-os._exit(0)  # no atexit hooks or lingering threads of the programs after the verdict
-'''
+_SANDBOXED = Path(__file__).with_name("sandboxed")
+# The two programs of a check: the trusted harness (the sandbox's main program) and the solution's server.
+HARNESS_SOURCE = (_SANDBOXED / "check_harness.py").read_text(encoding="utf-8")
+SERVER_SOURCE = (_SANDBOXED / "solution_server.py").read_text(encoding="utf-8")
 
 
 class CheckRun(BaseModel):
@@ -134,10 +58,6 @@ class CheckRun(BaseModel):
     error: str = ""
     error_in: str = ""  # validator | solution | harness | sandbox | timeout | "" (no error)
     isolation: str = ""
-
-
-def harness(entry: str) -> str:
-    return _HARNESS.replace("{entry!r}", repr(entry))
 
 
 def broken_solutions(entry: str) -> dict[str, str]:
@@ -181,10 +101,14 @@ async def check(
     nonce = "RSI-VERDICT-" + secrets.token_hex(12) + ":"
     try:
         result = await arun_python(
-            harness(entry),
-            stdin=nonce + "\n",
+            HARNESS_SOURCE,
+            stdin=f"{nonce}\n{entry}\n",
             limits=limits,
-            files={"validator.py": validator_code, "solution.py": solution_code},
+            files={
+                "validator.py": validator_code,
+                "solution.py": solution_code,
+                "solution_server.py": SERVER_SOURCE,
+            },
         )
     except SandboxError as exc:
         return CheckRun(
