@@ -24,8 +24,9 @@ list of mechanisms that were actually applied for that run, so a weaker level is
       capabilities, ``no_new_privs``) so ``RLIMIT_NPROC`` really applies (root ignores it) and no two
       concurrent sandboxes share a process budget.
     * rlimits on CPU time, address space, processes, file size, open files and core dumps, plus a
-      watchdog on the resident memory of the whole process tree (a fork-and-allocate bomb is killed
-      even though every single process stays under ``RLIMIT_AS``).
+      watchdog on the memory of the whole process tree, as the sum of proportional set sizes (a
+      fork-and-allocate bomb is killed even though every single process stays under ``RLIMIT_AS``, and
+      pages children share with their parent after ``fork`` count once).
 ``namespaces`` (not root, unprivileged user namespaces allowed)
     the same namespaces and minimal root inside a user namespace, but without the uid switch: the
     program keeps the caller's uid (mapped to root in the namespace), drops every capability and
@@ -109,12 +110,19 @@ class SandboxLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    timeout_s: float = Field(10.0, gt=0, le=3600, description="wall-clock limit")
+    timeout_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False, description="wall-clock limit")
     memory_mb: int = Field(
-        512, ge=32, le=65536, description="RLIMIT_AS per process and cap on the tree's total RSS"
+        512,
+        ge=32,
+        le=65536,
+        description="RLIMIT_AS per process and cap on the tree's total memory (summed Pss)",
     )
     cpu_s: float | None = Field(
-        None, gt=0, le=3600, description="RLIMIT_CPU per process; default: ceil(timeout_s) + 1"
+        None,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="RLIMIT_CPU per process; default: ceil(timeout_s) + 1",
     )
     nproc: int = Field(64, ge=1, le=4096, description="RLIMIT_NPROC (processes + threads)")
     fsize_mb: int = Field(16, ge=1, le=4096, description="RLIMIT_FSIZE: largest file the program may write")
@@ -348,15 +356,25 @@ def tree_pids(proc_root, pidns):
     return list(mine)
 
 
-def tree_rss_bytes(proc_root, pidns, page):
-    total = 0
-    for pid in tree_pids(proc_root, pidns):
-        try:
-            with open("%s/%d/statm" % (proc_root, pid)) as f:
-                total += int(f.read().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+def process_memory_bytes(proc_root, pid, page):
+    """The process's proportional set size: pages shared after fork count once across the tree, so
+    thirty idle children of a small program are not a memory bomb. Resident size where Pss is missing."""
+    try:
+        with open("%s/%d/smaps_rollup" % (proc_root, pid)) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        with open("%s/%d/statm" % (proc_root, pid)) as f:
+            return int(f.read().split()[1]) * page
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def tree_memory_bytes(proc_root, pidns, page):
+    return sum(process_memory_bytes(proc_root, pid, page) for pid in tree_pids(proc_root, pidns))
 
 
 def kill_everything(child_pid):
@@ -435,7 +453,7 @@ def main():
         if now >= deadline:
             reason = "timeout"
             break
-        if tree_rss_bytes(proc_root, pidns, page) > mem_limit:
+        if tree_memory_bytes(proc_root, pidns, page) > mem_limit:
             reason = "memory"
             break
         if not pidns and os.getppid() != orig_ppid:

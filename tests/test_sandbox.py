@@ -281,6 +281,29 @@ def test_memory_bomb_across_forked_processes(strong: None) -> None:
     assert res.duration_s < 10
 
 
+def test_idle_forked_children_share_their_parents_memory(strong: None) -> None:
+    # 30 children that only sleep: their resident sets summed are ~30x the parent's, but the pages are
+    # shared after fork. The watchdog sums proportional set sizes, so this is not a memory bomb.
+    res = run(
+        """
+        import os, time
+        kids = []
+        for _ in range(30):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(0.5)
+                os._exit(0)
+            kids.append(pid)
+        for pid in kids:
+            os.waitpid(pid, 0)
+        print("all done")
+        """,
+        limits=SandboxLimits(memory_mb=256, timeout_s=10),
+    )
+    assert res.ok and res.killed_by is None, (res.killed_by, res.stderr)
+    assert res.stdout == "all done\n"
+
+
 def test_fork_bomb_is_contained(strong: None) -> None:
     before = len([p for p in os.listdir("/proc") if p.isdigit()])
     t0 = time.monotonic()
@@ -755,3 +778,5 @@ def test_cli_rejects_missing_file_and_bad_limits(tmp_path: Path) -> None:
     prog.write_text("print(1)")
     proc = _cli(str(prog), "--timeout", "-1")
     assert proc.returncode == 2 and "--timeout" in proc.stderr and proc.stdout == ""
+    proc = _cli(str(prog), "--timeout", "nan")
+    assert proc.returncode == 2 and "--timeout: Input should be a finite number" in proc.stderr, proc.stderr

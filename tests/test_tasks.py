@@ -81,21 +81,23 @@ def test_deterministic_program_is_kept_with_its_stdout_as_truth() -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        pytest.param("print(id(object()))", id="object-address"),
+        pytest.param("print(object())", id="object-address"),
         # 50k objects: the set's order depends on address bits above the page offset, which ASLR moves
         pytest.param(
             "class A:\n    pass\nxs = [A() for _ in range(50000)]\n"
             "print([xs.index(a) for a in list(set(xs))[:3]])",
             id="set-of-objects-order",
         ),
-        pytest.param("print(hash(object()) % 1000003)", id="object-hash"),
+        pytest.param("print({object(): 1})", id="object-in-dict-repr"),
     ],
 )
 @needs_aslr
 def test_programs_that_print_differently_run_to_run_are_rejected(source: str) -> None:
     assert predict.static_problem(source) == ""  # nothing to see statically: only running tells
     v = _verdict(source)
-    assert not v.kept and v.reason.startswith("nondeterministic"), v.reason
+    # Two runs may by chance place the objects alike (the set's order then repeats, about 1 in 500);
+    # the third run, with another hash seed, is one more draw, so the program is still rejected.
+    assert not v.kept and v.reason.startswith(("nondeterministic", "output depends")), v.reason
 
 
 @pytest.mark.parametrize(
@@ -135,6 +137,8 @@ def test_output_that_depends_on_the_hash_seed_is_rejected() -> None:
         ("print(input())", "forbidden builtin: input"),
         ("print(__import__('random').random())", "forbidden builtin: __import__"),
         ("print(eval('1+1'))", "forbidden builtin: eval"),
+        ("print(sorted([[1], [2]], key=id))", "forbidden builtin: id"),
+        ("print(hash((1, 2)))", "forbidden builtin: hash"),
         ("print(().__class__.__base__.__subclasses__())", "forbidden attribute: __"),
         ("print(__builtins__)", "forbidden name: __builtins__"),
         ("def f(:\n    pass", "syntax error"),

@@ -5,7 +5,7 @@ Filter (every program, before it can become a task):
 1. static, on the syntax tree (never run): no imports of I/O, network, clocks, randomness, processes or
    interpreter internals, and no `open`/`input`/`eval`/`exec`/`__import__`...;
 2. dynamic, in the sandbox under a time limit: two runs with the sandbox's fixed hash seed must print the
-   same, non-empty, short output and exit 0 (catches `id()`, object-hash set order, leftover clocks), and a
+   same, non-empty, short output and exit 0 (catches object addresses, set order, leftover clocks), and a
    third run with another hash seed must print it too - output that depends on the hash seed (the order
    of a set of strings) is determined by the sandbox but not predictable by a reader.
 The ground truth is the sandbox's stdout. Predictions are scored by normalised exact match
@@ -64,6 +64,10 @@ FORBIDDEN_CALLS = frozenset(
         "exit",
         "quit",
         "help",
+        # Object addresses and object hashes: the allocator may repeat them run to run in the sandbox, but
+        # no reader can predict them (`sorted(xs, key=id)` passed the dynamic check three times running).
+        "id",
+        "hash",
     }
 )
 
