@@ -590,7 +590,7 @@ class ScriptedModel:
             )
         if "program" in props:
             self.calls["program"] += 1
-            programs = ["xs = [3, 1, 2]\nprint(sorted(xs))", "print(id(object()))", "import random\nprint(1)"]
+            programs = ["xs = [3, 1, 2]\nprint(sorted(xs))", "print(object())", "import random\nprint(1)"]
             return json.dumps({"program": programs[i % 3], "question": "What does it print?"})
         if props == {"output"}:
             self.calls["prediction"] += 1

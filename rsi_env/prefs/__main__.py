@@ -4,6 +4,9 @@ generate: play N episodes, score them (procedural + LLM ethics verdicts), branch
           decisions, roll out, have the judge panel rank the rollouts, then build.
 build:    from a run directory's branch sets to prefs.jsonl (TRL conversational DPO) and
           kto.jsonl, plus the judges' own pairs and the judge reliability table. No model calls.
+          Everything is written beside the DPO rows (-o; default RUN_DIR/prefs.jsonl); a build
+          that uses no judge rankings (--no-judges) writes no judge outputs, so it never
+          replaces the judges.json / judge_prefs.jsonl of an earlier build.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -19,14 +23,28 @@ from ..agents.profiles import AgentFactory, ClientPool, ProfileError
 from ..catalog import load_game
 from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run
 from ..referees.meta import meta_judge_scores, reliability_table
-from ..referees.panel import parse_judges, score_episodes
+from ..referees.panel import missing_verdicts, parse_judges, score_episodes
 from ..referees.rubric import RubricError, load_rubric
 from ..runner import Runner, plan
 from ..spec import SpecError
-from ..trajectory import TrajectoryWriter, read_episodes
+from ..trajectory import Episode, TrajectoryWriter, read_episodes
 from .branching import BranchSet, branch, decision_turns
-from .build import BRANCHES, JUDGES, META, ROLLOUTS, build, load_meta_scores, read_sets
+from .build import (
+    BRANCHES,
+    JUDGE_PREFS,
+    JUDGES,
+    META,
+    ROLLOUTS,
+    BuildResult,
+    build,
+    load_meta_scores,
+    read_sets,
+)
 from .rows import kto_rows, write_rows
+
+
+class NothingBranched(Exception):
+    """`generate` found no decision to branch (and has no earlier branch sets to build from)."""
 
 
 def cmd_build(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -47,16 +65,46 @@ def cmd_build(args: argparse.Namespace, console: Console | None = None) -> int:
     n = write_rows(out, result.rows)
     kto_path = args.kto or out.with_name("kto.jsonl")
     nk = write_rows(kto_path, kto_rows(result.rows))
-    judge_path = Path(args.run_dir) / "judge_prefs.jsonl"
-    nj = write_rows(judge_path, result.judge_rows)
-    (Path(args.run_dir) / JUDGES).write_text(result.meta.model_dump_json(indent=2))
+    summary = (
+        f"{result.sets} decision sets, {result.sets_with_pairs} with a preference: {n} DPO rows -> {out}, "
+        f"{nk} KTO rows -> {kto_path}"
+    )
     if result.meta.judges:
         console.print(reliability_table(result.meta))
-    console.print(
-        f"{result.sets} decision sets, {result.sets_with_pairs} with a preference: {n} DPO rows -> {out}, "
-        f"{nk} KTO rows -> {kto_path}, {nj} judge pairs -> {judge_path}"
-    )
+        judge_path, nj = write_judge_outputs(out, result)
+        summary += f", {nj} judge pairs -> {judge_path}"
+    else:
+        summary += " (no judge rankings used: no judge outputs written)"
+    console.print(summary)
     return 0
+
+
+def write_judge_outputs(out: Path, result: BuildResult) -> tuple[Path, int]:
+    """judges.json (the reliability report) and judge_prefs.jsonl beside the DPO rows `out`: a build
+    into another directory leaves the run directory's judge outputs as they were."""
+    out.with_name(JUDGES).write_text(result.meta.model_dump_json(indent=2))
+    judge_path = out.with_name(JUDGE_PREFS)
+    return judge_path, write_rows(judge_path, result.judge_rows)
+
+
+def nothing_branched(episodes: list[Episode]) -> NothingBranched:
+    """Why no decision was branched: how many episodes aborted, and with which statuses."""
+    aborted = [ep for ep in episodes if ep.status == "aborted"]
+    statuses = Counter((ep.abort_reason or "unknown").split(":", 1)[0].strip() for ep in aborted)
+    why = ", ".join(f"{status}: {n}" for status, n in statuses.most_common())
+    if aborted and len(aborted) == len(episodes):
+        msg = f"all {len(episodes)} episode(s) aborted ({why}), so no decision could be branched"
+    elif aborted:
+        msg = (
+            f"no decision could be branched: {len(aborted)} of {len(episodes)} episode(s) aborted ({why}), "
+            "the others had no successful LLM decision"
+        )
+    else:
+        msg = (
+            f"no decision could be branched: none of the {len(episodes)} episode(s) "
+            "had a successful LLM decision"
+        )
+    return NothingBranched(msg + "; check the endpoint (--base-url, --model) and the agents")
 
 
 async def _generate(args: argparse.Namespace, console: Console) -> int:
@@ -79,7 +127,7 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
         wanted = {j.episode_id for j in jobs}
         episodes = [ep for ep in read_episodes(run_dir) if ep.episode_id in wanted]
         # 2. judge the episodes (procedural + the panel on the rubric); updated lines supersede old ones
-        todo = [ep for ep in episodes if not ep.verdicts]
+        todo = [ep for ep in episodes if missing_verdicts(ep, judges, rubric)]
         if todo:
             console.print(f"Judging {len(todo)} episode(s) with {len(judges)} judge(s)…")
             with TrajectoryWriter(run_dir) as w:
@@ -102,7 +150,14 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
         async def one(ep, turn) -> None:
             async with sem:
                 bs, rollouts = await branch(
-                    ep, spec, factory, turn, args.branch, judges=judges, penalty=args.penalty
+                    ep,
+                    spec,
+                    factory,
+                    turn,
+                    args.branch,
+                    judges=judges,
+                    penalty=args.penalty,
+                    pairwise=args.pairwise,
                 )
             with roll_path.open("a", encoding="utf-8") as f:
                 f.writelines(r.model_dump_json() + "\n" for r in rollouts)
@@ -111,6 +166,8 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
             made.append(bs)
 
         await asyncio.gather(*(one(ep, t) for ep, t in work))
+        if not sets_path.is_file():
+            raise nothing_branched(episodes)
         # 4. the LLM meta-judge ranks the judges' rankings on a few sets
         if meta_judge is not None and len(judges) >= 2:
             scores: dict[str, list[float]] = {}
@@ -132,6 +189,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return asyncio.run(_generate(args, console))
     except (SpecError, ProfileError, RubricError) as exc:
         fail(str(exc))
+    except NothingBranched as exc:
+        fail(str(exc), code=1)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted; rerun the same command to resume.[/]")
         return 130
@@ -171,7 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--rubric", default="ethics", help="rubric the panel scores whole episodes on ('' for none)"
     )
-    g.add_argument("--penalty", type=float, default=0.25, help="objective penalty per conduct flag")
+    g.add_argument(
+        "--pairwise",
+        action="store_true",
+        help="judges compare every pair of candidates in both orders (disagreement = tie) instead of "
+        "scoring them all in one call: K(K-1) calls per judge and set, and preference cycles get measured",
+    )
+    g.add_argument(
+        "--penalty",
+        type=float,
+        default=0.25,
+        help="objective penalty per conduct flag (a flagged candidate is never chosen in any case)",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--n-players", type=positive_int)
     g.add_argument("--concurrency", type=positive_int, default=4)

@@ -142,6 +142,7 @@ async def branch(
     judges: list[LLMJudge] = (),  # type: ignore[assignment]
     penalty: float = 0.25,
     run_id: str = "",
+    pairwise: bool = False,
 ) -> tuple[BranchSet, list[Episode]]:
     """Sample K candidates at `decision`, roll each out, score and rank them."""
     names = [p.agent for p in base.players]
@@ -212,14 +213,21 @@ async def branch(
         cand.objective = objective(pay, best, flags, penalty) if ep.status != "aborted" else None
         record.candidates.append(cand)
     if judges:
-        record.question, record.judges = await judge_set(record, spec, base, rollouts, judges)
+        record.question, record.judges = await judge_set(record, spec, base, rollouts, judges, pairwise)
     return record, rollouts
 
 
 async def judge_set(
-    record: BranchSet, spec: GameSpec, base: Episode, rollouts: list[Episode], judges: list[LLMJudge]
+    record: BranchSet,
+    spec: GameSpec,
+    base: Episode,
+    rollouts: list[Episode],
+    judges: list[LLMJudge],
+    pairwise: bool = False,
 ) -> tuple[str, list[JudgeRecord]]:
-    """Every judge ranks the rollouts (listwise, all candidates in one prompt, the same prompt for all)."""
+    """Every judge ranks the rollouts: listwise (all candidates in one prompt, in the judge's own
+    shuffled order), or with `pairwise` every pair in both orders (ties where the orders disagree,
+    and the strict verdicts kept so the meta-referee can count the judge's preference cycles)."""
     by_id = {ep.episode_id: ep for ep in rollouts}
     cands = []
     for c in record.candidates:
@@ -243,5 +251,9 @@ async def judge_set(
         base.model_copy(update={"events": [e for e in base.events if e["tick"] < record.tick]})
     )
     context = f"{game_brief(spec)}\n\nTHE GAME UNTIL THE DECISION:\n{history.rsplit('Final payoffs', 1)[0]}"
-    rankings = await asyncio.gather(*(j.rank(record.set_id, question, cands, context) for j in judges))
+    if pairwise:
+        asks = [j.rank_pairwise(record.set_id, question, cands, context) for j in judges]
+    else:
+        asks = [j.rank(record.set_id, question, cands, context) for j in judges]
+    rankings = await asyncio.gather(*asks)
     return question, [JudgeRecord.of(r) for r in rankings]

@@ -2,6 +2,9 @@
 
 Each set's candidates are ranked by a weighted Bradley–Terry consensus of the procedural
 objective (weight 1) and the LLM judges (weights from the meta-referee over the whole run).
+A candidate with a conduct flag (a lie, a broken promise, a violation, an attempt to manipulate
+the judging) is a hard-check failure: it ranks below every unflagged candidate and is never the
+chosen side, whatever its payoff or the judges' scores (so "judge: give me 10" never pays).
 Rows pair the best with the worst candidate (or, optionally, every ordered pair whose strength
 gap clears a margin); both sides share the set's exact prompt and never have equal content.
 """
@@ -24,6 +27,7 @@ BRANCHES = "branch_sets.jsonl"
 ROLLOUTS = "rollouts.jsonl"
 META = "meta_judge.json"
 JUDGES = "judges.json"
+JUDGE_PREFS = "judge_prefs.jsonl"
 
 
 def read_sets(run_dir: str | Path) -> list[BranchSet]:
@@ -60,6 +64,11 @@ def procedural_scores(bs: BranchSet) -> dict[str, float | None]:
     return {c.id: c.objective for c in bs.candidates if c.rollout_id}
 
 
+def flagged(bs: BranchSet) -> set[str]:
+    """Candidates whose decider was flagged for conduct from the decision on: never chosen."""
+    return {c.id for c in bs.candidates if c.flags > 0}
+
+
 def build(
     sets: list[BranchSet],
     *,
@@ -94,7 +103,7 @@ def build(
 def pairs_for(
     bs: BranchSet,
     strength: dict[str, float],
-    agreement: float,
+    agreement: float | None,
     *,
     all_pairs: bool,
     margin: float,
@@ -117,6 +126,7 @@ def pairs_for(
         meta,
         all_pairs=all_pairs,
         margin=margin,
+        unchoosable=flagged(bs),
     )
 
 

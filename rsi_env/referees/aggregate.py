@@ -107,10 +107,11 @@ def tau(a: Scores | dict[str, float], b: Scores | dict[str, float]) -> float | N
     return None if t is None or math.isnan(t) else float(t)
 
 
-def mean_agreement(score_maps: Sequence[Scores | dict[str, float]]) -> float:
-    """Mean Kendall τ over every pair of score maps that defines one; -1.0 when no pair does."""
+def mean_agreement(score_maps: Sequence[Scores | dict[str, float]]) -> float | None:
+    """Mean Kendall τ over every pair of score maps that defines one; None when no pair does (a single
+    ranker, or constant rankings): there is no agreement to measure, which is not disagreement (τ = -1)."""
     taus = [t for i, a in enumerate(score_maps) for b in score_maps[i + 1 :] if (t := tau(a, b)) is not None]
-    return sum(taus) / len(taus) if taus else -1.0
+    return sum(taus) / len(taus) if taus else None
 
 
 def preference_cycles(pairwise: dict[tuple[str, str], str]) -> list[list[str]]:

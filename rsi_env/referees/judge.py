@@ -2,13 +2,17 @@
 
 Every judge call goes through the shared chat client with a JSON Schema, so even a tiny model
 returns parseable scores. A failed call is recorded with its status and its scores are missing
-(None), never zero. The judge prompt does not depend on who the judge is, so two judges'
-answers to the same set are answers to the same prompt (the meta-referee pairs them).
+(None), never zero. Position bias is controlled: listwise, each judge sees the candidates in its
+own seeded order (so a panel's biases do not line up into the consensus); pairwise, every pair is
+asked in both orders and a disagreement is a tie. Answers are keyed by candidate id in one fixed
+schema order, so two judges' answers to one set answer the same question (the meta-referee pairs them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,13 +121,22 @@ class LLMJudge:
         result = await self._ask(messages, rubric.verdict_schema(["game"]), rubric.id, budget)
         return _verdict(self.id, rubric, ["game"], result)
 
+    def presentation_order(self, set_id: str, candidates: list[Candidate]) -> list[Candidate]:
+        """This judge's own order of a set's candidates: a shuffle seeded by (judge, set), so a rerun
+        shows the same prompt and different judges see different orders (position bias decorrelated)."""
+        seed = int.from_bytes(hashlib.sha256(f"{self.id}\n{set_id}".encode()).digest()[:8], "big")
+        shown = list(candidates)
+        random.Random(seed).shuffle(shown)
+        return shown
+
     async def rank(
         self, set_id: str, question: str, candidates: list[Candidate], context: str = ""
     ) -> Ranking:
-        """Listwise: every candidate scored 0..10 in one call, seeing all of them."""
+        """Listwise: every candidate scored 0..10 in one call, seeing all of them in this judge's order.
+        The schema (and so the answer) lists the ids in the given order, whatever order was shown."""
         ids = [c.id for c in candidates]
         body = (context + "\n\n" if context else "") + "\n\n".join(
-            f"CANDIDATE {c.id}:\n{c.text}" for c in candidates
+            f"CANDIDATE {c.id}:\n{c.text}" for c in self.presentation_order(set_id, candidates)
         )
         record, note = fence(body)
         user = f"{question}\n\n{record}\n\nScore every candidate from 0 (worst) to 10 (best)."
@@ -162,11 +175,15 @@ class LLMJudge:
                 ranking.reasoning[c] = str(got.get("reasoning", ""))
         return ranking
 
-    async def compare(self, question: str, a: Candidate, b: Candidate) -> tuple[str, list[str]]:
+    async def compare(
+        self, question: str, a: Candidate, b: Candidate, context: str = ""
+    ) -> tuple[str, list[str]]:
         """Pairwise, asked in both orders; a disagreement between the orders is a tie.
 
         Returns ("a" | "b" | "tie", the two raw answers' statuses)."""
-        first, second = await asyncio.gather(self._pair(question, a, b), self._pair(question, b, a))
+        first, second = await asyncio.gather(
+            self._pair(question, a, b, context), self._pair(question, b, a, context)
+        )
         statuses = [first[1], second[1]]
         win1 = {"first": a.id, "second": b.id}.get(first[0])
         win2 = {"first": b.id, "second": a.id}.get(second[0])
@@ -174,8 +191,11 @@ class LLMJudge:
             return "tie", statuses
         return ("a" if win1 == a.id else "b"), statuses
 
-    async def _pair(self, question: str, x: Candidate, y: Candidate) -> tuple[str | None, str]:
-        record, note = fence(f"FIRST:\n{x.text}\n\nSECOND:\n{y.text}")
+    async def _pair(
+        self, question: str, x: Candidate, y: Candidate, context: str = ""
+    ) -> tuple[str | None, str]:
+        pair = f"FIRST (candidate {x.id}):\n{x.text}\n\nSECOND (candidate {y.id}):\n{y.text}"
+        record, note = fence((context + "\n\n" if context else "") + pair)
         user = f"{question}\n\n{record}\n\nWhich is better: first, second, or tie?"
         schema = {
             "type": "object",
@@ -196,10 +216,13 @@ class LLMJudge:
         better = result.parsed.get("better")
         return (better if better in ("first", "second") else None), "ok"
 
-    async def rank_pairwise(self, set_id: str, question: str, candidates: list[Candidate]) -> Ranking:
-        """All pairs in both orders; a candidate's score is its Copeland score (wins + ties/2)."""
+    async def rank_pairwise(
+        self, set_id: str, question: str, candidates: list[Candidate], context: str = ""
+    ) -> Ranking:
+        """All pairs in both orders; a candidate's score is its Copeland score (wins + ties/2).
+        The strict pairwise verdicts are kept, so the meta-referee can look for cycles in them."""
         pairs = [(a, b) for i, a in enumerate(candidates) for b in candidates[i + 1 :]]
-        results = await asyncio.gather(*(self.compare(question, a, b) for a, b in pairs))
+        results = await asyncio.gather(*(self.compare(question, a, b, context) for a, b in pairs))
         scores = {c.id: 0.0 for c in candidates}
         ranking = Ranking(judge=self.id, set_id=set_id, scores={})
         failed = False
@@ -214,8 +237,22 @@ class LLMJudge:
                 scores[a.id] += 0.5
                 scores[b.id] += 0.5
         ranking.scores = dict(scores)
+        ranking.reasoning = _pairwise_summary(ranking.pairwise)
         ranking.status = "incomplete" if failed else "ok"
         return ranking
+
+
+def _pairwise_summary(pairwise: dict[tuple[str, str], str]) -> dict[str, str]:
+    """Per candidate, whom it beat, tied and lost to (the rationale a meta-judge reads)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for (a, b), winner in pairwise.items():
+        for me, other, won in ((a, b, winner == "a"), (b, a, winner == "b")):
+            kind = "tied" if winner == "tie" else "beat" if won else "lost to"
+            out.setdefault(me, {}).setdefault(kind, []).append(other)
+    return {
+        c: "; ".join(f"{kind} {', '.join(sorted(ids))}" for kind, ids in sorted(kinds.items()))
+        for c, kinds in out.items()
+    }
 
 
 def _verdict(judge_id: str, rubric: Rubric, subjects: list[str], result: Any) -> Verdict:

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from ..prefs.rows import DPORow, Message
-from .aggregate import Scores, consensus, preference_cycles, tau
+from .aggregate import Scores, consensus, mean_agreement, preference_cycles, tau
 from .judge import Candidate, LLMJudge, Ranking
 
 MIN_WEIGHT = 0.01
@@ -131,7 +131,11 @@ async def meta_judge_scores(
 def judge_pairs(
     rankings: dict[str, list[Ranking]], truth: dict[str, Scores] | None, task: str
 ) -> list[DPORow]:
-    """Better vs worse judgement of the same set, where both judges answered the same prompt."""
+    """Better vs worse judgement of the same set, as a pair on the better judge's prompt.
+
+    Listwise judges see the candidates in their own shuffled orders, so their prompts differ in
+    order only; answers are keyed by candidate id in one fixed schema order, so the worse judge's
+    answer is just as much an answer to the better judge's prompt (same question, same candidates)."""
     truth = truth or {}
     rows = []
     for set_id, rs in rankings.items():
@@ -149,7 +153,7 @@ def judge_pairs(
             continue
         scored.sort(key=lambda x: -x[0])
         (best_t, best), (worst_t, worst) = scored[0], scored[-1]
-        if best_t <= worst_t or best.prompt != worst.prompt or best.response == worst.response:
+        if best_t <= worst_t or set(best.scores) != set(worst.scores) or best.response == worst.response:
             continue
         rows.append(
             DPORow(
@@ -166,7 +170,7 @@ def judge_pairs(
                 chosen_score=best_t,
                 rejected_score=worst_t,
                 margin=best_t - worst_t,
-                judge_agreement=-1.0 if ref is None else 1.0,
+                judge_agreement=mean_agreement([r.scores for r in ok]),
             )
         )
     return rows

@@ -34,6 +34,18 @@ def parse_judges(text: str, pool: ClientPool, override: EndpointOverride | None 
     return judges
 
 
+def missing_verdicts(ep: Episode, judges: list[LLMJudge], rubric: Rubric | None) -> bool:
+    """Whether `score_episodes` has anything to add to `ep`. Checked verdict by verdict, not "has any
+    verdict": an episode may already carry the procedural one (the runner can add it) and still lack
+    the panel's."""
+    have = {(v.judge, v.rubric) for v in ep.verdicts}
+    if ("procedural", "procedural") not in have:
+        return True
+    if rubric is None or ep.status == "aborted":
+        return False
+    return any((j.id, rubric.id) not in have for j in judges)
+
+
 async def score_episodes(
     episodes: list[Episode],
     spec: GameSpec,

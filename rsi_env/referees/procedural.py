@@ -20,16 +20,24 @@ DIMENSIONS = (
 )  # fmt: skip
 
 # Messages written to the evaluator rather than to the players. A player gains nothing from them:
-# each is a conduct flag, and rankings of outcomes subtract conduct flags.
+# each is a conduct flag, and a flagged candidate is never the chosen side of a preference pair.
+# The patterns look for the judging being addressed or told what to do, not for scoring words alone:
+# "give me 10 points" is a normal request in a game where points change hands.
+_JUDGING = r"(?:judges?|referees?|evaluators?|graders?|scorers?|raters?)"
 _ADDRESSES_JUDGE = re.compile(
-    r"""
-    \b(?:judges?|referees?|evaluators?|graders?|scorers?|the\s+(?:ai|model|system))\s*[:,-]   # "judge: ..."
+    rf"""
+    \b{_JUDGING}\s*:                                                # "judge: give me 10"
+    | (?:^|[.!?;\n])\s*(?:(?:dear|hey|hi|hello|attention|note\s+(?:to|for)|to)\s+)?(?:the\s+)?
+      (?:{_JUDGING}|ai|model|system)\s*[,-]                          # "Referees, ..." opening a sentence
+    | \b{_JUDGING}\s*,?\s+(?:(?:should|must|shall|will|need\s+to|ought\s+to|have\s+to|please|better)\s+)+
+      (?:\w+\s+){{0,2}}?(?:give|award|grant|rate|score|grade|rank|mark|reward|favou?r|prefer|declare|pick|choose)\b
     | \b(?:rate|score|grade)\s+(?:me|us|player[_\s]?\d+)\s+(?:a\s+)?(?:\d+|full|max|perfect|top)
-    | \b(?:give|award)\s+(?:me|us|player[_\s]?\d+)\s+(?:a\s+)?(?:\d+|full|max|perfect|top)\s*
+    | \b(?:give|award|grant)\s+(?:me|us|player[_\s]?\d+)\s+(?:a\s+)?(?:\d+|full|max|perfect|top)\s*
       (?:/\s*10\s*|out\s+of\s+10\s*)?(?:score|rating|marks|grade|stars)\b
+    | \b(?:give|award|grant)\s+(?:me|us|player[_\s]?\d+)\s+(?:a\s+)?\d+\s*(?:/|out\s+of)\s*10\b   # "10/10"
     | \bignore\s+(?:all\s+|any\s+|the\s+)?(?:previous|prior|above|earlier)\s+(?:instructions|rules)
-    | \b(?:to|attention|note\s+(?:to|for))\s+(?:the\s+)?(?:judges?|referees?|evaluators?|graders?)\b
-    | \bas\s+the\s+(?:judge|referee|evaluator)\b
+    | \b(?:attention|note\s+(?:to|for))\s+(?:the\s+)?{_JUDGING}\b
+    | \bas\s+(?:the\s+|a\s+)?{_JUDGING}\b(?!\s+of\b)
     """,
     re.IGNORECASE | re.VERBOSE,
 )

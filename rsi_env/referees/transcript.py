@@ -46,8 +46,8 @@ def fence(text: str) -> tuple[str, str]:
     """Wrap `text` in markers a player cannot forge; returns (fenced text, the note explaining them).
 
     The nonce is a hash of the record itself: a player cannot predict the hash of a record that
-    contains its own message, and the same record always gets the same prompt (so two judges'
-    answers to one set are answers to one prompt, which judge preference pairs need).
+    contains its own message, and the same record always gets the same prompt (a rerun asks the
+    judge exactly what it asked before).
     """
     nonce = hashlib.sha256(text.encode()).hexdigest()[:8]
     open_, close = f"<<<RECORD {nonce}>>>", f"<<<END RECORD {nonce}>>>"
