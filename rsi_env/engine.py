@@ -23,12 +23,13 @@ import numpy as np
 
 from . import actions as act
 from .compiled import CEffect, CompiledGame, Target, compiled
-from .expr import Expr, ExprError, Scope, SeededRandom, select_functions
+from .expr import Expr, ExprError, Scope, SeededRandom, is_number, seeded_rng, select_functions
 from .spec import GameSpec
 
 _ZERO = {"int": 0, "float": 0.0, "bool": False, "str": "", "player": None, "list": [], "map": {}, "any": None}
 MAX_SETUP_DRAWS = 2000
 MAX_EVENTS_KEPT = 5000
+MAX_ERRORS_KEPT = 100
 
 
 @dataclass
@@ -72,7 +73,7 @@ class GameEngine:
 
     def reset(self, seed: int | None = None) -> None:
         self.seed = seed
-        self.random.rng = np.random.default_rng(seed)
+        self.random.rng = seeded_rng(seed)
         self.tick_no = 0
         self.turn = 0
         self.phase = self.spec.phases[0].name
@@ -147,9 +148,11 @@ class GameEngine:
             return copy.deepcopy(_ZERO[vtype])
         for _ in range(MAX_SETUP_DRAWS if where is not None else 1):
             value = _typed(vtype, self._eval(init, self._scoped(**bind), path=f"{path}.init"))
-            if where is None or self._eval(
-                where, self._scoped(**bind, value=value), default=False, path=f"{path}.where"
-            ):
+            if not _fits(vtype, value):
+                self._error(f"{path}.init: expected {vtype} (the declared type), got {_show(value)}")
+                # The zero value instead: a wrong start must not cascade into unrelated errors.
+                return copy.deepcopy(_ZERO[vtype])
+            if where is None or self._test(where, self._scoped(**bind, value=value), f"{path}.where"):
                 return value
         self._error(f"{path}.where: no value satisfied the constraint in {MAX_SETUP_DRAWS} draws")
         return value
@@ -160,9 +163,7 @@ class GameEngine:
         scope = self._scoped()
         for a in self.players:
             for b in self.players:
-                if a != b and self._eval(
-                    self.game.channel, scope.bind(a=a, b=b), default=False, path="channels.private"
-                ):
+                if a != b and self._test(self.game.channel, scope.bind(a=a, b=b), "channels.private"):
                     g.add_edge(a, b)
         self.channels = g
 
@@ -215,8 +216,31 @@ class GameEngine:
             self._error(f"{path or 'expression'}: {exc}")
             return default
 
+    def _test(self, expr: Expr, scope: Scope, path: str) -> bool:
+        """A condition's value. CEL has no truthiness, so anything but true/false is a spec error
+        (and counts as false, like a condition that fails to evaluate)."""
+        value = self._eval(expr, scope, default=False, path=path)
+        if isinstance(value, bool):
+            return value
+        self._error(f"{path}: expected true or false, got {_show(value)}")
+        return False
+
+    def _payoff(self, expr: Expr | None, scope: Scope, path: str) -> float:
+        """A payoff as float; NaN (never 0) when there is no number, so it cannot pass as a score."""
+        value = self._number(expr, scope, path) if expr is not None else None
+        return float("nan") if value is None else value
+
+    def _number(self, expr: Expr, scope: Scope, path: str, nullable: bool = False) -> float | None:
+        """The number `expr` gives, else None; anything but a number (or an allowed null) is a spec error."""
+        value = self._eval(expr, scope, default=_FAILED, path=path)
+        if is_number(value):
+            return float(value)
+        if value is not _FAILED and not (nullable and value is None):
+            self._error(f"{path}: expected a number, got {_show(value)}")
+        return None
+
     def _error(self, message: str) -> None:
-        if len(self.errors) < 100:
+        if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(f"tick {self.tick_no}: {message}")
 
     # --- effects ---------------------------------------------------------------------------------
@@ -236,9 +260,13 @@ class GameEngine:
 
     def _run_effect(self, eff: CEffect, bind: dict[str, Any]) -> None:
         scope = self._scoped(**bind)
-        if eff.cond is not None and not self._eval(eff.cond, scope, default=False, path=f"{eff.path}.if"):
+        if eff.cond is not None and not self._test(eff.cond, scope, f"{eff.path}.if"):
             return
-        value = self._eval(eff.value, scope, path=eff.path) if eff.value is not None else None
+        value = (
+            self._eval(eff.value, scope, default=_FAILED, path=eff.path) if eff.value is not None else None
+        )
+        if value is _FAILED:
+            return  # the error is recorded; writing a stand-in value would only add a second one
         if eff.op == "announce":
             if value is not None:
                 self._event("announce", text=str(value))
@@ -262,7 +290,11 @@ class GameEngine:
                 self._error(f"{path}: {target.source}: {who!r} is not a player")
                 return
             container = self.pstate[who]
-        keys = [k if isinstance(k, str) else self._eval(k, scope, path=path) for k in target.keys]
+        keys = [
+            k if isinstance(k, str) else self._eval(k, scope, default=_FAILED, path=path) for k in target.keys
+        ]
+        if _FAILED in keys:
+            return
         for k in keys[:-1]:
             if isinstance(container, dict) and k in container:
                 container = container[k]
@@ -291,6 +323,9 @@ class GameEngine:
             decl = self.spec.state.get(last) if target.root == "state" else self.spec.player_state.get(last)
             if decl is not None:
                 value = _typed(decl.type, value)
+                if not _fits(decl.type, value):
+                    self._error(f"{path}: {target.source} is declared {decl.type}, got {_show(value)}")
+                    return
         container[last] = copy.deepcopy(value) if isinstance(value, dict | list) else value
         self._touch("state" if target.root == "state" else "P")
 
@@ -380,7 +415,7 @@ class GameEngine:
             self.phase_turn += 1
             self._dirty()
         for _ in range(4 * len(self.spec.phases) + 4):  # phases whose actors are all gone are skipped
-            if self._eval(self.game.end_when, self._scoped(), default=False, path="end.when"):
+            if self._test(self.game.end_when, self._scoped(), "end.when"):
                 return self._finish("end condition")
             if self.turn >= self.spec.end.turn_limit:
                 return self._finish("turn limit")
@@ -390,7 +425,7 @@ class GameEngine:
             until = (
                 cp.until is not None
                 and self.phase_turn > 0
-                and self._eval(cp.until, self._scoped(), default=False, path=f"phases.{self.phase}.until")
+                and self._test(cp.until, self._scoped(), f"phases.{self.phase}.until")
             )
             if not (limit_hit or until or no_actors):
                 return None
@@ -402,8 +437,8 @@ class GameEngine:
         return self._finish("no actors left")
 
     def _next_phase(self, cp: Any) -> str:
-        for cond, goto in cp.next:
-            if self._eval(cond, self._scoped(), default=False, path=f"phases.{self.phase}.next"):
+        for i, (cond, goto) in enumerate(cp.next):
+            if self._test(cond, self._scoped(), f"phases.{self.phase}.next[{i}].if"):
                 return goto
         phases = self.spec.phases
         return phases[(cp.index + 1) % len(phases)].name
@@ -426,10 +461,9 @@ class GameEngine:
                 payoffs[p] = self.forfeit_payoffs[p]
                 continue
             scope = self._scoped(p=p, flags=self.flags)
-            payoffs[p] = _number(self._eval(self.game.payoff, scope, default=None, path="payoffs.value"))
+            payoffs[p] = self._payoff(self.game.payoff, scope, "payoffs.value")
             if self.game.payoff_best is not None:
-                b = self._eval(self.game.payoff_best, scope, path="payoffs.best")
-                best[p] = float(b) if isinstance(b, int | float) else None
+                best[p] = self._number(self.game.payoff_best, scope, "payoffs.best", nullable=True)
         self.payoffs = payoffs
         self.best = best or None
         for k, e in self.game.outcomes.items():
@@ -536,8 +570,8 @@ class GameEngine:
             self._after_turn()
 
     def _forfeit(self, player: str) -> None:
-        v = self._eval(self.game.payoff_forfeit, self._scoped(p=player), path="payoffs.forfeit")
-        self.forfeit_payoffs[player] = _number(v)
+        v = self._payoff(self.game.payoff_forfeit, self._scoped(p=player), "payoffs.forfeit")
+        self.forfeit_payoffs[player] = v
         self.forfeited.append(player)
         self._dirty()
         self._event("forfeit", player, text=f"{player} forfeits (out of attempts).")
@@ -591,7 +625,7 @@ class GameEngine:
         for c, expr in self.game.conduct:
             if c.action != name or expr is None:
                 continue
-            if self._eval(expr, self._scoped(me=player, args=args), default=False, path=f"conduct.{c.name}"):
+            if self._test(expr, self._scoped(me=player, args=args), f"conduct.{c.name}.when"):
                 flag = {
                     "tick": self.tick_no,
                     "turn": self.turn,
@@ -649,6 +683,8 @@ class GameEngine:
             exprs = self.game.actions[name].bounds[pname]
             for key, e in exprs.items():
                 b[key] = self._eval(e, scope, path=f"actions.{name}.params.{pname}.{key}")
+            if prm.type in ("int", "float"):
+                self._check_range(b, f"actions.{name}.params.{pname}")
             if prm.type == "enum" and isinstance(prm.values, list):
                 b["values"] = prm.values
             if prm.type == "player":
@@ -663,6 +699,16 @@ class GameEngine:
                     b["candidates"] = [p for p in b["candidates"] if self.channels.has_edge(player, p)]
             out[pname] = b
         return out
+
+    def _check_range(self, b: dict[str, Any], path: str) -> None:
+        """Bounds that are not numbers, or min above max, leave no valid value (or none enforced):
+        a spec error, reported here because bounds may depend on state."""
+        for key in ("min", "max"):
+            if key in b and b[key] is not None and not is_number(b[key]):
+                self._error(f"{path}.{key}: expected a number, got {_show(b.pop(key))}")
+        lo, hi = b.get("min"), b.get("max")
+        if lo is not None and hi is not None and lo > hi:
+            self._error(f"{path}: min ({lo}) is above max ({hi}): no value is valid")
 
     def _check(self, player: str, name: str, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         spec_action = self.spec.actions[name]
@@ -689,15 +735,36 @@ class GameEngine:
         if problems:
             return args, problems
         scope = self._scoped(me=player, args=args)
-        for expr, message in self.game.actions[name].valid_if:
-            if not self._eval(expr, scope, default=False, path=f"actions.{name}.valid_if"):
+        for i, (expr, message) in enumerate(self.game.actions[name].valid_if):
+            if not self._test(expr, scope, f"actions.{name}.valid_if[{i}].expr"):
                 problems.append(message)
         return args, problems
 
 
-def _number(v: Any) -> float:
-    """A payoff as float; NaN (never 0) when the expression failed, so it cannot pass as a score."""
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else float("nan")
+_FAILED = object()  # an expression that raised (already recorded as an error)
+
+
+_FITS: dict[str, type | tuple[type, ...]] = {
+    "int": (int, float), "float": (int, float), "bool": bool, "str": str, "player": str, "list": list,
+    "map": dict, "any": object,
+}  # fmt: skip
+
+
+def _fits(vtype: str, value: Any) -> bool:
+    """Whether a variable declared `vtype` may hold `value` (null is every type's "not yet")."""
+    if value is None:
+        return True
+    if isinstance(value, bool) and vtype in ("int", "float"):
+        return False
+    return isinstance(value, _FITS[vtype])
+
+
+def _show(value: Any) -> str:
+    """A value with its CEL type, for errors: `'win' (string)`."""
+    kinds = {bool: "bool", int: "int", float: "double", str: "string", list: "list", dict: "map"}
+    kind = "null" if value is None else kinds.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({kind})"
 
 
 def _typed(vtype: str, value: Any) -> Any:

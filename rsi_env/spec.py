@@ -348,20 +348,62 @@ def parse_spec(data: Any, source: str = "<spec>") -> GameSpec:
 
 
 def read_spec_file(path: str | Path) -> GameSpec:
-    """Read and schema-validate one YAML spec file (static checks: `spec_check.check_spec`)."""
+    """Read and schema-validate one YAML spec file.
+
+    All the checks (`games validate`'s) are `spec_check.load_checked_spec`.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(str(path), [f"cannot read file: {exc.strerror or exc}"]) from None
+    return parse_spec(load_yaml(text, str(path)), str(path))
+
+
+def load_yaml(text: str, source: str = "<spec>") -> Any:
+    """Parse YAML, rejecting duplicate keys (PyYAML silently keeps the last one, and a spec with two
+    `score:` entries would lose one without a word); raises SpecError naming the lines."""
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        problems = _duplicate_keys(node, "", set()) if node is not None else []
+        if problems:
+            raise SpecError(source, problems)
+        return loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(str(path), [f"{where}invalid YAML: {problem}"]) from None
-    return parse_spec(data, str(path))
+        raise SpecError(source, [f"{where}invalid YAML: {problem}"]) from None
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(node: yaml.Node, path: str, visited: set[int]) -> list[str]:
+    """`path: duplicate key ...` for every mapping key that appears twice, walking the whole document
+    (each node once: an alias may point back to its own ancestor)."""
+    if id(node) in visited:
+        return []
+    visited.add(id(node))
+    out: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            here = f"{path}.{name}" if path else name
+            if isinstance(key, yaml.ScalarNode) and name != "<<":  # `<<` merges are not keys
+                if name in first_line:
+                    out.append(
+                        f"{here}: duplicate key at line {key.start_mark.line + 1} "
+                        f"(first at line {first_line[name]}); YAML would keep only the last"
+                    )
+                else:
+                    first_line[name] = key.start_mark.line + 1
+            out += _duplicate_keys(value, here, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _duplicate_keys(item, f"{path}[{i}]", visited)
+    return out
 
 
 def spec_json_schema() -> dict[str, Any]:

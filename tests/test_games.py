@@ -118,6 +118,27 @@ def test_snapshot_restore_replays_exactly(game_id: str) -> None:
     snapshot_replay(load_game(game_id))
 
 
+def test_negative_seeds_are_accepted_and_reproducible(game_id: str) -> None:
+    # Gymnasium/PettingZoo take any int seed; numpy's generator refuses negative ones.
+    env = rsi_env.make_parallel(game_id)
+    runs = []
+    for _ in range(2):
+        run = play_episode(env, lambda p, info: _seeded_move(info), seed=-1)
+        run["roles"] = dict(env.engine.role)
+        run["state"] = json.dumps(env.engine.state, sort_keys=True)
+        runs.append(run)
+    assert runs[0] == runs[1]
+    assert runs[0]["errors"] == []
+    aec = rsi_env.make(game_id)
+    aec.reset(seed=-1)
+    assert aec.observe(aec.agent_selection)["text"]
+
+
+def _seeded_move(info: dict) -> str:
+    rng = np.random.default_rng(info["tick"])
+    return json.dumps(sample_action(info["action_schema"], rng) or {})
+
+
 def _agents(players: list[str], seed: int, scripted_seat: str | None = None, spec=None) -> dict:
     """Random agents seeded per seat (the same in both arms), one seat optionally scripted."""
     out: dict = {p: RandomAgent(seed * 31 + i) for i, p in enumerate(players)}

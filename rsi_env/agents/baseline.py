@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..compiled import compiled
-from ..expr import ExprError
+from ..expr import ExprError, seeded_rng
 from ..spec import GameSpec
 from ..view import view_scope
 from .base import TurnReport
@@ -93,7 +93,7 @@ class RandomAgent:
 
     def __init__(self, seed: int | None = None, name: str = "random") -> None:
         self.name = name
-        self.rng = np.random.default_rng(seed)
+        self.rng = seeded_rng(seed)
         self.last: TurnReport | None = None
 
     def choose(self, info: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 from ..agents.baseline import RandomAgent, ScriptedAgent, schema_branches
 from ..engine import GameEngine
 from ..env import game_module
+from ..expr import seeded_rng
 from ..spec import GameSpec
 from ..view import action_schema, player_view
 
@@ -133,7 +134,7 @@ def agent_chooser(agent: RandomAgent | ScriptedAgent) -> Chooser:
 
 def _noisy_chooser(seed: int) -> Chooser:
     """Random legal moves, but 30% of replies are garbage: exercises passes and default moves."""
-    agent, rng = RandomAgent(seed), np.random.default_rng(seed + 7)
+    agent, rng = RandomAgent(seed), seeded_rng(seed + 7)
     inner = agent_chooser(agent)
 
     def choose(engine: GameEngine, p: str) -> str:
