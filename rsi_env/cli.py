@@ -14,17 +14,34 @@ if TYPE_CHECKING:  # importing profiles loads openai (~2 s): only the commands t
     from .agents.profiles import EndpointOverride
 
 
-def add_endpoint_args(ap: argparse.ArgumentParser) -> None:
+def add_endpoint_args(ap: argparse.ArgumentParser, *, call_timeout_default: str = "the profile's") -> None:
+    """The options every model-calling command takes, so one endpoint serves a whole run.
+
+    `call_timeout_default` describes, for --help, the timeout used without --call-timeout."""
     g = ap.add_argument_group("model endpoint (applies to every LLM profile of the run)")
-    g.add_argument("--base-url", help="any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
-    g.add_argument("--model", help="model name at that endpoint")
-    g.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
+    g.add_argument(
+        "--base-url", type=http_url, help="any OpenAI-compatible endpoint, e.g. http://localhost:8000/v1"
+    )
+    g.add_argument("--model", help="model name at that endpoint (needs --base-url for `local` profiles)")
+    g.add_argument(
+        "--api-key-env",
+        help="environment variable holding the API key (default: the profile's, OPENAI_API_KEY; "
+        "servers on localhost need none)",
+    )
+    g.add_argument(
+        "--call-timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help=f"limit on each model call, from when the server takes it (default {call_timeout_default})",
+    )
 
 
 def endpoint_override(args: argparse.Namespace) -> EndpointOverride:
     from .agents.profiles import EndpointOverride
 
-    return EndpointOverride(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env)
+    return EndpointOverride(
+        base_url=args.base_url, model=args.model, api_key_env=args.api_key_env, timeout_s=args.call_timeout
+    )
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -41,6 +58,34 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
     return v
+
+
+def seconds(text: str) -> float:
+    """A duration for argparse: a number of seconds above 0 (at most a day, to catch ms typed as s)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < v <= 86_400:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {text}")
+    return v
+
+
+def temperature(text: str) -> float:
+    """A sampling temperature for argparse: the OpenAI API's range, 0 to 2."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= v <= 2:
+        raise argparse.ArgumentTypeError(f"expected a temperature in [0, 2], got {text}")
+    return v
+
+
+def http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
 
 
 def run(main: Callable[[], int | None]) -> NoReturn:

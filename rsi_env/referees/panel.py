@@ -27,6 +27,8 @@ def parse_judges(text: str, pool: ClientPool, override: EndpointOverride | None 
             raise ProfileError(f"--judges: {item!r} is not PROFILE[@TEMPERATURE][#SEED]")
         profile = resolve_profile(m["profile"], override)
         temp = float(m["temp"]) if m["temp"] else None
+        if temp is not None and not 0.0 <= temp <= 2.0:
+            raise ProfileError(f"--judges: {item!r}: temperature must be between 0 and 2")
         judges.append(LLMJudge(profile, pool.client(profile), temp, int(m["seed"]) if m["seed"] else None))
     ids = [j.id for j in judges]
     if len(set(ids)) != len(ids):

@@ -24,8 +24,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..agents.profiles import ClientPool, ProfileError, resolve_profile
-from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run
+from ..agents.profiles import AgentProfile, ClientPool, ProfileError, resolve_profile
+from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run, seconds
 from ..local_model import LocalModelError
 from ..referees.meta import reliability_table
 from ..referees.panel import parse_judges
@@ -46,7 +46,7 @@ from .corpus import CorpusMissing, corpus_path
 
 def _family_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options a family's `run` takes."""
-    limits = SandboxLimits(timeout_s=args.timeout, memory_mb=256)
+    limits = SandboxLimits(timeout_s=args.sandbox_timeout, memory_mb=256)
     if args.family == "programming":
         return {"n": args.n, "k": args.k, "validators": args.validators, "limits": limits}
     if args.family == "predict":
@@ -55,11 +55,10 @@ def _family_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _generate(
-    args: argparse.Namespace, log: RunLog
+    args: argparse.Namespace, log: RunLog, profile: AgentProfile
 ) -> tuple[list[CandidateSet], list[Any], dict | None]:
     pool = ClientPool()
     override = endpoint_override(args)
-    profile = resolve_profile(args.profile, override)
     judges = parse_judges(args.judges, pool, override) if args.judges else []
     meta_judge = parse_judges(args.meta_judge, pool, override)[0] if args.meta_judge else None
     ctx = TaskContext(
@@ -101,6 +100,12 @@ def summary_table(family: str, log: RunLog, result: BuildResult) -> Table:
 def cmd_run(args: argparse.Namespace, console: Console | None = None) -> int:
     console = console or Console()
     out = Path(args.out or f"runs/tasks/{args.family}")
+    try:  # before anything runs or is written: a bad profile, endpoint or API key is a one-line error
+        profile = resolve_profile(
+            args.profile, endpoint_override(args), needed_by="the generator (--profile)"
+        )
+    except ProfileError as exc:
+        fail(str(exc))
     if args.family == "trivia":
         try:
             corpus_path()
@@ -117,7 +122,7 @@ def cmd_run(args: argparse.Namespace, console: Console | None = None) -> int:
     log.write("start", family=args.family, options=options, isolation=isolation)
     t0 = time.monotonic()
     try:
-        sets, bank, scores = asyncio.run(_generate(args, log))
+        sets, bank, scores = asyncio.run(_generate(args, log, profile))
     except (ProfileError, LocalModelError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -183,8 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--concurrency", type=positive_int, default=4, help="model calls in flight")
         p.add_argument(
-            "--timeout", type=float, default=5.0, help="sandbox wall-clock limit per program run (s)"
+            "--sandbox-timeout",
+            type=seconds,
+            default=5.0,
+            metavar="SECONDS",
+            help="wall-clock limit per program run in the sandbox (default 5, at most 600)",
         )
+        # Renamed: it was the sandbox's limit here but the model call's in `games generate`.
+        p.add_argument("--timeout", type=float, help=argparse.SUPPRESS)
         add_endpoint_args(p)
         p.set_defaults(fn=cmd_run)
     return ap
@@ -192,8 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 < args.timeout <= 600:
-        fail("--timeout: expected seconds in (0, 600]")
+    if args.timeout is not None:
+        fail(
+            "--timeout was split in two: --sandbox-timeout for each program run, "
+            "--call-timeout for each model call"
+        )
+    if args.sandbox_timeout > 600:
+        fail("--sandbox-timeout: expected seconds in (0, 600]")
     return int(args.fn(args))
 
 
