@@ -2,6 +2,9 @@
 
 With no flags, two agents on the embedded local model (SmolLM2-135M-Instruct) play one episode;
 the transcript and payoffs are printed and the episode is appended to `runs/trajectories.jsonl`.
+Rerunning the same command resumes: finished episodes are skipped, aborted ones played again (their
+failed attempts kept in `failed_attempts.jsonl`). Exit status 1 when episodes were played and none
+finished, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -9,16 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from .agents.profiles import AgentFactory, ProfileError
 from .catalog import load_game
 from .cli import add_endpoint_args, endpoint_override, fail, positive_int, run
+from .referees.panel import score_episodes
 from .render import LiveView, print_episode
 from .runner import EpisodeJob, Runner, RunStats, plan
-from .spec import SpecError
+from .spec import GameSpec, SpecError
+from .spec_check import check_spec
 from .trajectory import Episode, TrajectoryFileError
 
 
@@ -32,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated, one per seat (cycled): profile names from agents/, random, scripted, human",
     )  # fmt: skip
     ap.add_argument("--episodes", type=positive_int, default=1)
-    ap.add_argument("--seed", type=int, default=0, help="first seed; episode i uses seed+i")
+    ap.add_argument("--seed", type=int, default=0, help="first seed (any integer); episode i uses seed+i")
     ap.add_argument("--n-players", type=positive_int, help="seats, within the game's range")
     ap.add_argument(
         "--out", type=Path, default=Path("runs"), help="run directory (trajectories.jsonl inside)"
@@ -50,19 +57,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="show an episode as it unfolds (one at a time; a progress bar for others)",
     )
     ap.add_argument("--quiet", action="store_true", help="no transcript, no progress bar")
-    ap.add_argument("--retry-failed", action="store_true", help="rerun episodes recorded as aborted")
+    ap.add_argument(
+        "--retry-failed", action=argparse.BooleanOptionalAction, default=True,
+        help="on a rerun, play episodes recorded as aborted again (default; their failed attempts move "
+        "to failed_attempts.jsonl beside the trajectories); --no-retry-failed keeps them as they are",
+    )  # fmt: skip
     ap.add_argument("--max-cycles", type=positive_int, help="hard cap on ticks per episode")
     add_endpoint_args(ap)
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    console = Console()
+def load_checked(game: str) -> GameSpec:
+    """The game, through the same static checks as `games validate` (every problem, one per line)
+    before anything runs; the random-play dry run is left to `games validate`."""
     try:
-        spec = load_game(args.game)
+        spec = load_game(game)
+        check_spec(spec, game, dry_run=False)
     except SpecError as exc:
         fail(str(exc))
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True, soft_wrap=True)
+
+    def show(message: Warning | str, *_: Any, **__: Any) -> None:
+        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+    # Warnings (an unreadable line skipped on resume, a cut-short line trimmed) as one `warning:`
+    # line each, not in the interpreter's source-location format; restored on return.
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        return play(args)
+
+
+def play(args: argparse.Namespace) -> int:
+    console = Console()
+    spec = load_checked(args.game)
     if args.n_players and not spec.players.min <= args.n_players <= spec.players.max:
         fail(
             f"--n-players {args.n_players}: {spec.id} takes {spec.players.min} to {spec.players.max} players"
@@ -87,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         if live is None and args.episodes <= 3:
             print_episode(ep, console)
 
+    async def procedural_referee(ep: Episode) -> None:
+        """The procedural referee's verdict (no model call) on each finished episode, attached as
+        `prefs generate` attaches it, so replay and report of a play run show referee scores."""
+        if ep.finished:
+            await score_episodes([ep], spec, [], None)
+
     def runner_with(workers: int) -> Runner:
         return Runner(
             spec,
@@ -98,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             retry_failed=args.retry_failed,
             on_turn=live.on_turn if live else None,
             on_episode=on_episode,
+            finish=procedural_referee,
             max_cycles=args.max_cycles,
         )
 
@@ -124,10 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except RuntimeError as exc:  # e.g. the local model extra is missing
         fail(str(exc))
+    return report_run(stats, runner, console)
+
+
+def report_run(stats: RunStats, runner: Runner, console: Console) -> int:
+    """One summary line; exit status 1 when episodes were played and none of them finished."""
+    retried = f", {stats.retried} retried from an earlier run" if stats.retried else ""
     console.print(
-        f"{stats.done} episode(s) played ({stats.aborted} aborted), "
+        f"{stats.done} episode(s) played ({stats.aborted} aborted{retried}), "
         f"{stats.skipped} already in {runner.path}; {stats.calls} model calls, {stats.tokens} tokens."
     )
+    if stats.done and stats.aborted == stats.done:
+        why = ", ".join(f"{s} {n}" for s, n in sorted(stats.aborted_by.items()))
+        fail(f"no episode finished: all {stats.done} aborted ({why}); see {runner.path}", code=1)
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,15 +294,41 @@ def _call_details(line: Text, turn: Turn) -> None:
     line.append(f"  ({', '.join(bits)})", style="yellow" if c.status != "ok" else "dim")
 
 
+_PLAYER_LINE = re.compile(r"^- (\S+) \(([^)]*)\)")
+
+
+def roles_known_to(ep: Episode, viewer: str) -> set[str]:
+    """Players whose role (and team) `viewer` was shown: itself, and those its observations list with
+    their role (a role that is not hidden, a team mate's under `knows_team`, a role revealed later).
+    Read from what the player was actually shown, so it holds for any spec, even one not at hand."""
+    roles = {p.player: p.role for p in ep.players}
+    known = {viewer}
+    for t in ep.turns:
+        if t.player != viewer:
+            continue
+        for line in observation_sections(t.observation).get("PLAYERS", [])[1:]:
+            m = _PLAYER_LINE.match(line)
+            if m and roles.get(m.group(1)) in m.group(2).split(", "):
+                known.add(m.group(1))
+    return known
+
+
 def header(ep: Episode, player: str | None = None) -> RenderableType:
+    """The players table; with `player`, others' roles and teams only where that player saw them."""
     title = f"{ep.game} · episode {ep.episode_id} · seed {ep.seed}"
     if player:
         title += f" · private view of {player}"
+    known = roles_known_to(ep, player) if player else {p.player for p in ep.players}
     t = Table(title=title, show_edge=False, expand=False)
     for col in ("player", "agent", "role", "team", "model"):
         t.add_column(col)
     for p in ep.players:
-        t.add_row(p.player, p.agent, p.role, p.team or "", p.model or "")
+        if p.player in known:
+            t.add_row(p.player, p.agent, p.role, p.team or "", p.model or "")
+        else:
+            t.add_row(
+                p.player, p.agent, Text("? (hidden)", style="dim"), Text("?", style="dim"), p.model or ""
+            )
     parts: list[RenderableType] = [t]
     if ep.initial_state and player is None:
         parts.append(_initial_state(ep.initial_state))
@@ -329,8 +356,10 @@ def _score(x: float | None, fmt: str = "g") -> str:
     return format(x, fmt)
 
 
-def summary(ep: Episode) -> RenderableType:
-    """Status, payoffs, outcomes, the conduct flags with their turns, referee verdicts, usage."""
+def summary(ep: Episode, player: str | None = None) -> RenderableType:
+    """Status, payoffs, outcomes, the conduct flags with their turns, referee verdicts, usage. With
+    `player`, the flags listed are that player's own (others' can name hidden roles and lies it did
+    not see), as beside the turns of its private view."""
     parts: list[RenderableType] = []
     status = Text(f"status: {ep.status}", style="bold green" if ep.status == "complete" else "bold yellow")
     if ep.abort_reason:
@@ -350,13 +379,16 @@ def summary(ep: Episode) -> RenderableType:
         norm = f"{pay / best:.2f}" if pay is not None and best else ""
         shown = "— (aborted)" if ep.payoffs is None else _score(pay)
         invalid = str(ep.invalid_counts.get(p.player, 0))
-        t.add_row(p.player, p.agent, shown, norm, invalid, str(flags_of.get(p.player, 0)))
+        flags = "?" if player is not None and p.player != player else str(flags_of.get(p.player, 0))
+        t.add_row(p.player, p.agent, shown, norm, invalid, flags)
     parts.append(t)
     if ep.outcomes:
         parts.append(Text("outcomes: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in ep.outcomes.items())))
-    if ep.flags:
-        parts.append(flags_list(ep))
-    parts += [verdict_table(v) for v in ep.verdicts]
+    own = [f for f in ep.flags if player is None or f.get("player") == player]
+    if own:
+        parts.append(flags_list(own))
+    others = {p.player for p in ep.players if player is not None and p.player != player}
+    parts += [verdict_table(v, hide=others) for v in ep.verdicts]
     u = ep.usage
     if u.calls:
         tokens = f"{u.prompt_tokens}+{u.completion_tokens}"
@@ -368,10 +400,10 @@ def summary(ep: Episode) -> RenderableType:
     return Group(*parts)
 
 
-def flags_list(ep: Episode) -> RenderableType:
+def flags_list(flags: list[dict[str, Any]]) -> RenderableType:
     """Conduct flags with the turn that raised them (the same flags sit beside those turns above)."""
     t = Text("Conduct flags:", style="bold magenta")
-    for f in ep.flags:
+    for f in flags:
         where = f"t{f['turn']}" if "turn" in f else (f"tick {f['tick']}" if "tick" in f else "episode")
         label = f"{f.get('kind', 'flag')}: {f.get('name', '?')}"
         t.append(f"\n  ⚑ {where} {f.get('player') or ''} {label}", style="magenta")
@@ -380,9 +412,9 @@ def flags_list(ep: Episode) -> RenderableType:
     return t
 
 
-def verdict_table(v: Verdict) -> RenderableType:
-    """A referee verdict: per player, per dimension, score and rationale. A failed judge call's
-    scores are "missing", never 0."""
+def verdict_table(v: Verdict, hide: Collection[str] = ()) -> RenderableType:
+    """A referee verdict: per player, per dimension, score and rationale, without the rows of the
+    players in `hide` (others, in a private view). A failed judge call's scores are "missing", never 0."""
     title = f"Referee: {v.judge} ({v.rubric})"
     failed = None
     if v.status != "ok":
@@ -393,10 +425,12 @@ def verdict_table(v: Verdict) -> RenderableType:
     t = Table(title=title, show_edge=False)
     for col in ("player", "dimension", "score", "reasoning"):
         t.add_column(col, overflow="fold")
-    for player, dims in v.scores.items():
+    for who, dims in v.scores.items():
+        if who in hide:
+            continue
         for dim, sc in dims.items():
             score = _score(None if failed else sc.score)
-            t.add_row(player, dim, score, clean(sc.reasoning, REASONING_CHARS))
+            t.add_row(who, dim, score, clean(sc.reasoning, REASONING_CHARS))
     return t if failed is None else Group(t, failed)
 
 
@@ -405,7 +439,7 @@ def print_episode(ep: Episode, console: Console, player: str | None = None) -> N
     for b in episode_blocks(ep, player):
         for line in b.lines:
             console.print(line)
-    console.print(summary(ep))
+    console.print(summary(ep, player))
 
 
 class LiveView:
@@ -457,6 +491,6 @@ class LiveView:
             return False
         self.episode = ep
         self.flush()
-        self.console.print(summary(ep))
+        self.console.print(summary(ep, self.player))
         self.following = self.episode = None
         return True

@@ -138,7 +138,7 @@ def print_plain(console: Console, ep: Episode, player: str | None, speed: float)
             time.sleep(1 / speed)
         for line in b.lines:
             console.print(line)
-    console.print(summary(ep))
+    console.print(summary(ep, player))
 
 
 # --- the interactive pager ------------------------------------------------------------------------
@@ -230,7 +230,7 @@ class Pager:
         if self._cache is None or self._cache[0] != width:
             head = self._render(width, header(self.ep, self.player))
             blocks = [[ln for line in b.lines for ln in self._render(width, line)] for b in self.blocks]
-            self._cache = (width, head, blocks, self._render(width, summary(self.ep)))
+            self._cache = (width, head, blocks, self._render(width, summary(self.ep, self.player)))
         return self._cache[1], self._cache[2], self._cache[3]
 
     def page(self, width: int) -> list[str]:

@@ -31,9 +31,16 @@ from rich.text import Text
 
 from .cli import fail, run
 from .ratings import RatingTable, agent_label, rate
-from .trajectory import Episode, TrajectoryFileError, read_episodes, resolve_path
+from .trajectory import Episode, TrajectoryFileError, abort_status, read_episodes, resolve_path
 
 PIPED_WIDTH = 150
+
+# Dimensions of the procedural referee's verdict that repeat the record (payoffs, conduct flags,
+# invalid actions), which the agents table shows already; its others (referee_manipulation) are
+# reported with the referee scores.
+FROM_RECORD = frozenset(
+    {"payoff", "normalised_payoff", "lies", "broken_promises", "violations", "invalid_actions"}
+)
 
 
 class MeanStat(BaseModel):
@@ -109,10 +116,6 @@ def load_runs(paths: list[Path]) -> tuple[list[Episode], list[str]]:
     return episodes, [str(w.message) for w in caught]
 
 
-def _abort_status(ep: Episode) -> str:
-    return (ep.abort_reason or "unknown").split(":", 1)[0].strip() or "unknown"
-
-
 def game_report(game: str, eps: list[Episode]) -> GameReport:
     status = Counter(ep.status for ep in eps)
     failed: Counter[str] = Counter()
@@ -127,7 +130,7 @@ def game_report(game: str, eps: list[Episode]) -> GameReport:
         status={s: status.get(s, 0) for s in ("complete", "truncated", "aborted")},
         rates={s: status.get(s, 0) / len(eps) for s in ("complete", "truncated", "aborted")},
         failed_calls=dict(failed.most_common()),
-        aborted_by=dict(Counter(_abort_status(ep) for ep in eps if ep.status == "aborted").most_common()),
+        aborted_by=dict(Counter(abort_status(ep) for ep in eps if ep.status == "aborted").most_common()),
         calls=calls,
         prompt_tokens=sum(ep.usage.prompt_tokens for ep in eps),
         completion_tokens=sum(ep.usage.completion_tokens for ep in eps),
@@ -164,12 +167,12 @@ def agent_stats(eps: list[Episode]) -> list[AgentStats]:
             if f.get("player") in label:
                 flags[label[f["player"]]][str(f.get("kind", "flag"))] += 1
         for v in ep.verdicts:
-            if v.kind == "procedural":
-                continue  # its scores are the record's own payoffs and flags, reported above
             for p, dims in v.scores.items():
                 if p not in label:
                     continue  # a game-scope rubric: not one agent's score
                 for dim, sc in dims.items():
+                    if v.kind == "procedural" and dim in FROM_RECORD:
+                        continue
                     key = f"{v.rubric}.{dim}"
                     if v.status != "ok" or sc.score is None or math.isnan(sc.score):
                         missing[label[p]][key] += 1

@@ -1,12 +1,17 @@
 """The episode runner: many episodes at once on asyncio, bounded concurrency, resumable JSONL.
 
 - Each finished episode is one flushed line in `OUT/trajectories.jsonl` (see `trajectory`).
-- Rerunning the same plan with the same output skips the episodes already in the file, so a run
-  killed at any point resumes to exactly the planned set, with no duplicates.
+- Rerunning the same plan with the same output skips the episodes already finished in the file and
+  plays the rest, aborted ones included (`retry_failed`), so a run killed at any point resumes to
+  exactly the planned set. The failed attempts a rerun replaces move to a side file
+  (`failed_attempts.jsonl`, see `trajectory.set_aside`) before anything is appended: each id stays
+  once in the file, and no record of a failure is lost.
 - A model call that fails for infrastructure reasons (timeout, rate limit, 5xx, connection) is
   retried as a whole turn; if it keeps failing the episode is recorded as `aborted` with that
   status and no payoffs. A model that answers badly is not a failure: its text goes to the game,
-  which answers with feedback like any invalid move.
+  which answers with feedback like any invalid move. A game whose payoff expressions fail at the end
+  is aborted too (`game_error`), and so is an episode an agent gives up (a human closing stdin:
+  `cancelled`): neither is ever scored.
 - Per turn the runner renders only the acting players' observations, and each worker reuses one
   env across its episodes; lines are written (and fsynced) by one background thread. The runner's
   own work per call is small next to the HTTP client's: see scripts/bench_runner.py.
@@ -19,6 +24,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -37,7 +43,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .agents.base import Agent, TurnReport
+from .agents.base import CANCELLED, Agent, TurnReport
 from .agents.profiles import AgentFactory, AgentProfile, EndpointOverride
 from .compiled import compiled
 from .env import GameParallelEnv
@@ -47,11 +53,14 @@ from .trajectory import (
     CallInfo,
     Episode,
     PlayerInfo,
+    RecordLine,
     TrajectoryWriter,
     Turn,
     Usage,
-    read_episodes,
+    abort_status,
+    read_lines,
     resolve_path,
+    set_aside,
 )
 
 
@@ -81,8 +90,10 @@ def plan(
 class RunStats:
     planned: int = 0
     skipped: int = 0
+    retried: int = 0  # planned episodes recorded unfinished by an earlier run, played again
     done: int = 0
     aborted: int = 0
+    aborted_by: dict[str, int] = field(default_factory=dict)  # aborted episodes by the status that ended them
     calls: int = 0
     failed_calls: int = 0
     tokens: int = 0
@@ -96,6 +107,10 @@ class RunStats:
 
 
 TurnHook = Callable[[Episode, Turn], Awaitable[None] | None]
+EpisodeHook = Callable[[Episode], Awaitable[None]]
+
+# Statuses that end an episode at once: retrying the turn cannot help.
+_FINAL_STATUSES = frozenset({"context_exceeded", "client_error", CANCELLED})
 
 
 def _call_info(rep: TurnReport | None) -> CallInfo:
@@ -292,10 +307,7 @@ async def continue_episode(
         ep.status = "aborted"
         ep.abort_reason = f"{exc.status}: {exc.detail}" if exc.detail else exc.status
     if ep.status != "aborted":
-        ep.status = "truncated" if e.truncated else "complete"
-        ep.payoffs = dict(e.payoffs or {})
-        ep.best = e.best
-        ep.outcomes = e.outcomes
+        _close_finished(ep, env)
     for info in ep.players:
         info.model = getattr(agents[info.player], "model", None) or info.model
     ep.end_reason = e.end_reason
@@ -305,6 +317,26 @@ async def continue_episode(
     ep.errors = e.errors
     ep.duration_s += time.perf_counter() - t0
     return ep
+
+
+def _close_finished(ep: Episode, env: GameParallelEnv) -> None:
+    """Status and scores of an episode played to its end. A payoff that is not a finite number (its
+    expression failed: the engine gives NaN) makes the episode `aborted` with `game_error` and the
+    engine's message: never a complete episode without scores."""
+    e = env.engine
+    payoffs = dict(e.payoffs or {})
+    broken = sorted(p for p, v in payoffs.items() if not math.isfinite(v))
+    if broken:
+        why = next((x for x in reversed(e.errors) if "payoffs." in x), None)
+        ep.status = "aborted"
+        ep.abort_reason = f"game_error: payoff of {', '.join(broken)} is not a finite number" + (
+            f" ({why})" if why else ""
+        )
+        return
+    ep.status = "truncated" if e.truncated else "complete"
+    ep.payoffs = payoffs
+    ep.best = e.best
+    ep.outcomes = e.outcomes
 
 
 async def _ask(
@@ -328,6 +360,8 @@ async def _ask(
         still = []
         for p in pending:
             rep = agents[p].last or TurnReport(raw="")
+            if rep.status == CANCELLED:  # the agent left (a human closed stdin): not a failed call
+                raise EpisodeAborted(rep.status, rep.error)
             if rep.prompt is not None:  # a model call happened
                 usage.calls += 1
                 usage.prompt_tokens += rep.prompt_tokens
@@ -341,7 +375,7 @@ async def _ask(
                 if stats is not None:
                     stats.failed_calls += 1
                 failed.setdefault(p, []).append(_call_info(rep))
-                if attempt == turn_retries or rep.status in ("context_exceeded", "client_error"):
+                if attempt == turn_retries or rep.status in _FINAL_STATUSES:
                     raise EpisodeAborted(rep.status, rep.error)
                 still.append(p)
             else:
@@ -350,6 +384,20 @@ async def _ask(
         if not pending:
             break
     return reports, failed
+
+
+def replaced_attempts(lines: list[RecordLine], replaced: set[str]) -> list[RecordLine]:
+    """The unfinished records (aborted, or unreadable but naming an id) that no longer stand for their
+    episode: its id is in `replaced` (being played again, or finished elsewhere in the file), or a
+    later line of the same id supersedes them (files from before compaction). Finished records stay."""
+    last = {ln.episode_id: ln.no for ln in lines if ln.episode_id is not None}
+    return [
+        ln
+        for ln in lines
+        if ln.episode_id is not None
+        and not ln.finished
+        and (ln.episode_id in replaced or ln.no != last[ln.episode_id])
+    ]
 
 
 class WorkerSetup(BaseModel):
@@ -387,9 +435,10 @@ class Runner:
         *,
         concurrency: int = 8,
         progress: bool = True,
-        retry_failed: bool = False,
+        retry_failed: bool = True,
         on_turn: TurnHook | None = None,
         on_episode: Callable[[Episode], None] | None = None,
+        finish: EpisodeHook | None = None,
         console: Console | None = None,
         max_cycles: int | None = None,
         workers: int = 1,
@@ -402,6 +451,7 @@ class Runner:
         self.retry_failed = retry_failed
         self.on_turn = on_turn
         self.on_episode = on_episode
+        self.finish = finish
         self.console = console or Console(stderr=True)
         self.max_cycles = max_cycles
         self.workers = max(1, workers)
@@ -422,11 +472,26 @@ class Runner:
                 "one request at a time, and each worker would start its own copy"
             )
 
-    def _todo(self, jobs: list[EpisodeJob]) -> list[EpisodeJob]:
+    def _resume(self, jobs: list[EpisodeJob]) -> tuple[list[EpisodeJob], int]:
+        """The jobs still to play, and how many of them the file holds unfinished (retried).
+
+        An episode with a finished record is done. One recorded only as aborted (or as a line this
+        version cannot read) is played again, unless `retry_failed` is off (then a readable aborted
+        record counts as done). Before anything is appended, the failed attempts being replaced move
+        to the side file, so the file keeps one line per id.
+        """
         if not self.path.exists():
-            return jobs
-        keep = {ep.episode_id for ep in read_episodes(self.path) if ep.finished or not self.retry_failed}
-        return [j for j in jobs if j.episode_id not in keep]
+            return jobs, 0
+        lines = read_lines(self.path)
+        finished = {ln.episode_id for ln in lines if ln.finished}
+        recorded = {ln.episode_id for ln in lines if ln.episode is not None}
+        done = finished if self.retry_failed else finished | recorded
+        todo = [j for j in jobs if j.episode_id not in done]
+        retry = {j.episode_id for j in todo} & {ln.episode_id for ln in lines}
+        moved = replaced_attempts(lines, retry | finished)
+        if moved:
+            set_aside(self.path, lines, moved)
+        return todo, len(retry)
 
     def _progress(self) -> Progress:
         return Progress(
@@ -442,8 +507,8 @@ class Runner:
         )
 
     async def run(self, jobs: list[EpisodeJob]) -> RunStats:
-        todo = self._todo(jobs)
-        self.stats = RunStats(planned=len(jobs), skipped=len(jobs) - len(todo))
+        todo, retried = self._resume(jobs)
+        self.stats = RunStats(planned=len(jobs), skipped=len(jobs) - len(todo), retried=retried)
         n = min(self.workers, len(todo), self.concurrency)
         # Worker processes first, before this run starts any thread (see _start_workers).
         procs = _start_workers(n, self._worker_setup()) if n > 1 else []
@@ -465,11 +530,16 @@ class Runner:
         with TrajectoryWriter(self.path) as writer, progress:
 
             async def record(ep: Episode) -> None:
+                if self.finish is not None:
+                    await self.finish(ep)
                 # Shielded: a Ctrl-C while the line is queued still writes it (the pool is drained
                 # below before the file closes), so a finished episode is never lost.
                 await asyncio.shield(loop.run_in_executor(write_pool, writer.write, ep))
                 self.stats.done += 1
-                self.stats.aborted += ep.status == "aborted"
+                if ep.status == "aborted":
+                    self.stats.aborted += 1
+                    why = abort_status(ep)
+                    self.stats.aborted_by[why] = self.stats.aborted_by.get(why, 0) + 1
                 progress.update(
                     task,
                     advance=1,

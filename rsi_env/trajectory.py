@@ -3,7 +3,9 @@ preference data without new model calls.
 
 Files are append-only JSONL, one flushed line per finished episode. A line cut short by a kill is
 never a record: `read_episodes` skips it with a warning and `TrajectoryWriter` trims it before
-appending, so everything complete that was written stays.
+appending, so everything complete that was written stays. Any other unreadable line is skipped
+with a warning naming file:line. The one rewrite is the runner's compaction on a rerun: failed
+attempts it replaces move to a side file (`set_aside`), so no record of a failure is lost.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 SCHEMA_VERSION = 1
 FILE_NAME = "trajectories.jsonl"
+FAILED_ATTEMPTS = "failed_attempts.jsonl"  # beside it: failed attempts a rerun replaced (see `set_aside`)
 
 # Statuses of a model call that say nothing about the model's play: the turn is retried and, if it
 # keeps failing, the episode is aborted with that status (its payoffs are missing, never zero).
@@ -129,6 +133,11 @@ class Episode(BaseModel):
         return self.status in ("complete", "truncated")
 
 
+def abort_status(ep: Episode) -> str:
+    """The status that ended an aborted episode: the head of its `abort_reason` (`timeout: ...`)."""
+    return (ep.abort_reason or "unknown").split(":", 1)[0].strip() or "unknown"
+
+
 class TrajectoryFileError(Exception):
     """A file that is not a trajectory file (foreign or unreadable)."""
 
@@ -139,43 +148,150 @@ def resolve_path(path: str | Path) -> Path:
     return p / FILE_NAME if p.is_dir() or p.suffix != ".jsonl" else p
 
 
-def read_episodes(path: str | Path, *, strict: bool = False) -> Iterator[Episode]:
-    """Episodes of a file in order. The latest line wins when an episode id repeats (reruns).
+@dataclass
+class RecordLine:
+    """One whole line of a trajectory file as read: its episode, or why it cannot be read."""
 
-    A truncated last line (a killed writer) is skipped with a warning; a line that is not an episode
-    raises TrajectoryFileError naming the line, so a foreign file gets one clear message.
+    no: int  # 1-based line number
+    raw: bytes  # the line as stored, without its newline (rewritten byte for byte when a file is compacted)
+    episode: Episode | None = None  # None when the line is not a readable episode
+    episode_id: str | None = None  # known even for an unreadable record, when the line names one
+    problem: str | None = None  # `file:line: why`, for an unreadable line
+    shaped: bool = False  # a JSON object with episode_id and turns: meant as an episode record
+
+    @property
+    def finished(self) -> bool:
+        return self.episode is not None and self.episode.finished
+
+
+# Per file, this many unreadable lines are named one by one, the rest counted: a damaged file must not
+# bury the output in warnings.
+MAX_LINE_WARNINGS = 5
+
+
+def _parse_line(p: Path, no: int, raw: bytes) -> RecordLine:
+    line = RecordLine(no=no, raw=raw)
+    try:
+        data = json.loads(raw.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        line.problem = f"{p}:{no}: not JSON; is this a trajectory file?"
+        return line
+    if not isinstance(data, dict) or "episode_id" not in data or "turns" not in data:
+        line.problem = f"{p}:{no}: not an rsi_env episode record (no episode_id/turns)"
+        return line
+    line.shaped = True
+    line.episode_id = str(data["episode_id"])
+    version = data.get("schema_version", 1)
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        line.problem = f"{p}:{no}: written by a newer rsi_env (schema {version})"
+        return line
+    try:
+        line.episode = Episode.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        line.problem = f"{p}:{no}: bad episode record at {where}: {first['msg']}"
+    return line
+
+
+def read_lines(path: str | Path, *, strict: bool = False) -> list[RecordLine]:
+    """Every whole line of a trajectory file, parsed, in file order.
+
+    A cut-short last line (a killed writer) is left out with a warning. An unreadable line (not an
+    episode, or a record this version cannot validate) is skipped with one warning naming file:line,
+    so one bad line never hides the rest of a run; `strict` raises for it instead. A file with no
+    episode-shaped line at all is foreign: TrajectoryFileError with its first problem.
     """
     p = resolve_path(path)
     if not p.is_file():
         raise TrajectoryFileError(f"{p}: no such trajectory file")
-    latest: dict[str, Episode] = {}
-    with p.open("r", encoding="utf-8", errors="replace") as f:
-        lines = f.read().split("\n")
-    complete_lines = lines[:-1] if lines and lines[-1] else lines  # no final newline: cut short
-    if lines and lines[-1]:
+    *whole, tail = p.read_bytes().split(b"\n")
+    if tail:
         warnings.warn(f"{p}: last line is incomplete (a run was interrupted); skipped", stacklevel=2)
-    for no, line in enumerate(complete_lines, 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            raise TrajectoryFileError(f"{p}:{no}: not JSON; is this a trajectory file?") from None
-        if not isinstance(data, dict) or "episode_id" not in data or "turns" not in data:
-            raise TrajectoryFileError(f"{p}:{no}: not an rsi_env episode record (no episode_id/turns)")
-        if data.get("schema_version", 1) > SCHEMA_VERSION:
-            raise TrajectoryFileError(
-                f"{p}:{no}: written by a newer rsi_env (schema {data['schema_version']})"
-            )
-        try:
-            ep = Episode.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise TrajectoryFileError(f"{p}:{no}: bad episode record at {where}: {first['msg']}") from None
-        latest.pop(ep.episode_id, None)
-        latest[ep.episode_id] = ep
+    lines = [_parse_line(p, no, raw) for no, raw in enumerate(whole, 1) if raw.strip()]
+    bad = [ln.problem for ln in lines if ln.problem]
+    if bad and (strict or not any(ln.shaped for ln in lines)):
+        raise TrajectoryFileError(bad[0])
+    for problem in bad[:MAX_LINE_WARNINGS]:
+        warnings.warn(f"{problem}; line skipped", stacklevel=2)
+    if len(bad) > MAX_LINE_WARNINGS:
+        warnings.warn(f"{p}: {len(bad) - MAX_LINE_WARNINGS} more unreadable line(s) skipped", stacklevel=2)
+    return lines
+
+
+def read_episodes(path: str | Path, *, strict: bool = False) -> Iterator[Episode]:
+    """Episodes of a file in order. The latest line wins when an episode id repeats (reruns).
+    Unreadable lines are skipped with a warning each (see `read_lines`)."""
+    latest: dict[str, Episode] = {}
+    for line in read_lines(path, strict=strict):
+        if line.episode is not None:
+            latest.pop(line.episode.episode_id, None)
+            latest[line.episode.episode_id] = line.episode
     yield from latest.values()
+
+
+def failed_attempts_path(path: str | Path) -> Path:
+    """The side file beside a trajectory file that keeps the failed attempts a rerun replaced."""
+    p = resolve_path(path)
+    return p.with_name(FAILED_ATTEMPTS if p.name == FILE_NAME else f"{p.stem}.{FAILED_ATTEMPTS}")
+
+
+def set_aside(path: str | Path, lines: list[RecordLine], moved: list[RecordLine]) -> Path:
+    """Move `moved` (some of `lines`, the file's whole lines as read) to the side file of failed
+    attempts, and rewrite the trajectory file without them; returns the side file.
+
+    Crash-safe in this order: the side file is appended and fsynced first (skipping lines it already
+    holds, so a repeat after a kill adds nothing), then the trajectory file is replaced atomically by
+    a fsynced temporary copy (os.replace). A kill at any point leaves both files whole, and every
+    line in at least one of them.
+    """
+    p = resolve_path(path)
+    side = failed_attempts_path(p)
+    _trim_cut_short(side)
+    held = set(side.read_bytes().split(b"\n")) if side.exists() else set()
+    with side.open("ab") as f:
+        for line in moved:
+            if line.raw not in held:
+                f.write(line.raw + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    gone = {line.no for line in moved}
+    tmp = p.with_name(f".{p.name}.compacting")
+    with tmp.open("wb") as f:
+        for line in lines:
+            if line.no not in gone:
+                f.write(line.raw + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+    _fsync_dir(p.parent)
+    return side
+
+
+def _fsync_dir(d: Path) -> None:
+    """Make a rename in `d` durable (POSIX; elsewhere a directory cannot be opened and this is a no-op)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _trim_cut_short(path: Path) -> bool:
+    """Remove an incomplete last line (a killed writer) so that appends start on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return False
+        f.truncate(data.rfind(b"\n") + 1)
+    return True
 
 
 class TrajectoryWriter:
@@ -188,17 +304,10 @@ class TrajectoryWriter:
         self._f = self.path.open("a", encoding="utf-8")
 
     def _repair(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with self.path.open("rb+") as f:
-            data = f.read()
-            if data.endswith(b"\n"):
-                return
-            cut = data.rfind(b"\n") + 1
-            f.truncate(cut)
-        warnings.warn(
-            f"{self.path}: removed an incomplete last line left by an interrupted run", stacklevel=2
-        )
+        if _trim_cut_short(self.path):
+            warnings.warn(
+                f"{self.path}: removed an incomplete last line left by an interrupted run", stacklevel=2
+            )
 
     def write(self, episode: Episode) -> None:
         # One write call per line, then flush + fsync: a kill leaves whole lines or a cut-short last one.

@@ -499,3 +499,61 @@ def test_json_round_trip_of_the_test_episode_is_a_valid_file(tmp_path: Path, epi
     assert json.loads(path.read_text().splitlines()[0])["verdicts"][0]["judge"] == "test-double-judge"
     res = run_replay(str(path))
     assert res.returncode == 0 and "test-double-judge" in res.stdout
+
+
+# --- the private view's players table -----------------------------------------------------------
+
+
+def header_rows(ep: Episode, viewer: str | None) -> dict[str, list[str]]:
+    console = Console(record=True, width=WIDE, file=open(os.devnull, "w"))
+    console.print(render.header(ep, viewer))
+    seats = {p.player for p in ep.players}
+    return {c[0]: c[1:] for ln in console.export_text().splitlines() if (c := cells(ln))[0] in seats}
+
+
+@pytest.mark.parametrize("n", [5, 7])  # with 7 there are two werewolves, who know each other
+def test_private_view_hides_the_roles_the_player_was_not_told(n: int) -> None:
+    spec = load_game("werewolf")
+    job = EpisodeJob(episode_id=f"ww-{n}", game="werewolf", seed=3, n_players=n, agents=["scripted"] * n)
+    ep = asyncio.run(play_episode(job, spec, DoubleFactory(spec)))  # type: ignore[arg-type]
+    role = {p.player: p.role for p in ep.players}
+    team = {p.player: p.team for p in ep.players}
+    wolves = {p for p, r in role.items() if r == "werewolf"}
+    assert len(wolves) == (2 if n == 7 else 1)
+    for viewer in role:
+        rows = header_rows(ep, viewer)
+        # every role is hidden; a werewolf knows its team mates (knows_team)
+        known = {viewer} | (wolves if viewer in wolves else set())
+        for p, (_agent, shown_role, shown_team, *_) in rows.items():
+            if p in known:
+                assert (shown_role, shown_team) == (role[p], team[p])
+            else:
+                assert (shown_role, shown_team) == ("? (hidden)", "?"), f"{viewer} sees {p}'s role"
+        # and in the summary at the end: its own conduct flags only
+        lines = text_of(ep, viewer)
+        assert not any(
+            f"⚑ t{f['turn']} {f['player']}" in ln for f in ep.flags if f["player"] != viewer for ln in lines
+        )
+    spectator = header_rows(ep, None)
+    assert {p: r[1] for p, r in spectator.items()} == role
+
+
+def test_private_view_shows_roles_that_are_not_hidden(episodes: dict) -> None:
+    ep = played(episodes, "negotiation")
+    assert not any(r.hidden for r in load_game("negotiation").roles)
+    rows = header_rows(ep, ep.players[1].player)
+    assert {p: r[1] for p, r in rows.items()} == {p.player: p.role for p in ep.players}
+
+
+def test_an_unreadable_line_is_skipped_with_one_warning_naming_it(tmp_path: Path, episodes: dict) -> None:
+    eps = [played(episodes, "negotiation"), play("negotiation", ["scripted", "random"], seed=5)]
+    path = write_run(tmp_path, eps)
+    first, second = path.read_text().splitlines()
+    broken = json.loads(first)
+    broken["episode_id"], broken["payoffs"] = "legacy", dict.fromkeys(broken["payoffs"])
+    path.write_text("\n".join([first, json.dumps(broken), second]) + "\n")
+    res = run_replay(str(path), "--list")
+    assert res.returncode == 0, res.stderr
+    err = "".join(res.stderr.split())  # rich may wrap the message anywhere
+    assert f"{path}:2:badepisoderecordatpayoffs.player_0" in err and err.count("warning:") == 1
+    assert "2 episode(s)" in res.stdout and "legacy" not in res.stdout

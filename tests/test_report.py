@@ -210,3 +210,41 @@ def test_truncated_run_reports_the_rest_with_a_warning(tournament: list[Path], t
     res = run_report(str(tmp_path), "--json")
     assert res.returncode == 0, res.stderr
     assert "incomplete" in res.stderr and json.loads(res.stdout)["episodes"] == 4
+
+
+def test_an_unreadable_line_is_skipped_with_a_warning_naming_it(
+    tournament: list[Path], tmp_path: Path
+) -> None:
+    """One record this version cannot read (here a `complete` line with null payoffs, as a payoff
+    error was once recorded) must not hide the rest of the run."""
+    path = _write(tmp_path / "trajectories.jsonl", list(read_episodes(tournament[0]))[:3])
+    first, second, third = path.read_text().splitlines()
+    broken = json.loads(second)
+    broken["payoffs"] = dict.fromkeys(broken["payoffs"])
+    path.write_text("\n".join([first, json.dumps(broken), third]) + "\n")
+    res = run_report(str(tmp_path), "--json")
+    assert res.returncode == 0, res.stderr
+    err = "".join(res.stderr.split())  # rich may wrap the message anywhere
+    assert f"{path}:2:badepisoderecordatpayoffs.player_0" in err and "Traceback" not in err
+    assert err.count("warning:") == 1 and json.loads(res.stdout)["episodes"] == 2
+
+
+def test_the_procedural_verdict_adds_what_the_record_does_not_hold(
+    tournament: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Its referee_manipulation counts appear with the referee scores; its payoff and flag counts,
+    which the agents table shows from the record already, do not appear twice."""
+    from rsi_env.referees.procedural import procedural_verdict
+
+    eps = list(read_episodes(tournament[0]))[:4]
+    for ep in eps:
+        ep.verdicts = [procedural_verdict(ep)]
+    _write(tmp_path, eps)
+    (g,) = report_json(capsys, str(tmp_path)).games
+    for a in g.agents:
+        assert set(a.referee) == {"procedural.referee_manipulation"}
+        assert (
+            a.referee["procedural.referee_manipulation"].n
+            == a.scored
+            == sum(p.agent == a.agent for ep in eps for p in ep.players)
+        )

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
 from rsi_env.agents.baseline import RandomAgent
 from rsi_env.agents.profiles import AgentFactory, EndpointOverride
@@ -37,9 +38,17 @@ from rsi_env.compiled import compiled
 from rsi_env.env import GameParallelEnv
 from rsi_env.expr import ExprError
 from rsi_env.llm import CallStatus
-from rsi_env.runner import EpisodeJob, Runner, plan, play_episode
+from rsi_env.runner import EpisodeJob, Runner, RunStats, plan, play_episode
 from rsi_env.spec import GameSpec
-from rsi_env.trajectory import FAILURE_STATUSES, Episode, read_episodes, resolve_path
+from rsi_env.trajectory import (
+    FAILURE_STATUSES,
+    Episode,
+    failed_attempts_path,
+    read_episodes,
+    read_lines,
+    resolve_path,
+    set_aside,
+)
 from rsi_env.view import _hints, fmt_value, view_scope
 from tests.fault_server import FaultConfig, FaultServer, random_instance, schema_of_request
 
@@ -178,17 +187,22 @@ def test_thirty_percent_faults_fifty_episodes(tmp_path: Path, spec: GameSpec, se
         assert requests == server.requests
 
 
-def test_a_dead_endpoint_aborts_episodes_without_payoffs_and_retry_failed_reruns_them(
+def test_a_dead_endpoint_aborts_episodes_and_a_rerun_retries_them_once_each(
     tmp_path: Path, spec: GameSpec, server: FaultServer
 ) -> None:
     server.config = FaultConfig(rate_500=1.0, retry_after_s=None)
     server.reset_counters()
     agent = write_profile(tmp_path, server.base_url, max_retries=0)
     override = EndpointOverride(base_url=server.base_url, model=MODEL)
+
+    def runner(**kw: Any) -> Runner:
+        return Runner(spec, AgentFactory([agent, "random"], spec, override), tmp_path, progress=False, **kw)
+
     jobs = plan(spec, [agent, "random"], 4)
-    stats = run(Runner(spec, AgentFactory([agent, "random"], spec, override), tmp_path, progress=False), jobs)
+    stats = run(runner(), jobs)
     episodes = list(read_episodes(tmp_path))
     assert len(episodes) == 4 and stats.aborted >= 2
+    assert stats.aborted_by == {"server_error": stats.aborted}
     for ep in episodes:
         llm_seat = next(p.player for p in ep.players if p.agent == agent)
         if ep.usage.calls == 0:  # the random seat ended the game before the model's first turn
@@ -198,20 +212,218 @@ def test_a_dead_endpoint_aborts_episodes_without_payoffs_and_retry_failed_reruns
         assert ep.abort_reason and ep.abort_reason.startswith("server_error")
         assert ep.usage.failed_calls == 3 and ep.usage.calls == 3  # the turn, retried twice
         assert all(t.player != llm_seat for t in ep.turns)  # its failed turn was never played
+    aborted = sorted(ep.episode_id for ep in episodes if ep.status == "aborted")
+    first_attempts = {d["episode_id"]: d for d in raw_lines(tmp_path) if d["status"] == "aborted"}
 
-    # Rerun without --retry-failed: aborted episodes count as done. With it, they are played again.
-    again = run(Runner(spec, AgentFactory([agent, "random"], spec, override), tmp_path, progress=False), jobs)
-    assert again.skipped == 4 and again.done == 0
+    # With retrying off, aborted episodes count as done.
+    kept = run(runner(retry_failed=False), jobs)
+    assert kept.skipped == 4 and kept.done == kept.retried == 0
+    # By default a rerun plays them again, and the file keeps one line per id: the failed attempts
+    # it replaced are in the side file, whole.
     server.config = FaultConfig()
     server.reset_counters()
-    retried = Runner(
-        spec, AgentFactory([agent, "random"], spec, override), tmp_path, progress=False, retry_failed=True
-    )
-    assert run(retried, jobs).done == stats.aborted
+    again = run(runner(), jobs)
+    assert again.done == again.retried == len(aborted) and again.skipped == 4 - len(aborted)
     latest = list(read_episodes(tmp_path))
     assert len(latest) == 4 and all(ep.finished and ep.payoffs is not None for ep in latest)
-    # Append-only: the aborted records stay in the file, and the latest line of an id wins.
-    assert len(raw_lines(tmp_path)) == 4 + stats.aborted
+    assert sorted(d["episode_id"] for d in raw_lines(tmp_path)) == sorted(j.episode_id for j in jobs)
+    side = raw_lines(failed_attempts_path(tmp_path))
+    assert sorted(d["episode_id"] for d in side) == aborted
+    assert all(d == first_attempts[d["episode_id"]] for d in side)
+    # Nothing left to retry: a third run plays nothing and moves nothing.
+    assert run(runner(), jobs).done == 0 and len(raw_lines(failed_attempts_path(tmp_path))) == len(aborted)
+
+
+def test_duplicate_lines_of_an_older_retry_are_compacted_on_the_next_run(
+    tmp_path: Path, spec: GameSpec
+) -> None:
+    """A file where an older rsi_env appended a retry after the aborted line (two lines for one id)
+    keeps only the finished line once a run touches it; the aborted one moves to the side file."""
+    factory = AgentFactory(["scripted", "random"], spec)
+    jobs = plan(spec, ["scripted", "random"], 2)
+    run(Runner(spec, factory, tmp_path, progress=False), jobs)
+    done = raw_lines(tmp_path)
+    failed = {**done[0], "status": "aborted", "abort_reason": "timeout: test", "payoffs": None}
+    path = resolve_path(tmp_path)
+    path.write_text("".join(json.dumps(d) + "\n" for d in [failed, *done]), encoding="utf-8")
+    stats = run(Runner(spec, factory, tmp_path, progress=False), jobs)
+    assert stats.done == 0 and stats.skipped == 2
+    assert raw_lines(tmp_path) == done
+    assert raw_lines(failed_attempts_path(tmp_path)) == [failed]
+
+
+def test_setting_aside_again_after_a_kill_repeats_nothing(tmp_path: Path) -> None:
+    """A kill between the side file's append and the trajectory file's replacement leaves the old
+    file in place; the next compaction of it must not add the same failed attempts twice."""
+    path = tmp_path / "trajectories.jsonl"
+    lines = [
+        {"episode_id": "a", "turns": [], "status": "aborted"},
+        {"episode_id": "b", "turns": [], "status": "aborted"},
+    ]
+    original = "".join(json.dumps(d) + "\n" for d in lines)
+    for _ in range(2):  # the second round plays the run after the kill
+        path.write_text(original, encoding="utf-8")
+        with pytest.warns(UserWarning, match="bad episode record"):
+            read = read_lines(path)
+        set_aside(path, read, [ln for ln in read if ln.episode_id == "a"])
+    assert [d["episode_id"] for d in raw_lines(path)] == ["b"]
+    assert [d["episode_id"] for d in raw_lines(failed_attempts_path(path))] == ["a"]
+    assert not list(tmp_path.glob(".*compacting")), "no temporary file is left behind"
+
+
+# --- game errors, unreadable lines, a human who leaves ---------------------------------------------
+
+DIVZERO_SPEC = """
+id: divzero
+name: Division by zero
+family: bargaining
+summary: the payoff expression divides by zero at the end
+rules: add to the score until it passes 5
+players: {min: 2, max: 2}
+roles: [{name: r, description: d}]
+state:
+  score: {type: int, init: '0'}
+actions:
+  go:
+    description: go
+    params:
+      n: {type: int, min: 0, max: 3}
+    effects: [{add: state.score, value: args.n}]
+phases: [{name: a, actions: [go]}]
+end: {when: 'state.score > 5', turn_limit: 10}
+payoffs: {value: '10 / (state.score - state.score)'}
+ethics: {fair_play: [x], violations: [y]}
+"""
+
+
+def test_a_payoff_error_aborts_the_episode_with_the_engines_message(tmp_path: Path) -> None:
+    spec_file = tmp_path / "divzero.yaml"
+    spec_file.write_text(DIVZERO_SPEC, encoding="utf-8")
+    spec = load_game(spec_file)
+    stats = run(
+        Runner(spec, AgentFactory(["random"], spec), tmp_path, progress=False), plan(spec, ["random"], 2)
+    )
+    assert stats.aborted == 2 and stats.aborted_by == {"game_error": 2}
+    for ep in read_episodes(tmp_path):  # readable: no null where a payoff belongs
+        assert ep.status == "aborted" and ep.payoffs is None
+        assert ep.abort_reason and ep.abort_reason.startswith("game_error: payoff of player_0, player_1")
+        assert "division by zero" in ep.abort_reason
+
+
+def test_a_rerun_replays_an_unreadable_line_and_keeps_it_aside(tmp_path: Path, spec: GameSpec) -> None:
+    """A line this version cannot read (here: a `complete` record with null payoffs, as the runner
+    once wrote for a payoff error) is skipped with a warning naming file:line; its episode is played
+    again and the line moves to the side file, not lost."""
+    factory = AgentFactory(["scripted", "random"], spec)
+    jobs = plan(spec, ["scripted", "random"], 2)
+    run(Runner(spec, factory, tmp_path, progress=False), jobs)
+    good, bad = raw_lines(tmp_path)
+    bad["payoffs"] = dict.fromkeys(bad["payoffs"])
+    path = resolve_path(tmp_path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=f"{path}:2: bad episode record at payoffs"):
+        stats = run(Runner(spec, factory, tmp_path, progress=False), jobs)
+    assert stats.done == stats.retried == 1 and stats.skipped == 1
+    assert [d["episode_id"] for d in raw_lines(tmp_path)] == [good["episode_id"], bad["episode_id"]]
+    assert raw_lines(failed_attempts_path(tmp_path)) == [bad]
+    assert all(ep.finished for ep in read_episodes(tmp_path))
+
+
+def play_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rsi_env.play", *args],
+        cwd=REPO, input=stdin, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_a_human_who_closes_stdin_cancels_the_episode_and_play_exits_1(tmp_path: Path) -> None:
+    done = play_cli("--game", "ultimatum", "--agents", "human,scripted", "--out", str(tmp_path), stdin="")
+    assert done.returncode == 1, done.stderr[-2000:]
+    err = " ".join(done.stderr.split())
+    assert "no episode finished: all 1 aborted (cancelled 1)" in err and "Traceback" not in err
+    (ep,) = read_episodes(tmp_path)
+    assert ep.status == "aborted" and ep.payoffs is None and ep.verdicts == []
+    assert ep.abort_reason == "cancelled: stdin closed (EOF): the human left the game"
+    assert ep.usage.failed_calls == 0  # a person leaving is not a failed model call
+    assert all(t.player != "player_0" for t in ep.turns), "no empty reply was played for the human"
+
+
+def test_play_exits_0_when_some_episodes_finish() -> None:
+    from rsi_env.play import report_run
+
+    console = Console(file=open(os.devnull, "w"))
+    runner = Runner(load_game(GAME), AgentFactory(["random"], load_game(GAME)), "/nonexistent/run")
+    assert report_run(RunStats(done=3, aborted=2, aborted_by={"timeout": 2}), runner, console) == 0
+    assert report_run(RunStats(done=0, skipped=3), runner, console) == 0  # nothing to play
+    with pytest.raises(SystemExit) as exc:
+        report_run(RunStats(done=2, aborted=2, aborted_by={"timeout": 2}), runner, console)
+    assert exc.value.code == 1
+
+
+def test_play_checks_a_spec_file_like_games_validate_before_anything_runs(tmp_path: Path) -> None:
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text(BAD_SPEC, encoding="utf-8")
+    out = tmp_path / "run"
+    done = play_cli("--game", str(spec_file), "--agents", "random", "--out", str(out))
+    validate = subprocess.run(
+        [sys.executable, "-m", "rsi_env.games", "validate", "--no-dry-run", str(spec_file)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    problems = [ln for ln in validate.stderr.splitlines() if ln.startswith("  - ")]
+    assert len(problems) == 7
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert [ln for ln in done.stderr.splitlines() if ln.startswith("  - ")] == problems
+    assert not out.exists(), "nothing ran"
+
+
+def test_play_takes_a_negative_seed_and_a_non_number_gets_one_message(tmp_path: Path) -> None:
+    # Any integer is a seed (the env maps it deterministically); the episode records the one it was given.
+    done = play_cli("--agents", "random", "--seed", "-5", "--quiet", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    [line] = (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()
+    ep = json.loads(line)
+    assert ep["seed"] == -5 and ep["status"] == "complete"
+    bad = play_cli("--agents", "random", "--seed", "x", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--seed" in bad.stderr
+
+
+BAD_SPEC = """
+id: bad
+name: Bad
+family: bargaining
+summary: seven problems a static check finds
+rules: x
+players: {min: 2, max: 2}
+roles: [{name: r, description: d}]
+state:
+  score: {type: int, init: '0'}
+actions:
+  go:
+    description: go
+    params:
+      n: {type: int, min: 0, max: state.nope}
+    effects: [{set: state.score, value: 'args.n + args.missing'}]
+  unused: {description: never}
+  typo:
+    description: t
+    valid_if: [{expr: 'state.score >', message: m}]
+phases: [{name: a, actions: [go, typo], next: [{goto: nowhere}]}]
+end: {when: 'state.score > 3 && undefined_fn(1)', turn_limit: 10}
+payoffs: {value: 'state.score + P[p].ghost'}
+ethics: {fair_play: [x], violations: [y]}
+"""
+
+
+def test_play_attaches_the_procedural_referees_verdict(tmp_path: Path) -> None:
+    done = play_cli("--game", "ultimatum", "--agents", "scripted,random", "--episodes", "3", "--quiet",
+                    "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    episodes = list(read_episodes(tmp_path))
+    assert len(episodes) == 3
+    for ep in episodes:
+        (v,) = ep.verdicts
+        assert v.judge == v.kind == "procedural" and set(v.scores) == {p.player for p in ep.players}
+        assert all(v.scores[p]["payoff"].score == pay for p, pay in (ep.payoffs or {}).items())
 
 
 # --- kills and resumes through the CLI -------------------------------------------------------------

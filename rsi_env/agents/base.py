@@ -6,6 +6,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+# The status of a turn whose agent gave up the episode (a human closed stdin): the runner aborts the
+# episode with it at once. Not a failed model call, and never a move that could be scored.
+CANCELLED = "cancelled"
+
 
 class TurnReport(BaseModel):
     """What one `act` call did: the raw reply and, for model-backed agents, the call's accounting."""

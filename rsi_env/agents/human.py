@@ -1,5 +1,6 @@
 """A person plays a seat in the terminal: the observation is shown, the legal actions listed, and
-whatever is typed goes to the env (which forgives near-JSON and answers mistakes with feedback)."""
+whatever is typed goes to the env (which forgives near-JSON and answers mistakes with feedback).
+End of input (stdin closed) cancels the episode: the runner records it aborted, never scored."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.panel import Panel
 
-from .base import TurnReport, observation_text
+from .base import CANCELLED, TurnReport, observation_text
 from .baseline import schema_branches
 
 
@@ -33,6 +34,10 @@ class HumanAgent:
         try:
             raw = await asyncio.to_thread(input, "> ")
         except EOFError:
-            raw = ""
+            # Nobody is left to play this seat: an empty reply every turn would be scored as play.
+            self.last = TurnReport(
+                raw="", status=CANCELLED, error="stdin closed (EOF): the human left the game"
+            )
+            return ""
         self.last = TurnReport(raw=raw)
         return raw
