@@ -550,11 +550,14 @@ def _role_count_problem(
 _TICK = re.compile(r"^tick (\d+): ")
 
 
-def dry_run_errors(spec: GameSpec, seeds: tuple[int, ...] = (0, 1, 2), episodes: int = 3) -> list[str]:
+def dry_run_errors(
+    spec: GameSpec, seeds: tuple[int, ...] = (0, 1, 2), episodes: int = 3, max_ticks: int | None = None
+) -> list[str]:
     """Reset and play a few random episodes; any runtime expression error is a problem.
 
     An error repeated at every tick is one problem: each distinct message is reported once, with
-    the episode it was first seen in, its ticks there and how often it came up.
+    the episode it was first seen in, its ticks there and how often it came up. `max_ticks` caps each
+    episode (whether a game ends is a separate question from whether its expressions run).
     """
     from .agents.baseline import RandomAgent  # the dry run plays; agents sit above the spec layer
     from .engine import MAX_ERRORS_KEPT, GameEngine
@@ -569,7 +572,9 @@ def dry_run_errors(spec: GameSpec, seeds: tuple[int, ...] = (0, 1, 2), episodes:
         for seed in seeds[:episodes]:
             engine.reset(seed)
             agents = {p: RandomAgent(seed * 100 + i) for i, p in enumerate(engine.players)}
-            while not engine.done:
+            ticks = 0
+            while not engine.done and (max_ticks is None or ticks < max_ticks):
+                ticks += 1
                 moves = {}
                 for p in engine.current_actors():
                     moves[p] = agents[p].choose({"action_schema": action_schema(engine, p)})

@@ -45,8 +45,8 @@ from pydantic import BaseModel, Field
 from ..catalog import content_dir
 from ..llm import Chat, Sampling, extract_json
 from ..spec import GameSpec, SpecError, parse_spec, spec_json_schema
-from ..spec_check import check_spec
-from .playtest import MAX_TURNS, play, random_agents
+from ..spec_check import check_spec, dry_run_errors
+from .playtest import MAX_TURNS
 
 THEMES: tuple[str, ...] = (
     "a lifeboat with too few seats and a storm coming",
@@ -486,21 +486,7 @@ def dry_run(spec: GameSpec, seeds: tuple[int, ...] = (0, 1, 2)) -> list[str]:
         spec.end.turn_limit * (spec.invalid_actions.allowance + 1) + 10,
         MAX_TURNS * (spec.invalid_actions.allowance + 1) + 10,
     )
-    problems: list[str] = []
-    for n in sorted({spec.players.min, spec.players.max}):
-        players = [f"player_{i}" for i in range(n)]
-        for seed in seeds:
-            try:
-                ep = play(spec, seed, random_agents(players, seed), n_players=n, max_ticks=cap)
-            except ValueError as exc:
-                return [f"players: {exc}"]
-            for err in ep.errors[:3]:
-                line = f"dry run (n={n}, seed={seed}): {err}"
-                if line not in problems:
-                    problems.append(line)
-            if ep.errors:
-                break
-    return problems
+    return dry_run_errors(spec, seeds, max_ticks=cap)
 
 
 def validate(data: Any, source: str = "<generated>") -> tuple[GameSpec | None, Validation]:
