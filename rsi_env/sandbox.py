@@ -17,7 +17,8 @@ list of mechanisms that were actually applied for that run, so a weaker level is
     * the network namespace has only its own loopback: the host, its loopback services and the
       internet are unreachable.
     * a minimal root: a tmpfs holding read-only, nosuid binds of ``/usr``, ``/bin``, ``/lib*``,
-      ``/etc`` and the interpreter's prefix, a private ``/proc``, a few device nodes, a private
+      ``/etc`` and the interpreter's prefix, a private ``/proc`` (``hidepid``: the program sees only its
+      own processes), a few device nodes, a private
       size-capped ``/tmp`` and the work directory ``/sandbox`` (its own size-capped tmpfs). The project
       checkout, ``/root``, ``/home``, ``/run`` (host UNIX sockets) and ``/var`` do not exist in there.
     * the program runs as a fresh unprivileged uid/gid (unique per run, no supplementary groups, no
@@ -271,7 +272,18 @@ def build_root(root, uid):
     os.mkdir(dev + "/shm")
     tmpfs(dev + "/shm", "size=%dm,nr_inodes=1024,mode=1777" % min(cfg["disk_mb"], 16))
     os.mkdir(root + "/proc")
-    mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # hidepid: the program sees only its own processes, not this init (whose command line holds the
+    # run's configuration and host paths). Older kernels know only the numeric form; very old, neither.
+    for option in ("hidepid=invisible", "hidepid=2", None):
+        try:
+            mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, option)
+        except OSError:
+            continue
+        if option:
+            features.append("hidepid")
+        break
+    else:
+        raise OSError("cannot mount /proc in the sandbox")
     os.mkdir(root + "/tmp")
     tmpfs(root + "/tmp", "size=%dm,nr_inodes=16384,mode=1777" % cfg["disk_mb"])
     work = root + cfg["workdir"]
@@ -575,6 +587,9 @@ def _child_env(workdir: str) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONHASHSEED": "0",
+        # glibc reserves a 64 MiB malloc arena per thread, which RLIMIT_AS counts: at 512 MiB a program
+        # could start only ~13 threads. Two arenas are plenty for the programs we run.
+        "MALLOC_ARENA_MAX": "2",
         "HOME": workdir,
         "TMPDIR": workdir,
     }

@@ -188,6 +188,7 @@ def test_environment_is_stripped_and_hash_seed_fixed(strong: None) -> None:
         "HOME": "/sandbox",
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
+        "MALLOC_ARENA_MAX": "2",
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "PYTHONHASHSEED": "0",
         "TMPDIR": "/sandbox",
@@ -279,6 +280,23 @@ def test_memory_bomb_across_forked_processes(strong: None) -> None:
     )
     assert res.killed_by == "memory" and not res.timed_out
     assert res.duration_s < 10
+
+
+def test_a_program_may_start_dozens_of_threads(strong: None) -> None:
+    # glibc's per-thread malloc arenas (64 MiB of address space each) once capped this at 13 threads.
+    res = run(
+        """
+        import threading, time
+        threads = [threading.Thread(target=time.sleep, args=(0.2,)) for _ in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(len(threads))
+        """,
+        limits=SandboxLimits(memory_mb=512, timeout_s=10),
+    )
+    assert res.ok and res.stdout == "40\n", res.stderr[-500:]
 
 
 def test_idle_forked_children_share_their_parents_memory(strong: None) -> None:
@@ -435,6 +453,19 @@ def test_parent_secret_not_readable_from_proc(strong: None, monkeypatch: pytest.
     assert res.ok
     assert token not in res.stdout
     assert int(res.stdout.split()[0]) <= 3  # only the sandbox's own PID namespace is visible
+
+
+def test_the_program_sees_only_its_own_processes(strong: None) -> None:
+    # The sandbox's init (root) is hidden: its command line names host paths and the run's limits.
+    res = run(
+        """
+        import os
+        print(sorted(int(p) for p in os.listdir("/proc") if p.isdigit()) == [os.getpid()])
+        print(os.path.exists("/proc/1/cmdline"))
+        """
+    )
+    assert res.ok and res.stdout.split() == ["True", "False"], res.stdout
+    assert "hidepid" in res.isolation_features
 
 
 def test_write_outside_workdir_fails(strong: None, world_writable_dir: Path, tmp_path: Path) -> None:
