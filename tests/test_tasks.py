@@ -672,8 +672,8 @@ def test_programming_pipeline_pairs_every_level(tmp_path: Path) -> None:
     for r in result.rows:
         if r.level in ("validator", "solution"):
             assert "# good" in r.chosen[0].content and "# good" not in r.rejected[0].content, r.level
-        if r.level == "challenge":
-            assert "count_words" in r.chosen[0].content and "add" in r.rejected[0].content
+        if r.level == "challenge":  # the reply that is no challenge (entry point "2bad") is the worst
+            assert "count_words" in r.chosen[0].content and "2bad" in r.rejected[0].content
         if r.level != "ranking":  # both sides came from the one prompt of their set
             assert any(
                 cs.level == r.level and cs.item_id == r.episode_id and cs.prompt == r.prompt for cs in sets

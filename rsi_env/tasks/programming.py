@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
 import keyword
 import re
 from typing import Any
@@ -59,6 +60,15 @@ CHALLENGE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+EXAMPLE_CHALLENGE = {
+    "domain": "logistics",
+    "description": "Given parcel weights in kg (a list of floats) and a truck capacity in kg, return how "
+    "many trucks are needed when parcels are loaded in the given order and a new truck starts whenever the "
+    "next parcel does not fit. An empty list needs 0 trucks; a parcel heavier than the capacity raises "
+    "ValueError.",
+    "entry_point": "count_trucks",
+    "signature": "def count_trucks(weights: list[float], capacity: float) -> int",
+}
 CHALLENGE_SYSTEM = "You design programming tasks that working software engineers meet in real products."
 CHALLENGE_USER = (
     "Invent one open-ended, real-world programming challenge: the kind of function an engineer writes for "
@@ -67,8 +77,9 @@ CHALLENGE_USER = (
     "standard library, with no files, network or user input.\n"
     "Answer with JSON: domain (a few words), description (what the function must do: inputs, outputs, edge "
     "cases), entry_point (the function's name), signature (one line: def name(args) -> type).\n"
-    'Format: {"domain": "...", "description": "...", "entry_point": "function_name", '
-    '"signature": "def function_name(arg: type) -> type"}'
+    # A worked example rather than placeholders: small models copy placeholders ("function_name", "...")
+    # literally. An answer that repeats the example is rejected (see parse_challenge).
+    f"Example of the format (write a different challenge): {json.dumps(EXAMPLE_CHALLENGE)}"
 )
 VALIDATOR_SYSTEM = "You write evaluation code for programming challenges."
 VALIDATOR_USER = (
@@ -164,6 +175,8 @@ def parse_challenge(cid: str, s: Sample) -> Challenge | str:
     desc = str(data.get("description", "")).strip()
     if len(desc) < 20:
         return "description too short to solve"
+    if entry == EXAMPLE_CHALLENGE["entry_point"] or desc == EXAMPLE_CHALLENGE["description"]:
+        return "repeats the prompt's example"
     signature = str(data.get("signature", "")).strip()
     if entry not in signature:
         signature = f"def {entry}(...)"  # the name is what matters to the harness; keep the prompt coherent
@@ -204,16 +217,22 @@ async def run(
         ctx, prompt, n, stage="challenge", stage_seed=11, max_tokens=CHALLENGE_TOKENS, schema=CHALLENGE_SCHEMA
     )
     challenges: list[Challenge] = []
+    # Replies that came back but are no challenge (a copy of the example, no usable entry point): they
+    # answer the same prompt, so they stay in the set as the rejected side, never the chosen one.
+    unusable: list[SetCandidate] = []
     for s in samples:
         cid = f"ch{s.index}"
         got = parse_challenge(cid, s)
         if isinstance(got, str):
             log.item("challenge", cid, False, got, raw=s.text)
+            if s.ok and (s.text or "").strip():
+                unusable.append(SetCandidate(id=cid, raw=s.text or "", shown=(s.text or "")[:2000]))
             continue
         log.item("challenge", cid, True, challenge=got)
         challenges.append(got)
     sets: list[CandidateSet] = []
-    if len(challenges) >= 1:
+    candidates = [SetCandidate(id=c.id, raw=c.raw, shown=c.text()) for c in challenges] + unusable
+    if challenges and len(candidates) >= 2:
         sets.append(
             CandidateSet(
                 set_id="challenges",
@@ -221,7 +240,9 @@ async def run(
                 item_id="challenges",
                 prompt=as_messages(prompt),
                 question=Q_CHALLENGES,
-                candidates=[SetCandidate(id=c.id, raw=c.raw, shown=c.text()) for c in challenges],
+                candidates=candidates,
+                truth={c.id: 1.0 for c in challenges} | {c.id: 0.0 for c in unusable},
+                invalid=[c.id for c in unusable],
             )
         )
     bank: list[ProgrammingTask] = []
