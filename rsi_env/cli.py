@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 
@@ -50,36 +50,39 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
-    return v
+def number_arg(
+    kind: Callable[[str], float],
+    noun: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> Callable[[str], Any]:
+    """An argparse type: `kind(text)` within [low, high] (`low_open`: above low), else one clear message."""
+    if low is not None and high is not None:
+        bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+    elif low is not None:
+        bounds = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        bounds = f"<= {high:g}" if high is not None else ""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        too_low = low is not None and (v <= low if low_open else v < low)
+        if v != v or too_low or (high is not None and v > high):  # v != v: NaN
+            raise argparse.ArgumentTypeError(f"expected {noun} {bounds}, got {text}")
+        return v
+
+    return parse
 
 
-def seconds(text: str) -> float:
-    """A duration for argparse: a number of seconds above 0 (at most a day, to catch ms typed as s)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < v <= 86_400:
-        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {text}")
-    return v
-
-
-def temperature(text: str) -> float:
-    """A sampling temperature for argparse: the OpenAI API's range, 0 to 2."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= v <= 2:
-        raise argparse.ArgumentTypeError(f"expected a temperature in [0, 2], got {text}")
-    return v
+positive_int = number_arg(int, "a whole number", low=1)
+# A duration above 0 (at most a day, to catch milliseconds typed as seconds).
+seconds = number_arg(float, "seconds", low=0, low_open=True, high=86_400)
+temperature = number_arg(float, "a temperature", low=0, high=2)  # the OpenAI API's range
 
 
 def http_url(text: str) -> str:

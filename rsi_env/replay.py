@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console, RenderableType
 from rich.table import Table
 
-from .cli import fail, run
+from .cli import fail, number_arg, run
 from .render import Block, episode_blocks, header, summary
 from .trajectory import Episode, TrajectoryFileError, read_episodes, resolve_path
 
@@ -53,14 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _speed(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of ticks per second, got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return v
+_speed = number_arg(float, "a number of ticks per second", low=0)
 
 
 def load(path: Path) -> list[Episode]:

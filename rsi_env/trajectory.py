@@ -249,23 +249,22 @@ def set_aside(path: str | Path, lines: list[RecordLine], moved: list[RecordLine]
     side = failed_attempts_path(p)
     _trim_cut_short(side)
     held = set(side.read_bytes().split(b"\n")) if side.exists() else set()
-    with side.open("ab") as f:
-        for line in moved:
-            if line.raw not in held:
-                f.write(line.raw + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    _write_synced(side, "ab", [line.raw for line in moved if line.raw not in held])
     gone = {line.no for line in moved}
     tmp = p.with_name(f".{p.name}.compacting")
-    with tmp.open("wb") as f:
-        for line in lines:
-            if line.no not in gone:
-                f.write(line.raw + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    _write_synced(tmp, "wb", [line.raw for line in lines if line.no not in gone])
     os.replace(tmp, p)
     _fsync_dir(p.parent)
     return side
+
+
+def _write_synced(path: Path, mode: str, raws: list[bytes]) -> None:
+    """Write (or append) whole lines and fsync them before returning."""
+    with path.open(mode) as f:
+        for raw in raws:
+            f.write(raw + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(d: Path) -> None:
