@@ -80,15 +80,19 @@ def number_arg(
 
 
 positive_int = number_arg(int, "a whole number", low=1)
-# A duration above 0 (at most a day, to catch milliseconds typed as seconds).
-seconds = number_arg(float, "seconds", low=0, low_open=True, high=86_400)
+# A duration above 0, at most an hour: the cap profiles and sandbox limits share (and milliseconds
+# typed as seconds are caught).
+seconds = number_arg(float, "seconds", low=0, low_open=True, high=3600)
 temperature = number_arg(float, "a temperature", low=0, high=2)  # the OpenAI API's range
 
 
 def http_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
-    return text
+    from .llm import check_http_url  # the profiles' own check; llm loads openai, so only when used
+
+    try:
+        return check_http_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(main: Callable[[], int | None]) -> NoReturn:

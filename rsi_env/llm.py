@@ -37,6 +37,7 @@ __all__ = [
     "Dialect",
     "Endpoint",
     "Sampling",
+    "check_http_url",
     "extract_json",
     "is_loopback",
     "validate_json",
@@ -102,6 +103,13 @@ class Endpoint(BaseModel):
     # Requests the server works on at once (None: no limit). Calls beyond it wait in the client for a
     # slot, before their timeout starts: a one-at-a-time server would otherwise time out its queue.
     max_parallel: int | None = Field(None, ge=1)
+
+
+def check_http_url(url: str) -> str:
+    """`url` if it is an http(s) URL; ValueError otherwise (for profiles and the --base-url option)."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
+    return url
 
 
 def is_loopback(base_url: str | None) -> bool:

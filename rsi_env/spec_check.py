@@ -502,7 +502,7 @@ def _check_roles(spec: GameSpec, game: CompiledGame, problems: list[str]) -> Non
     counts = {name: _over_n(e, spec) for name, e in game.role_counts.items()}
     found: dict[str, tuple[str, list[int]]] = {}  # field path -> (problem at the first n, every n)
     for n in range(spec.players.min, spec.players.max + 1):
-        path, problem = _role_count_problem(spec, counts, n, bool(open_ended))
+        path, problem = _role_count_problem(spec, counts, n)
         if path is not None:
             found.setdefault(path, (problem, []))[1].append(n)
     for path, (problem, ns) in found.items():
@@ -511,7 +511,7 @@ def _check_roles(spec: GameSpec, game: CompiledGame, problems: list[str]) -> Non
 
 
 def _role_count_problem(
-    spec: GameSpec, counts: Mapping[str, dict[int, Any] | None], n: int, has_open_role: bool
+    spec: GameSpec, counts: Mapping[str, dict[int, Any] | None], n: int
 ) -> tuple[str | None, str]:
     """The role count that does not fit `n` players, and why (None when all fit)."""
     taken: dict[str, int] = {}  # role -> seats, in assignment order
@@ -538,12 +538,7 @@ def _role_count_problem(
             f"roles need {total} seats ({split}) but there are n={n} players; "
             f"{', '.join(short)} would get fewer seats than counted",
         )
-    if not has_open_role and len(taken) == len(spec.roles) and total < n:
-        return (
-            f"roles.{spec.roles[-1].name}.count",
-            f"the counts fill {total} of n={n} seats ({split}); leave one role without `count` "
-            "to take the rest",
-        )
+    # Fewer counted seats than players is fine: the engine gives the rest to the last role.
     return None, ""
 
 

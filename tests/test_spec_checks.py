@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rsi_env.engine import GameEngine
 from rsi_env.expr import BOOL, INT, LIST, STRING, MapOf, Record, infer_type
 from rsi_env.spec import SpecError, parse_spec
 from rsi_env.spec_check import check_spec, load_checked_spec
@@ -150,7 +151,6 @@ def test_an_error_repeated_every_tick_is_reported_once_with_its_count() -> None:
         ([{"name": "r", "count": "3"}, {"name": "s", "count": "2"}], 2, "roles.r.count", "need 5 seats"),
         ([{"name": "r", "count": "5"}], 2, "roles.r.count", "need 5 seats"),
         ([{"name": "r", "count": "1"}, {"name": "s", "count": "n"}], 2, "roles.s.count", "need 3 seats"),
-        ([{"name": "r", "count": "1"}, {"name": "s", "count": "1"}], 3, "roles.s.count", "fill 2 of n=3"),
         ([{"name": "r", "count": "-1"}, {"name": "s"}], 2, "roles.r.count", "a count is a whole number"),
     ],
 )
@@ -158,6 +158,16 @@ def test_role_counts_must_fit_the_players(roles: list, players: int, field: str,
     problems = problems_of(spec_with(roles=roles, players={"min": players, "max": players}))
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{field}: ") and says in problems[0]
+
+
+def test_seats_beyond_the_counted_roles_go_to_the_last_role() -> None:
+    spec = spec_with(
+        roles=[{"name": "r", "count": "1"}, {"name": "s", "count": "1"}], players={"min": 3, "max": 3}
+    )
+    assert problems_of(spec) == []
+    engine = GameEngine(parse_spec(spec, "<test>"), n_players=3)
+    engine.reset(0)
+    assert sorted(engine.role.values()) == ["r", "s", "s"]
 
 
 def test_role_counts_that_depend_on_n_fit_every_player_count() -> None:

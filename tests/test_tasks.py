@@ -139,6 +139,7 @@ def test_output_that_depends_on_the_hash_seed_is_rejected() -> None:
         ("print(eval('1+1'))", "forbidden builtin: eval"),
         ("print(sorted([[1], [2]], key=id))", "forbidden builtin: id"),
         ("print(hash((1, 2)))", "forbidden builtin: hash"),
+        ("xs = [[1], [2]]\nprint(sorted(xs, key=id))", "forbidden builtin: id"),
         ("print(().__class__.__base__.__subclasses__())", "forbidden attribute: __"),
         ("print(__builtins__)", "forbidden name: __builtins__"),
         ("def f(:\n    pass", "syntax error"),
@@ -149,6 +150,18 @@ def test_static_filter_rejects_io_network_randomness_and_escapes(source: str, re
     assert predict.static_problem(source).startswith(reason)
     v = _verdict(source)
     assert not v.kept and v.reason.startswith(reason) and v.runs == []  # rejected without running
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "h = 0\nfor c in 'abc':\n    h = h * 31 + ord(c)\nhash = h % 97\nprint(hash)",
+        "for id, name in enumerate(['a', 'b']):\n    print(id, name)",
+        "def f(id):\n    return id * 2\nprint(f(4))",
+    ],
+)
+def test_a_program_may_name_its_own_variables_id_or_hash(source: str) -> None:
+    assert predict.static_problem(source) == ""
 
 
 @pytest.mark.parametrize(
@@ -336,6 +349,15 @@ def rich(kind, data=None):
     if kind == "sort":
         data.sort()
         return None
+    if kind == "counts":
+        return collections.Counter("abca")
+    if kind == "window":
+        return collections.deque([Span(0, 1), Span(1, 2)], maxlen=2)
+    if kind == "deep":
+        node = {}
+        for _ in range(300):
+            node = {"child": node}
+        return node
     return lambda: 1
 """
 RICH_VALIDATOR = """import datetime, decimal
@@ -359,6 +381,13 @@ def validate(fn):
         checks.append(False)
     except TypeError:
         checks.append(True)
+    checks.append(fn("counts") == {"a": 2, "b": 1, "c": 1} and fn.__name__ == "rich")
+    window = fn("window")
+    checks.append(window.maxlen == 2 and [s.end for s in window] == [1, 2])
+    node, depth = fn("deep"), 0
+    while node:
+        node, depth = node["child"], depth + 1
+    checks.append(depth == 300)
     return checks
 """
 
@@ -367,11 +396,14 @@ def test_values_cross_the_process_boundary_as_plain_data() -> None:
     validators = {
         "rich": RICH_VALIDATOR,
         "sends-lambda": "def validate(fn):\n    return [fn(lambda: 1) == 1]\n",
+        # picklable here (validator.py is loaded), but the solution's process cannot import the class
+        "sends-own-class": "class Box:\n    pass\n\ndef validate(fn):\n    return [fn(Box()) is None]\n",
     }
     runs = asyncio.run(run_matrix("rich", validators, {"rich": RICH_SOLUTION}, FAST))
-    rich, lam = sorted(runs, key=lambda r: r.validator_id)
-    assert (rich.score, rich.checks, rich.error) == (1.0, [True] * 8, ""), rich
+    rich, lam, own = sorted(runs, key=lambda r: r.validator_id)
+    assert (rich.score, rich.checks, rich.error) == (1.0, [True] * 11, ""), rich
     assert lam.score is None and lam.error_in == "validator" and "another process" in lam.error, lam
+    assert own.score is None and own.error_in == "validator" and "cannot load" in own.error, own
 
 
 def test_solution_truth_weights_validators_by_separation(matrix: list[Any]) -> None:

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..catalog import content_dir
-from ..llm import ChatClient, Endpoint, Sampling, is_loopback
+from ..llm import ChatClient, Endpoint, Sampling, check_http_url, is_loopback
 from ..spec import GameSpec, format_validation_error
 from .base import Agent
 from .baseline import RandomAgent, ScriptedAgent
@@ -53,9 +53,7 @@ class AgentProfile(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
-        return v
+        return v if v is None else check_http_url(v)
 
     def endpoint(self) -> Endpoint:
         if self.backend == "endpoint" and not self.base_url:

@@ -64,12 +64,13 @@ FORBIDDEN_CALLS = frozenset(
         "exit",
         "quit",
         "help",
-        # Object addresses and object hashes: the allocator may repeat them run to run in the sandbox, but
-        # no reader can predict them (`sorted(xs, key=id)` passed the dynamic check three times running).
-        "id",
-        "hash",
     }
+    # Object addresses and object hashes: the allocator may repeat them run to run in the sandbox, but no
+    # reader can predict them (`sorted(xs, key=id)` passed the dynamic check three times running).
+    | {"id", "hash"}
 )
+# Harmless names a program may reuse for its own variables (`for id, x in ...`, `hash = hash * 31 + c`).
+_SHADOWABLE = frozenset({"id", "hash"})
 
 PROGRAM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -153,6 +154,7 @@ def static_problem(source: str) -> str:
         tree = ast.parse(source)
     except SyntaxError as exc:
         return f"syntax error: {exc.msg} (line {exc.lineno})"
+    own = _bound_names(tree) & _SHADOWABLE
     for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -162,7 +164,7 @@ def static_problem(source: str) -> str:
                 top = name.split(".")[0]
                 if top in FORBIDDEN_MODULES or top.startswith("_"):
                     return f"forbidden import: {top}"
-        elif isinstance(node, ast.Name) and node.id in FORBIDDEN_CALLS:
+        elif isinstance(node, ast.Name) and node.id in FORBIDDEN_CALLS and node.id not in own:
             return f"forbidden builtin: {node.id}"
         elif isinstance(node, ast.Name) and node.id.startswith("__") and node.id != "__name__":
             return f"forbidden name: {node.id}"  # __builtins__, __loader__...: the way around the rules
@@ -171,6 +173,14 @@ def static_problem(source: str) -> str:
     if not any(isinstance(n, ast.Name) and n.id == "print" for n in ast.walk(tree)):
         return "never prints"
     return ""
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    """Names the program binds itself: assignment and loop targets, parameters, functions, classes."""
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    names |= {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
+    names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    return names
 
 
 # Dunders that are ordinary in small programs; the rest (__class__, __subclasses__, __globals__...)

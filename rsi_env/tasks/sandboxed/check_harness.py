@@ -70,13 +70,16 @@ def from_wire(value):
         return cls(*[from_wire(v) for v in value[3]])
     if type(value) in (list, tuple, set, frozenset):
         return type(value)(from_wire(v) for v in value)
+    if type(value) is collections.deque:
+        return collections.deque((from_wire(v) for v in value), value.maxlen)
     if isinstance(value, dict):
         out = (
             type(value)()
             if type(value) is not collections.defaultdict
             else collections.defaultdict(value.default_factory)
         )
-        out.update((from_wire(k), from_wire(v)) for k, v in value.items())
+        for k, v in value.items():  # item by item: Counter.update would count the pairs instead
+            out[from_wire(k)] = from_wire(v)
         return out
     return value
 
@@ -101,7 +104,7 @@ class Solution:
     """The solution's process and a callable proxy for its entry point."""
 
     def __init__(self, entry):
-        self.entry = entry
+        self.entry = self.__name__ = self.__qualname__ = entry  # validators may print fn.__name__
         self.proc = subprocess.Popen(
             [sys.executable, "-s", "-P", os.path.join(HERE, "solution_server.py"), entry],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
@@ -111,8 +114,12 @@ class Solution:
     def receive(self):
         head = self.proc.stdout.read(4)
         if len(head) < 4:
-            self.proc.kill()
-            self.dead = f"the solution's process ended (exit code {self.proc.wait()})"
+            try:
+                code = self.proc.wait(timeout=2)  # it closed its end: normally it has exited
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait()
+            self.dead = f"the solution's process ended (exit code {code})"
             raise SolutionFault(self.dead)
         try:
             data = self.proc.stdout.read(struct.unpack(">I", head)[0])
@@ -140,6 +147,10 @@ class Solution:
         message = self.receive()
         if message[0] == "raise":
             raise _relayed(list(message[1]), str(message[2]))
+        if message[0] == "bad_arguments":  # e.g. an instance of a class only validator.py defines
+            error = TypeError(f"validate passed {self.entry} arguments its process cannot load: {message[1]}")
+            error.rsi_fault = "validator"
+            raise error
         _, value, mutated = message
         if mutated is not None:
             _copy_back(args, from_wire(mutated))  # in-place changes the solution made to its arguments
@@ -240,6 +251,7 @@ def verdict(entry):
 
 
 def main():
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 2000))  # values nested as deep as the server sends
     nonce, entry = sys.stdin.readline().strip(), sys.stdin.readline().strip()
     # PR_SET_DUMPABLE 0: processes of our uid (the solution's) lose access to our /proc files and ptrace.
     if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:
