@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--workers", type=positive_int, default=None,
         help="play in N processes, so that the client's CPU does not cap a fast endpoint (needs an "
-        "endpoint, no --live or human). Default: 2 or more from 32 episodes in flight (up to the CPU "
-        "count) where possible, else 1",
+        "endpoint whose profile sets no max_parallel, no --live or human). Default: 2 or more from 32 "
+        "episodes in flight (up to the CPU count) where possible, else 1",
     )  # fmt: skip
     ap.add_argument(
         "--live",
@@ -142,7 +142,7 @@ def play(args: argparse.Namespace) -> int:
 
     try:
         runner = runner_with(args.workers or auto_workers(concurrency, args.episodes))
-    except ValueError as exc:  # what worker processes cannot do (a live view, the embedded model)
+    except ValueError as exc:  # what workers cannot do (a live view, the embedded model, max_parallel)
         if args.workers:
             fail(f"--workers {args.workers}: {exc}")
         runner = runner_with(1)

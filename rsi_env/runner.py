@@ -5,7 +5,8 @@
   plays the rest, aborted ones included (`retry_failed`), so a run killed at any point resumes to
   exactly the planned set. The failed attempts a rerun replaces move to a side file
   (`failed_attempts.jsonl`, see `trajectory.set_aside`) before anything is appended: each id stays
-  once in the file, and no record of a failure is lost.
+  once in the file, and no record of a failure is lost. Several runs may share an output (two games
+  into the same `runs/` at once): the file's lock orders their lines and compactions (`trajectory`).
 - A model call that fails for infrastructure reasons (timeout, rate limit, 5xx, connection) is
   retried as a whole turn; if it keeps failing the episode is recorded as `aborted` with that
   status and no payoffs. A model that answers badly is not a failure: its text goes to the game,
@@ -54,6 +55,7 @@ from .trajectory import (
     Episode,
     PlayerInfo,
     RecordLine,
+    TrajectoryFileError,
     TrajectoryWriter,
     Turn,
     Usage,
@@ -387,15 +389,17 @@ async def _ask(
 
 
 def replaced_attempts(lines: list[RecordLine], replaced: set[str]) -> list[RecordLine]:
-    """The unfinished records (aborted, or unreadable but naming an id) that no longer stand for their
-    episode: its id is in `replaced` (being played again, or finished elsewhere in the file), or a
-    later line of the same id supersedes them (files from before compaction). Finished records stay."""
-    last = {ln.episode_id: ln.no for ln in lines if ln.episode_id is not None}
+    """The aborted records that no longer stand for their episode: its id is in `replaced` (being
+    played again, or finished elsewhere in the file), or a later readable line of the same id
+    supersedes them (files from before compaction). Only records read as aborted episodes move: a
+    finished one stays, and so does a line this version cannot read: it is no known failure (it may
+    be a newer rsi_env's finished episode), and the readers skip it with a warning where it is."""
+    last = {ln.episode_id: ln.no for ln in lines if ln.episode is not None}
     return [
         ln
         for ln in lines
-        if ln.episode_id is not None
-        and not ln.finished
+        if ln.episode is not None
+        and ln.episode.status == "aborted"
         and (ln.episode_id in replaced or ln.no != last[ln.episode_id])
     ]
 
@@ -418,9 +422,9 @@ class Runner:
     `workers=N` (opt-in) plays the episodes in N child processes, each with its own event loop and
     chat client and at most its share of `concurrency` (never more than `concurrency` in all);
     finished episodes stream back to this process, which alone writes the file and drives the
-    progress bar. It needs LLM agents on an endpoint (or local baselines), a plain `AgentFactory`,
-    and no `on_turn` hook. It pays when one event loop runs out of CPU before the endpoint runs out
-    of capacity (high concurrency, fast endpoint): see scripts/bench_runner.py.
+    progress bar. It needs LLM agents on an endpoint (or local baselines) without `max_parallel`, a
+    plain `AgentFactory`, and no `on_turn` hook. It pays when one event loop runs out of CPU before
+    the endpoint runs out of capacity (high concurrency, fast endpoint): see scripts/bench_runner.py.
     """
 
     # With workers: play in this process too until the worker processes are up (a spawned one takes
@@ -471,18 +475,30 @@ class Runner:
                 "workers > 1 needs LLM agents on an endpoint (--base-url): the embedded model serves "
                 "one request at a time, and each worker would start its own copy"
             )
+        # The client enforces `max_parallel` per event loop: N workers (and the bootstrapping parent)
+        # would send the server up to (N+1) times as many requests as it takes.
+        limited = sorted(n for n, p in f.profiles.items() if p.backend == "endpoint" and p.max_parallel)
+        if limited:
+            raise ValueError(
+                f"workers > 1 cannot keep the max_parallel of profile {', '.join(limited)} (each worker "
+                "process would have its own limit); use workers=1"
+            )
 
     def _resume(self, jobs: list[EpisodeJob]) -> tuple[list[EpisodeJob], int]:
         """The jobs still to play, and how many of them the file holds unfinished (retried).
 
-        An episode with a finished record is done. One recorded only as aborted (or as a line this
-        version cannot read) is played again, unless `retry_failed` is off (then a readable aborted
-        record counts as done). Before anything is appended, the failed attempts being replaced move
-        to the side file, so the file keeps one line per id.
+        An episode with a finished record is done. One recorded only as aborted (or only in a line this
+        version cannot read, which stays where it is) is played again, unless `retry_failed` is off
+        (then a readable aborted record counts as done). Before anything is appended, the aborted
+        attempts being replaced move to the side file, so the file keeps one readable line per id. A
+        file with a newer rsi_env's records is left alone: TrajectoryFileError.
         """
         if not self.path.exists():
             return jobs, 0
         lines = read_lines(self.path)
+        newer = next((ln for ln in lines if ln.newer), None)
+        if newer is not None:
+            raise TrajectoryFileError(f"{newer.problem}; play into another output directory")
         finished = {ln.episode_id for ln in lines if ln.finished}
         recorded = {ln.episode_id for ln in lines if ln.episode is not None}
         done = finished if self.retry_failed else finished | recorded
@@ -490,7 +506,7 @@ class Runner:
         retry = {j.episode_id for j in todo} & {ln.episode_id for ln in lines}
         moved = replaced_attempts(lines, retry | finished)
         if moved:
-            set_aside(self.path, lines, moved)
+            set_aside(self.path, moved)
         return todo, len(retry)
 
     def _progress(self) -> Progress:

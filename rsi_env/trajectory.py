@@ -6,19 +6,29 @@ never a record: `read_episodes` skips it with a warning and `TrajectoryWriter` t
 appending, so everything complete that was written stays. Any other unreadable line is skipped
 with a warning naming file:line. The one rewrite is the runner's compaction on a rerun: failed
 attempts it replaces move to a side file (`set_aside`), so no record of a failure is lost.
+
+Several processes may share one file (two games played into the same `runs/` at once): an advisory
+lock on a sidecar file (`lock_path`) orders them. Writers hold it exclusively per line, a compaction
+for its whole rewrite, and a writer whose file was replaced under it reopens the new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field, ValidationError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, as before it (one run per output directory there)
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
 FILE_NAME = "trajectories.jsonl"
@@ -158,6 +168,7 @@ class RecordLine:
     episode_id: str | None = None  # known even for an unreadable record, when the line names one
     problem: str | None = None  # `file:line: why`, for an unreadable line
     shaped: bool = False  # a JSON object with episode_id and turns: meant as an episode record
+    newer: bool = False  # written by a newer rsi_env (a schema_version above ours)
 
     @property
     def finished(self) -> bool:
@@ -183,6 +194,7 @@ def _parse_line(p: Path, no: int, raw: bytes) -> RecordLine:
     line.episode_id = str(data["episode_id"])
     version = data.get("schema_version", 1)
     if isinstance(version, int) and version > SCHEMA_VERSION:
+        line.newer = True
         line.problem = f"{p}:{no}: written by a newer rsi_env (schema {version})"
         return line
     try:
@@ -205,7 +217,10 @@ def read_lines(path: str | Path, *, strict: bool = False) -> list[RecordLine]:
     p = resolve_path(path)
     if not p.is_file():
         raise TrajectoryFileError(f"{p}: no such trajectory file")
-    *whole, tail = p.read_bytes().split(b"\n")
+    # Shared: a line another process is appending is read whole or not at all (not as "cut short").
+    with _locked(p, exclusive=False, create=False):
+        data = p.read_bytes()
+    *whole, tail = data.split(b"\n")
     if tail:
         warnings.warn(f"{p}: last line is incomplete (a run was interrupted); skipped", stacklevel=2)
     lines = [_parse_line(p, no, raw) for no, raw in enumerate(whole, 1) if raw.strip()]
@@ -236,10 +251,12 @@ def failed_attempts_path(path: str | Path) -> Path:
     return p.with_name(FAILED_ATTEMPTS if p.name == FILE_NAME else f"{p.stem}.{FAILED_ATTEMPTS}")
 
 
-def set_aside(path: str | Path, lines: list[RecordLine], moved: list[RecordLine]) -> Path:
-    """Move `moved` (some of `lines`, the file's whole lines as read) to the side file of failed
-    attempts, and rewrite the trajectory file without them; returns the side file.
+def set_aside(path: str | Path, moved: list[RecordLine]) -> Path:
+    """Move the lines `moved` (read from the file earlier) to the side file of failed attempts, and
+    rewrite the trajectory file without them; returns the side file.
 
+    Under the exclusive lock, the file is read again: lines other processes appended since `moved`
+    was read stay, and lines are matched by their bytes (another compaction may have renumbered them).
     Crash-safe in this order: the side file is appended and fsynced first (skipping lines it already
     holds, so a repeat after a kill adds nothing), then the trajectory file is replaced atomically by
     a fsynced temporary copy (os.replace). A kill at any point leaves both files whole, and every
@@ -247,15 +264,61 @@ def set_aside(path: str | Path, lines: list[RecordLine], moved: list[RecordLine]
     """
     p = resolve_path(path)
     side = failed_attempts_path(p)
-    _trim_cut_short(side)
-    held = set(side.read_bytes().split(b"\n")) if side.exists() else set()
-    _write_synced(side, "ab", [line.raw for line in moved if line.raw not in held])
-    gone = {line.no for line in moved}
-    tmp = p.with_name(f".{p.name}.compacting")
-    _write_synced(tmp, "wb", [line.raw for line in lines if line.no not in gone])
-    os.replace(tmp, p)
-    _fsync_dir(p.parent)
+    with _locked(p, exclusive=True):
+        _trim_cut_short(side)
+        held = set(side.read_bytes().split(b"\n")) if side.exists() else set()
+        _write_synced(side, "ab", [line.raw for line in moved if line.raw not in held])
+        gone = {line.raw for line in moved}
+        *whole, _cut_short = p.read_bytes().split(b"\n")  # a killed writer's partial line is no record
+        tmp = p.with_name(f".{p.name}.compacting")
+        _write_synced(tmp, "wb", [raw for raw in whole if raw.strip() and raw not in gone])
+        os.replace(tmp, p)
+        _fsync_dir(p.parent)
     return side
+
+
+def lock_path(path: str | Path) -> Path:
+    """The sidecar file whose advisory lock orders the processes sharing a trajectory file. Never
+    removed: a process may be waiting on it."""
+    p = resolve_path(path)
+    return p.with_name(f".{p.name}.lock")
+
+
+def _open_lock(path: Path, *, create: bool = True) -> int | None:
+    """A descriptor of `path`'s lock file; None without fcntl, or when a reader finds none (a file no
+    writer of this version touched, perhaps in a read-only directory: nothing to wait for)."""
+    if fcntl is None:
+        return None
+    try:
+        return os.open(lock_path(path), (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o644)
+    except OSError:
+        if create:
+            raise
+        return None
+
+
+@contextlib.contextmanager
+def _flocked(fd: int | None, *, exclusive: bool) -> Iterator[None]:
+    if fd is None:
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, exclusive: bool, create: bool = True) -> Iterator[None]:
+    """Hold `path`'s lock for a one-off operation (a writer keeps its descriptor instead)."""
+    fd = _open_lock(path, create=create)
+    try:
+        with _flocked(fd, exclusive=exclusive):
+            yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _write_synced(path: Path, mode: str, raws: list[bytes]) -> None:
@@ -281,6 +344,15 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def _ends_whole(path: Path, size: int) -> bool:
+    """Whether a file of `size` bytes ends on a line end: its last byte only, cheap enough per line."""
+    if size == 0:
+        return True
+    with path.open("rb") as f:
+        f.seek(size - 1)
+        return f.read(1) == b"\n"
+
+
 def _trim_cut_short(path: Path) -> bool:
     """Remove an incomplete last line (a killed writer) so that appends start on a fresh line."""
     if not path.exists() or path.stat().st_size == 0:
@@ -294,28 +366,55 @@ def _trim_cut_short(path: Path) -> bool:
 
 
 class TrajectoryWriter:
-    """Appends one flushed line per episode; repairs a cut-short last line first."""
+    """Appends one flushed line per episode; repairs a cut-short last line first.
+
+    Other processes may append to the same file, or compact it (`set_aside`), meanwhile: each line is
+    written under the exclusive lock, to the file now at `path` (reopened when a compaction replaced
+    it, else the line would go to the unlinked old file and be lost).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = resolve_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair()
-        self._f = self.path.open("a", encoding="utf-8")
+        self._lock = _open_lock(self.path)
+        with _flocked(self._lock, exclusive=True):
+            self._f = self._open()
 
-    def _repair(self) -> None:
+    def _open(self) -> TextIO:
+        """Open the file at `path` for appending, without a killed writer's cut-short last line (a line
+        appended after it would be glued to it). Called with the lock held."""
         if _trim_cut_short(self.path):
             warnings.warn(
-                f"{self.path}: removed an incomplete last line left by an interrupted run", stacklevel=2
+                f"{self.path}: removed an incomplete last line left by an interrupted run", stacklevel=3
             )
+        return self.path.open("a", encoding="utf-8")
+
+    def _follow(self) -> None:
+        """Reopen `path` if the file there is no longer the one open (a compaction replaced it), or if
+        another writer died mid-line since the last write. Called with the lock held."""
+        mine = os.fstat(self._f.fileno())
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        same = now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+        if not (same and _ends_whole(self.path, mine.st_size)):
+            self._f.close()
+            self._f = self._open()
 
     def write(self, episode: Episode) -> None:
-        # One write call per line, then flush + fsync: a kill leaves whole lines or a cut-short last one.
-        self._f.write(episode.model_dump_json() + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        line = episode.model_dump_json() + "\n"
+        with _flocked(self._lock, exclusive=True):
+            self._follow()
+            # One write call per line, then flush + fsync: a kill leaves whole lines or a cut-short last one.
+            self._f.write(line)
+            self._f.flush()
+            os.fsync(self._f.fileno())
 
     def close(self) -> None:
         self._f.close()
+        if self._lock is not None:
+            os.close(self._lock)
 
     def __enter__(self) -> TrajectoryWriter:
         return self

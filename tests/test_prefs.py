@@ -4,6 +4,7 @@ training on them for two steps (in the `trl` extra)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -16,12 +17,18 @@ from typing import Any
 import pytest
 
 from rsi_env.agents.llm_agent import conversation
+from rsi_env.agents.profiles import AgentFactory
+from rsi_env.catalog import load_game
 from rsi_env.prefs.__main__ import main as prefs_main
+from rsi_env.prefs.__main__ import nothing_branched
 from rsi_env.prefs.branching import BranchSet, CandidateRecord, JudgeRecord, objective
 from rsi_env.prefs.build import build, read_sets
 from rsi_env.prefs.rows import DPORow, KTORow, Message, RowMeta, kto_rows, ranked_pairs, unleash
+from rsi_env.referees import panel
 from rsi_env.referees.aggregate import preference_cycles
-from rsi_env.trajectory import read_episodes
+from rsi_env.referees.panel import Missing, score_episodes
+from rsi_env.runner import plan, play_episode
+from rsi_env.trajectory import Episode, read_episodes
 
 from .fault_server import FaultConfig, FaultServer, SchemaResponder, schema_of_request
 
@@ -180,6 +187,31 @@ def test_generate_with_every_episode_aborted_fails_with_one_message(
     err = capsys.readouterr().err
     assert "all 1 episode(s) aborted (connection_error: 1)" in err
     assert "Traceback" not in err and "generate` first" not in err
+
+
+def test_nothing_branched_names_an_unknown_abort_status_as_the_runner_does() -> None:
+    """An abort reason with no status before its colon counts as `unknown`, as in the runner's and
+    report's tallies (`trajectory.abort_status`), not as an empty status."""
+    ep = Episode(
+        episode_id="e", game="g", spec_hash="h", seed=0, n_players=0, players=[], status="aborted",
+        abort_reason=": connection reset",
+    )  # fmt: skip
+    assert "all 1 episode(s) aborted (unknown: 1)" in str(nothing_branched([ep]))
+
+
+def test_score_episodes_adds_what_missing_verdicts_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decision of which verdicts an episode lacks: `score_episodes` adds what `missing_verdicts`
+    reports, and nothing when it reports nothing."""
+    spec = load_game("ultimatum")
+    job = plan(spec, ["scripted"], 1)[0]
+    played = asyncio.run(play_episode(job, spec, AgentFactory(["scripted"], spec)))
+    ep = copy.deepcopy(played)
+    asyncio.run(score_episodes([ep], spec, [], None))
+    assert [v.judge for v in ep.verdicts] == ["procedural"]
+    monkeypatch.setattr(panel, "missing_verdicts", lambda *_: Missing(procedural=False, judges=[]))
+    ep = copy.deepcopy(played)
+    asyncio.run(score_episodes([ep], spec, [], None))
+    assert ep.verdicts == []
 
 
 # --- which candidate may be chosen, and KTO labels ---------------------------------------------------------

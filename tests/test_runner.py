@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,8 @@ from rsi_env.spec import GameSpec
 from rsi_env.trajectory import (
     FAILURE_STATUSES,
     Episode,
+    TrajectoryFileError,
+    TrajectoryWriter,
     failed_attempts_path,
     read_episodes,
     read_lines,
@@ -265,10 +268,90 @@ def test_setting_aside_again_after_a_kill_repeats_nothing(tmp_path: Path) -> Non
         path.write_text(original, encoding="utf-8")
         with pytest.warns(UserWarning, match="bad episode record"):
             read = read_lines(path)
-        set_aside(path, read, [ln for ln in read if ln.episode_id == "a"])
+        set_aside(path, [ln for ln in read if ln.episode_id == "a"])
     assert [d["episode_id"] for d in raw_lines(path)] == ["b"]
     assert [d["episode_id"] for d in raw_lines(failed_attempts_path(path))] == ["a"]
     assert not list(tmp_path.glob(".*compacting")), "no temporary file is left behind"
+
+
+# --- two processes sharing one output -------------------------------------------------------------
+
+
+def _record(episode_id: str, *, aborted: bool = False) -> Episode:
+    return Episode(
+        episode_id=episode_id, game="g", spec_hash="h", seed=0, n_players=0, players=[],
+        status="aborted" if aborted else "complete", abort_reason="timeout: test" if aborted else None,
+        payoffs=None if aborted else {},
+    )  # fmt: skip
+
+
+def test_a_writer_keeps_writing_to_the_file_a_compaction_replaced(tmp_path: Path) -> None:
+    """Another process compacts the file while this one's writer is open: the line appended between
+    the compaction's read and its rewrite stays, and the writer's next line goes to the new file,
+    not to the unlinked old one."""
+    path = tmp_path / "trajectories.jsonl"
+    with TrajectoryWriter(path) as w:
+        w.write(_record("a", aborted=True))
+        w.write(_record("b"))
+        read = read_lines(path)
+        w.write(_record("c"))  # after the compaction read the file
+        set_aside(path, [ln for ln in read if ln.episode_id == "a"])
+        w.write(_record("d"))  # after it replaced the file
+    assert [d["episode_id"] for d in raw_lines(path)] == ["b", "c", "d"]
+    assert [d["episode_id"] for d in raw_lines(failed_attempts_path(path))] == ["a"]
+
+
+def test_a_line_cut_short_by_another_writer_is_not_glued_to_the_next(tmp_path: Path) -> None:
+    """A process sharing the file was killed mid-line while this writer is open: the cut-short line
+    goes before the next one is appended, which would otherwise be glued to it (both unreadable)."""
+    path = tmp_path / "trajectories.jsonl"
+    with TrajectoryWriter(path) as w:
+        w.write(_record("a"))
+        with path.open("a", encoding="utf-8") as other:
+            other.write(_record("killed").model_dump_json()[:40])
+        with pytest.warns(UserWarning, match="incomplete last line"):
+            w.write(_record("b"))
+    assert [d["episode_id"] for d in raw_lines(path)] == ["a", "b"]
+
+
+SHARING_WRITER = """
+import sys, time
+from rsi_env.trajectory import Episode, TrajectoryWriter
+name, n = sys.argv[1], int(sys.argv[2])
+with TrajectoryWriter(sys.argv[3]) as w:
+    for i in range(n):
+        w.write(Episode(episode_id=f"{name}-{i}", game="g", spec_hash="h", seed=i, n_players=0,
+                        players=[], status="complete", payoffs={}, errors=["x" * (i * 97 % 20000)]))
+        time.sleep(0.002)
+"""
+
+
+def test_two_writers_and_compactions_at_once_lose_no_line(tmp_path: Path) -> None:
+    """Two processes append to one file (two games into the same runs/) while a third keeps
+    compacting it, as a rerun does: every line of both writers is in the file once, whole. Lines of up
+    to 20 kB, larger than a pipe or stdio buffer, so a torn write would show."""
+    path = tmp_path / "trajectories.jsonl"
+    n = 300
+    writers = [
+        subprocess.Popen([sys.executable, "-c", SHARING_WRITER, name, str(n), str(path)], cwd=REPO)
+        for name in ("x", "y")
+    ]
+    compactions = 0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        while any(w.poll() is None for w in writers):
+            with TrajectoryWriter(path) as mine:
+                mine.write(_record(f"failed-{compactions}", aborted=True))
+            read = read_lines(path)
+            set_aside(path, [ln for ln in read if ln.episode_id and ln.episode_id.startswith("failed-")])
+            compactions += 1
+    assert [w.returncode for w in writers] == [0, 0]
+    assert compactions > 5, "the compactions did not overlap the writers"
+    cut_short = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+    assert not cut_short  # no line was ever read cut short, or trimmed
+    ids = Counter(d["episode_id"] for d in raw_lines(path))
+    assert ids == Counter(f"{name}-{i}" for name in ("x", "y") for i in range(n))
+    assert len(raw_lines(failed_attempts_path(path))) == compactions
 
 
 # --- game errors, unreadable lines, a human who leaves ---------------------------------------------
@@ -310,23 +393,49 @@ def test_a_payoff_error_aborts_the_episode_with_the_engines_message(tmp_path: Pa
         assert "division by zero" in ep.abort_reason
 
 
-def test_a_rerun_replays_an_unreadable_line_and_keeps_it_aside(tmp_path: Path, spec: GameSpec) -> None:
+def test_a_rerun_leaves_unreadable_lines_where_they_are(tmp_path: Path, spec: GameSpec) -> None:
     """A line this version cannot read (here: a `complete` record with null payoffs, as the runner
-    once wrote for a payoff error) is skipped with a warning naming file:line; its episode is played
-    again and the line moves to the side file, not lost."""
+    once wrote for a payoff error, and a line that is not JSON) is no known failure: it is skipped
+    with a warning naming file:line and stays where it is, byte for byte, not moved aside; the
+    episode it named is played again, so the file holds a readable record of every planned one."""
     factory = AgentFactory(["scripted", "random"], spec)
     jobs = plan(spec, ["scripted", "random"], 2)
     run(Runner(spec, factory, tmp_path, progress=False), jobs)
     good, bad = raw_lines(tmp_path)
     bad["payoffs"] = dict.fromkeys(bad["payoffs"])
     path = resolve_path(tmp_path)
-    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
-    with pytest.warns(UserWarning, match=f"{path}:2: bad episode record at payoffs"):
+    before = [json.dumps(good), json.dumps(bad), "{not json"]
+    path.write_text("".join(line + "\n" for line in before), encoding="utf-8")
+    with pytest.warns(UserWarning) as seen:
         stats = run(Runner(spec, factory, tmp_path, progress=False), jobs)
+    assert [str(w.message).split(": ", 1)[0] for w in seen] == [f"{path}:2", f"{path}:3"]
+    assert "bad episode record at payoffs" in str(seen[0].message) and "not JSON" in str(seen[1].message)
     assert stats.done == stats.retried == 1 and stats.skipped == 1
-    assert [d["episode_id"] for d in raw_lines(tmp_path)] == [good["episode_id"], bad["episode_id"]]
-    assert raw_lines(failed_attempts_path(tmp_path)) == [bad]
-    assert all(ep.finished for ep in read_episodes(tmp_path))
+    after = path.read_text(encoding="utf-8").splitlines()
+    assert after[:3] == before and json.loads(after[3])["episode_id"] == bad["episode_id"]
+    assert not failed_attempts_path(tmp_path).exists()
+    with pytest.warns(UserWarning):
+        finished = sorted(ep.episode_id for ep in read_episodes(tmp_path) if ep.finished)
+    assert finished == sorted(j.episode_id for j in jobs)
+
+
+def test_a_file_with_a_newer_rsi_envs_records_is_left_alone(tmp_path: Path, spec: GameSpec) -> None:
+    """A finished episode written by a newer rsi_env is not a failed attempt: the rerun stops with the
+    reader's message and changes nothing, rather than playing it again and moving it aside."""
+    factory = AgentFactory(["scripted", "random"], spec)
+    jobs = plan(spec, ["scripted", "random"], 2)
+    run(Runner(spec, factory, tmp_path, progress=False), jobs)
+    good, newer = raw_lines(tmp_path)
+    newer["schema_version"] += 1
+    path = resolve_path(tmp_path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps(newer) + "\n", encoding="utf-8")
+    before = path.read_bytes()
+    with (
+        pytest.raises(TrajectoryFileError, match=f"{path}:2: written by a newer rsi_env"),
+        pytest.warns(UserWarning, match="newer"),
+    ):
+        run(Runner(spec, factory, tmp_path, progress=False), jobs)
+    assert path.read_bytes() == before and not failed_attempts_path(tmp_path).exists()
 
 
 def play_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -601,6 +710,10 @@ def test_workers_refuse_what_they_cannot_do(tmp_path: Path, spec: GameSpec) -> N
     with pytest.raises(ValueError, match="endpoint"):
         Runner(spec, AgentFactory(["local"], spec), tmp_path, workers=2)
     Runner(spec, AgentFactory(["local"], spec, override), tmp_path, workers=2)  # on an endpoint: fine
+    # A server's max_parallel is kept per event loop: N processes would send it N times as many calls.
+    limited = write_limited_profile(tmp_path)
+    with pytest.raises(ValueError, match="max_parallel"):
+        Runner(spec, AgentFactory([limited, "random"], spec), tmp_path, workers=2)
 
 
 def test_the_play_command_says_what_workers_cannot_do(tmp_path: Path) -> None:
@@ -609,6 +722,20 @@ def test_the_play_command_says_what_workers_cannot_do(tmp_path: Path) -> None:
     err = done.stderr.decode()
     assert done.returncode == 2 and "--workers 2" in err and "live" in err and "Traceback" not in err
     assert not (tmp_path / "trajectories.jsonl").exists() or not raw_lines(tmp_path)
+    limited = write_limited_profile(tmp_path)
+    done = subprocess.run(
+        [*cmd, "--agents", f"{limited},random", "--workers", "2"], cwd=REPO, capture_output=True, timeout=60
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 2 and "--workers 2" in err and "max_parallel" in err and "Traceback" not in err
+
+
+def write_limited_profile(directory: Path) -> str:
+    """An endpoint profile whose server takes two requests at once (nothing listens: never called)."""
+    path = directory / "limited.yaml"
+    profile = {"backend": "endpoint", "base_url": "http://127.0.0.1:9/v1", "model": MODEL, "max_parallel": 2}
+    path.write_text(yaml.safe_dump(profile), encoding="utf-8")
+    return str(path)
 
 
 # --- env reuse -------------------------------------------------------------------------------------

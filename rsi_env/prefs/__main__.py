@@ -27,7 +27,7 @@ from ..referees.panel import missing_verdicts, parse_judges, score_episodes
 from ..referees.rubric import RubricError, load_rubric
 from ..runner import Runner, plan
 from ..spec import SpecError
-from ..trajectory import Episode, TrajectoryWriter, read_episodes
+from ..trajectory import Episode, TrajectoryWriter, abort_status, read_episodes
 from .branching import BranchSet, branch, decision_turns
 from .build import (
     BRANCHES,
@@ -90,7 +90,7 @@ def write_judge_outputs(out: Path, result: BuildResult) -> tuple[Path, int]:
 def nothing_branched(episodes: list[Episode]) -> NothingBranched:
     """Why no decision was branched: how many episodes aborted, and with which statuses."""
     aborted = [ep for ep in episodes if ep.status == "aborted"]
-    statuses = Counter((ep.abort_reason or "unknown").split(":", 1)[0].strip() for ep in aborted)
+    statuses = Counter(abort_status(ep) for ep in aborted)
     why = ", ".join(f"{status}: {n}" for status, n in statuses.most_common())
     if aborted and len(aborted) == len(episodes):
         msg = f"all {len(episodes)} episode(s) aborted ({why}), so no decision could be branched"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 
 from ..agents.profiles import ClientPool, EndpointOverride, ProfileError, resolve_profile
 from ..spec import GameSpec
@@ -36,16 +37,26 @@ def parse_judges(text: str, pool: ClientPool, override: EndpointOverride | None 
     return judges
 
 
-def missing_verdicts(ep: Episode, judges: list[LLMJudge], rubric: Rubric | None) -> bool:
-    """Whether `score_episodes` has anything to add to `ep`. Checked verdict by verdict, not "has any
-    verdict": an episode may already carry the procedural one (the runner can add it) and still lack
-    the panel's."""
+@dataclass
+class Missing:
+    """The verdicts `score_episodes` would add to an episode; false when there are none."""
+
+    procedural: bool
+    judges: list[LLMJudge]
+
+    def __bool__(self) -> bool:
+        return self.procedural or bool(self.judges)
+
+
+def missing_verdicts(ep: Episode, judges: list[LLMJudge], rubric: Rubric | None) -> Missing:
+    """What `score_episodes` has to add to `ep` (the one place that decides it). Checked verdict by
+    verdict, not "has any verdict": an episode may already carry the procedural one (the runner can
+    add it) and still lack the panel's. An aborted episode gets only the procedural verdict."""
     have = {(v.judge, v.rubric) for v in ep.verdicts}
-    if ("procedural", "procedural") not in have:
-        return True
+    procedural = ("procedural", "procedural") not in have
     if rubric is None or ep.status == "aborted":
-        return False
-    return any((j.id, rubric.id) not in have for j in judges)
+        return Missing(procedural, [])
+    return Missing(procedural, [j for j in judges if (j.id, rubric.id) not in have])
 
 
 async def score_episodes(
@@ -59,18 +70,16 @@ async def score_episodes(
     sem = asyncio.Semaphore(concurrency)
 
     async def one(ep: Episode) -> Episode:
-        have = {(v.judge, v.rubric) for v in ep.verdicts}
-        if ("procedural", "procedural") not in have:
+        missing = missing_verdicts(ep, judges, rubric)
+        if missing.procedural:
             ep.verdicts.append(procedural_verdict(ep))
-        if rubric is None or ep.status == "aborted":
-            return ep
-        todo = [j for j in judges if (j.id, rubric.id) not in have]
 
         async def judged(j: LLMJudge) -> None:
+            assert rubric is not None  # a judge is missing only where there is a rubric
             async with sem:
                 ep.verdicts.append(await j.score_episode(ep, spec, rubric))
 
-        await asyncio.gather(*(judged(j) for j in todo))
+        await asyncio.gather(*(judged(j) for j in missing.judges))
         return ep
 
     return list(await asyncio.gather(*(one(ep) for ep in episodes)))
