@@ -108,7 +108,8 @@ def first_turn_request(spec: GameSpec) -> dict[str, Any]:
     """The request an LLM agent sends on its first turn of seed 0, as ChatClient would send it."""
     env = GameParallelEnv(spec)
     env.reset(seed=0)
-    factory = AgentFactory([AGENT], spec, EndpointOverride(base_url="http://unused/v1", model=MODEL))
+    # Never called (this only builds the request): a loopback URL, which needs no API key.
+    factory = AgentFactory([AGENT], spec, EndpointOverride(base_url="http://127.0.0.1:9/v1", model=MODEL))
     player = next(p for p in env.agents if env.agent_info(p)["is_turn"])
     agent = factory.build(AGENT, player, 0)
     assert isinstance(agent, LLMAgent)

@@ -1,0 +1,39 @@
+"""The benchmark scripts still run and print their figures (tiny settings: this checks that they work,
+not how fast anything is; the figures themselves are quoted from full runs, never asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_bench_env_prints_every_game_beside_the_reference() -> None:
+    out = _script("bench_env.py", "--seconds", "0.05")
+    assert "reference generated_agents_env_v0" in out
+    for game in ("negotiation", "werewolf", "commons"):
+        assert game in out
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_bench_runner_prints_runner_and_bare_client_efficiency(workers: str) -> None:
+    out = _script("bench_runner.py", "--episodes", "4", "--concurrency", "4", "--workers", workers)
+    assert "runner/bare" in out and "bare openai" in out and "tokens per episode" in out
+
+
+def test_bench_client_and_bench_expr_print_their_tables() -> None:
+    assert "ChatClient (schema)" in _script("bench_client.py", "--calls", "8", "--concurrency", "4")
+    assert "cel: evaluate, reused context" in _script("bench_expr.py")
