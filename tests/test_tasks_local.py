@@ -4,7 +4,8 @@ preference rows that load with `datasets` like the games' rows.
 The tiny model writes poor code and questions: most items are dropped, each with its reason in the run
 log. The sizes below are what it takes for rows to come out: measured over seeds 1-6 at these sizes,
 each family gave rows for 5 of the 6 seeds (1-4 rows per run). Every call is seeded (`--seed`), so on
-one llama.cpp build a run repeats exactly; the seeds here are ones that gave rows. About 2.5 minutes for the three on 2 cores.
+one llama.cpp build a run repeats exactly; the seeds here are ones that gave rows. About 2.5 minutes
+for the three on 2 cores.
 """
 
 from __future__ import annotations
