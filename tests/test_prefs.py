@@ -20,9 +20,9 @@ from rsi_env.agents.llm_agent import conversation
 from rsi_env.agents.profiles import AgentFactory
 from rsi_env.catalog import load_game
 from rsi_env.prefs.__main__ import main as prefs_main
-from rsi_env.prefs.__main__ import nothing_branched
-from rsi_env.prefs.branching import BranchSet, CandidateRecord, JudgeRecord, objective
-from rsi_env.prefs.build import build, read_sets
+from rsi_env.prefs.branching import nothing_branched, objective
+from rsi_env.prefs.candidates import BranchCandidate, BranchSet, JudgeRecord, read_sets
+from rsi_env.prefs.ranking import build
 from rsi_env.prefs.rows import DPORow, KTORow, Message, RowMeta, kto_rows, ranked_pairs, unleash
 from rsi_env.referees import panel
 from rsi_env.referees.aggregate import preference_cycles
@@ -225,7 +225,7 @@ def _ultimatum_set(
     for cid, (offer, message, flags) in offers.items():
         pay = 10.0 - offer
         cands.append(
-            CandidateRecord(
+            BranchCandidate(
                 id=cid, raw=json.dumps({"action": "offer", "amount": offer, "message": message}),
                 rollout_id=f"u/t2-player_0/{cid}", rollout_status="complete", payoff=pay, best=10.0,
                 flags=flags, objective=objective(pay, 10.0, flags, 0.25),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rsi_env.prefs.__main__ import main as prefs_main
-from rsi_env.prefs.build import read_sets
+from rsi_env.prefs.candidates import read_sets
 from rsi_env.prefs.rows import DPORow
 from rsi_env.trajectory import read_episodes
 

@@ -20,21 +20,14 @@ from gymnasium.utils.env_checker import check_env
 
 from rsi_env.agents.profiles import AgentProfile
 from rsi_env.llm import CallRecord, CallStatus, ChatResult, Sampling
-from rsi_env.prefs.branching import JudgeRecord
+from rsi_env.prefs.candidates import CandidateRecord, CandidateSet, JudgeRecord
+from rsi_env.prefs.ranking import BuildResult, build
 from rsi_env.prefs.rows import DPORow, KTORow, Message
 from rsi_env.referees.judge import LLMJudge, Ranking
 from rsi_env.sandbox import SandboxLimits
 from rsi_env.tasks import corpus, predict, programming, trivia
 from rsi_env.tasks.__main__ import main as tasks_main
-from rsi_env.tasks.common import (
-    CandidateSet,
-    RunLog,
-    SetCandidate,
-    TaskContext,
-    build_rows,
-    extract_code,
-    write_outputs,
-)
+from rsi_env.tasks.common import RunLog, TaskContext, all_rows, extract_code, write_outputs
 from rsi_env.tasks.envs import PredictEnv, ProgrammingEnv, TriviaEnv
 from rsi_env.tasks.validators import (
     UNUSABLE,
@@ -687,6 +680,12 @@ def _context(tmp_path: Path, *, failing_judge: bool = False) -> tuple[TaskContex
     return ctx, model
 
 
+def build_rows(sets: list[CandidateSet], **options: Any) -> BuildResult:
+    """The one builder, with the judges' own pairs among the rows, as a task run writes them."""
+    result = build(sets, **options)
+    return result.model_copy(update={"rows": all_rows(result)})
+
+
 def _check_rows(rows: list[DPORow]) -> None:
     for r in rows:
         assert r.chosen[0].role == r.rejected[0].role == "assistant"
@@ -697,7 +696,7 @@ def _check_rows(rows: list[DPORow]) -> None:
 def test_programming_pipeline_pairs_every_level(tmp_path: Path) -> None:
     ctx, _ = _context(tmp_path, failing_judge=True)
     sets, bank = asyncio.run(programming.run(ctx, n=3, k=2, validators=3, limits=FAST))
-    result = build_rows(sets, source="programming")
+    result = build_rows(sets)
     levels = Counter(r.level for r in result.rows)
     assert {"challenge", "validator", "solution", "ranking"} <= set(levels), levels
     _check_rows(result.rows)
@@ -733,7 +732,7 @@ def test_predict_pipeline_pairs_correct_over_incorrect(tmp_path: Path) -> None:
     ctx, _ = _context(tmp_path)
     sets, bank = asyncio.run(predict.run(ctx, n=3, k=3, limits=FAST))
     assert [t.expected for t in bank] == ["[1, 2, 3]\n"]
-    result = build_rows(sets, source="predict", all_pairs=True)
+    result = build_rows(sets, all_pairs=True)
     _check_rows(result.rows)
     preds = [r for r in result.rows if r.level == "prediction"]
     assert preds and all(
@@ -752,7 +751,7 @@ def test_trivia_pipeline_pairs_answers_and_questions(tmp_path: Path) -> None:
     page = corpus.Page(title="Zorblax", extract="The Zorblax river flows 120 kilometres into the Velm Sea.")
     sets, bank = asyncio.run(trivia.run(ctx, n=1, k=2, questions=2, pages=[page]))
     assert [t.answer for t in bank] == ["the Velm Sea"]
-    result = build_rows(sets, source="trivia")
+    result = build_rows(sets)
     _check_rows(result.rows)
     levels = {r.level: r for r in result.rows}
     assert "Velm" in levels["answer"].chosen[0].content and "Baltic" in levels["answer"].rejected[0].content
@@ -769,21 +768,22 @@ def test_a_candidate_that_failed_a_hard_check_is_never_chosen() -> None:
     def judged(scores: dict[str, float], invalid: list[str]) -> CandidateSet:
         prompt = [{"role": "user", "content": "write"}]
         return CandidateSet(
-            set_id="s", level="program", item_id="s", prompt=[Message(role="user", content="write")],
-            candidates=[SetCandidate(id=c, raw=f"reply {c}", shown=c) for c in scores],
+            set_id="s", task="predict", level="program", item_id="s",
+            prompt=[Message(role="user", content="write")],
+            candidates=[CandidateRecord(id=c, raw=f"reply {c}", shown=c) for c in scores],
             truth={c: 0.0 if c in invalid else 1.0 for c in scores}, invalid=invalid,
             judges=[JudgeRecord(judge="j", scores=scores, prompt=prompt, response="r")],
         )  # fmt: skip
 
-    rows = build_rows([judged({"a": 10, "b": 5, "c": 0}, ["a", "c"])], source="predict", all_pairs=True).rows
+    rows = build_rows([judged({"a": 10, "b": 5, "c": 0}, ["a", "c"])], all_pairs=True).rows
     assert rows and all(r.chosen[0].content == "reply b" for r in rows)
-    assert build_rows([judged({"a": 10, "b": 5}, ["a", "b"])], source="predict").rows == []
+    assert build_rows([judged({"a": 10, "b": 5}, ["a", "b"])]).rows == []
 
 
 def test_rows_write_with_kto_and_load_with_datasets(tmp_path: Path) -> None:
     ctx, _ = _context(tmp_path)
     sets, bank = asyncio.run(predict.run(ctx, n=3, k=3, limits=FAST))
-    result = build_rows(sets, source="predict", unleashed=True)
+    result = build(sets, unleashed=True)
     written = write_outputs(tmp_path, sets, result, bank=bank)
     rows = [DPORow.model_validate_json(ln) for ln in (tmp_path / "prefs.jsonl").read_text().splitlines()]
     assert rows and written["rows"] == len(rows)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -22,29 +20,20 @@ from rich.console import Console
 from ..agents.profiles import AgentFactory, ClientPool, ProfileError
 from ..catalog import load_game
 from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run
-from ..referees.meta import meta_judge_scores, reliability_table
+from ..referees.meta import reliability_table
 from ..referees.panel import missing_verdicts, parse_judges, score_episodes
 from ..referees.rubric import RubricError, load_rubric
 from ..runner import Runner, plan
 from ..spec import SpecError
-from ..trajectory import Episode, TrajectoryWriter, abort_status, read_episodes
-from .branching import BranchSet, branch, decision_turns
-from .build import (
-    BRANCHES,
-    JUDGE_PREFS,
-    JUDGES,
-    META,
-    ROLLOUTS,
-    BuildResult,
-    build,
-    load_meta_scores,
-    read_sets,
-)
+from ..trajectory import TrajectoryWriter, read_episodes
+from .branching import NothingBranched, branch_decisions, nothing_branched
+from .candidates import BRANCHES, BranchSet, read_sets
+from .ranking import BuildResult, build, load_meta_scores, mean_scores, review_judges, save_meta_scores
 from .rows import kto_rows, write_rows
 
-
-class NothingBranched(Exception):
-    """`generate` found no decision to branch (and has no earlier branch sets to build from)."""
+JUDGES = "judges.json"
+JUDGE_PREFS = "judge_prefs.jsonl"
+DEFAULT_RUBRIC = "ethics"
 
 
 def cmd_build(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -87,28 +76,13 @@ def write_judge_outputs(out: Path, result: BuildResult) -> tuple[Path, int]:
     return judge_path, write_rows(judge_path, result.judge_rows)
 
 
-def nothing_branched(episodes: list[Episode]) -> NothingBranched:
-    """Why no decision was branched: how many episodes aborted, and with which statuses."""
-    aborted = [ep for ep in episodes if ep.status == "aborted"]
-    statuses = Counter(abort_status(ep) for ep in aborted)
-    why = ", ".join(f"{status}: {n}" for status, n in statuses.most_common())
-    if aborted and len(aborted) == len(episodes):
-        msg = f"all {len(episodes)} episode(s) aborted ({why}), so no decision could be branched"
-    elif aborted:
-        msg = (
-            f"no decision could be branched: {len(aborted)} of {len(episodes)} episode(s) aborted ({why}), "
-            "the others had no successful LLM decision"
-        )
-    else:
-        msg = (
-            f"no decision could be branched: none of the {len(episodes)} episode(s) "
-            "had a successful LLM decision"
-        )
-    return NothingBranched(msg + "; check the endpoint (--base-url, --model) and the agents")
-
-
 async def _generate(args: argparse.Namespace, console: Console) -> int:
     spec = load_game(args.game)
+    # The rubric ranks the branched moves (its `ranking.action`) and, when named, scores whole episodes.
+    rubric = load_rubric(args.rubric or DEFAULT_RUBRIC)
+    criteria = rubric.criteria("action")
+    criteria.check(BranchSet.FIELDS)
+    episode_rubric = rubric if args.rubric and rubric.dimensions else None
     names = [a.strip() for a in args.agents.split(",") if a.strip()]
     pool = ClientPool()
     override = endpoint_override(args)
@@ -117,7 +91,6 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
         fail("--agents: preference data needs at least one LLM agent (a profile such as `local`)")
     judges = parse_judges(args.judges, pool, override) if args.judges else []
     meta_judge = parse_judges(args.meta_judge, pool, override)[0] if args.meta_judge else None
-    rubric = load_rubric(args.rubric) if args.rubric else None
     run_dir = Path(args.out)
     try:
         # 1. play
@@ -127,56 +100,24 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
         wanted = {j.episode_id for j in jobs}
         episodes = [ep for ep in read_episodes(run_dir) if ep.episode_id in wanted]
         # 2. judge the episodes (procedural + the panel on the rubric); updated lines supersede old ones
-        todo = [ep for ep in episodes if missing_verdicts(ep, judges, rubric)]
+        todo = [ep for ep in episodes if missing_verdicts(ep, judges, episode_rubric)]
         if todo:
             console.print(f"Judging {len(todo)} episode(s) with {len(judges)} judge(s)…")
             with TrajectoryWriter(run_dir) as w:
-                for ep in await score_episodes(todo, spec, judges, rubric):
+                for ep in await score_episodes(todo, spec, judges, episode_rubric):
                     w.write(ep)
-        # 3. branch at decisions, roll out, rank with the panel
-        llm_players = {p.player for ep in episodes for p in ep.players if p.agent in factory.profiles}
-        done = {bs.set_id for bs in read_sets(run_dir)} if (run_dir / BRANCHES).is_file() else set()
-        work = [
-            (ep, t)
-            for ep in episodes if ep.status != "aborted"
-            for t in decision_turns(ep, llm_players, args.decisions)
-            if f"{ep.episode_id}/t{t.tick}-{t.player}" not in done
-        ]  # fmt: skip
-        console.print(f"Branching {len(work)} decision(s) {args.branch} ways…")
-        sem = asyncio.Semaphore(args.concurrency)
-        sets_path, roll_path = run_dir / BRANCHES, run_dir / ROLLOUTS
-        made: list[BranchSet] = []
-
-        async def one(ep, turn) -> None:
-            async with sem:
-                bs, rollouts = await branch(
-                    ep,
-                    spec,
-                    factory,
-                    turn,
-                    args.branch,
-                    judges=judges,
-                    penalty=args.penalty,
-                    pairwise=args.pairwise,
-                )
-            with roll_path.open("a", encoding="utf-8") as f:
-                f.writelines(r.model_dump_json() + "\n" for r in rollouts)
-            with sets_path.open("a", encoding="utf-8") as f:
-                f.write(bs.model_dump_json() + "\n")
-            made.append(bs)
-
-        await asyncio.gather(*(one(ep, t) for ep, t in work))
-        if not sets_path.is_file():
+        # 3. branch at decisions, roll out, rank with the panel on the rubric's question
+        console.print(f"Branching up to {args.decisions} decision(s) per episode {args.branch} ways…")
+        await branch_decisions(
+            episodes, spec, factory, run_dir, k=args.branch, per_episode=args.decisions, judges=list(judges),
+            criteria=criteria, penalty=args.penalty, pairwise=args.pairwise, concurrency=args.concurrency,
+        )  # fmt: skip
+        if not (run_dir / BRANCHES).is_file():
             raise nothing_branched(episodes)
         # 4. the LLM meta-judge ranks the judges' rankings on a few sets
-        if meta_judge is not None and len(judges) >= 2:
-            scores: dict[str, list[float]] = {}
-            for bs in read_sets(run_dir)[: args.meta_sets]:
-                ok = [j.ranking(bs.set_id) for j in bs.judges if j.status == "ok"]
-                if len(ok) >= 2:
-                    for judge, s in (await meta_judge_scores(meta_judge, bs.set_id, bs.question, ok)).items():
-                        scores.setdefault(judge, []).append(s)
-            (run_dir / META).write_text(json.dumps({j: sum(v) / len(v) for j, v in scores.items()}))
+        if meta_judge is not None:
+            reviews = await review_judges(meta_judge, read_sets(run_dir), args.meta_sets)
+            save_meta_scores(run_dir, mean_scores(reviews))
     finally:
         await pool.aclose()
     # 5. rows
@@ -228,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--meta-sets", type=positive_int, default=3, help="sets the meta-judge reviews")
     g.add_argument(
-        "--rubric", default="ethics", help="rubric the panel scores whole episodes on ('' for none)"
+        "--rubric",
+        default=DEFAULT_RUBRIC,
+        help="rubric (id in referees/ or a YAML path): its `ranking.action` block ranks the branched moves, "
+        f"its dimensions score whole episodes ('' scores no episodes and ranks with `{DEFAULT_RUBRIC}`)",
     )
     g.add_argument(
         "--pairwise",

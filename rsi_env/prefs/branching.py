@@ -5,92 +5,36 @@ episode's seed, then the recorded replies replayed tick by tick), snapshotted, a
 asked K times for its move from the identical conversation. Each candidate is rolled out to the
 end from the restored snapshot, with the same opponents (rebuilt with the same seeds and the same
 conversation history) and the same moves of any other player acting at that tick. The rollouts
-are scored procedurally (payoff, conduct flags) and ranked by the LLM judge panel; the result is
-one `BranchSet` line, from which `prefs build` makes rows without any new model call.
+are scored procedurally (payoff, conduct flags) and ranked by the LLM judge panel on the run's
+rubric (`prefs.ranking.judge_set`); the result is one `BranchSet` line, from which `prefs build`
+makes rows without any new model call.
+
+Where the candidates come from is one function (`sample_candidates`), so other ways of sampling
+(e.g. for diversity) replace it alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-
-from pydantic import BaseModel, Field
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
 from ..agents.base import TurnReport
 from ..agents.llm_agent import LLMAgent
 from ..agents.profiles import AgentFactory
 from ..env import GameParallelEnv
-from ..referees.judge import Candidate, LLMJudge, Ranking
+from ..referees.meta import Ranker
 from ..referees.procedural import conduct_flags
+from ..referees.rubric import HOLISTIC, Criteria
 from ..referees.transcript import episode_text, game_brief
 from ..runner import build_agents, continue_episode
 from ..spec import GameSpec
-from ..trajectory import Episode, Turn, Usage
+from ..trajectory import Episode, Turn, Usage, abort_status
+from .candidates import BRANCHES, BranchCandidate, BranchSet, append_set, decision_id, read_sets
+from .ranking import judge_set
 from .rows import Message
-
-
-class CandidateRecord(BaseModel):
-    id: str
-    raw: str
-    status: str = "ok"
-    rollout_id: str = ""
-    rollout_status: str = ""
-    payoff: float | None = None
-    best: float | None = None
-    flags: int = 0  # the decider's conduct flags from the decision on
-    objective: float | None = None  # procedural score: normalised payoff minus conduct penalty
-
-
-class JudgeRecord(BaseModel):
-    judge: str
-    scores: dict[str, float | None]
-    reasoning: dict[str, str] = Field(default_factory=dict)
-    status: str = "ok"
-    prompt: list[dict[str, str]] = Field(default_factory=list)
-    response: str = ""
-    pairwise: list[tuple[str, str, str]] = Field(default_factory=list)
-
-    @classmethod
-    def of(cls, r: Ranking) -> JudgeRecord:
-        """A judge's ranking as stored in a set (the inverse of `ranking`)."""
-        return cls(
-            judge=r.judge,
-            scores=r.scores,
-            reasoning=r.reasoning,
-            status=r.status,
-            prompt=r.prompt,
-            response=r.response,
-            pairwise=[(a, b, w) for (a, b), w in r.pairwise.items()],
-        )
-
-    def ranking(self, set_id: str) -> Ranking:
-        return Ranking(
-            judge=self.judge,
-            set_id=set_id,
-            scores=dict(self.scores),
-            reasoning=dict(self.reasoning),
-            status=self.status,
-            prompt=list(self.prompt),
-            response=self.response,
-            pairwise={(a, b): w for a, b, w in self.pairwise},
-        )
-
-
-class BranchSet(BaseModel):
-    """K candidate moves for one decision, their rollouts' outcomes, and the judges' rankings."""
-
-    set_id: str
-    game: str
-    base_episode: str
-    seed: int
-    player: str
-    role: str
-    tick: int
-    turn: int
-    prompt: list[Message]  # exactly what the agent saw at the decision
-    question: str = ""
-    candidates: list[CandidateRecord]
-    judges: list[JudgeRecord] = Field(default_factory=list)
 
 
 def objective(payoff: float | None, best: float | None, flags: int, penalty: float) -> float | None:
@@ -126,10 +70,70 @@ def replay_to(ep: Episode, spec: GameSpec, tick: int, max_cycles: int | None = N
     return env
 
 
-def _restore_histories(agents: dict, prefix: list[Turn]) -> None:
+def _restore_histories(agents: dict[str, Any], prefix: list[Turn]) -> None:
     for agent in agents.values():
         if isinstance(agent, LLMAgent):
             agent.restore(prefix)
+
+
+class NothingBranched(Exception):
+    """`prefs generate` found no decision to branch (and has no earlier branch sets to build from)."""
+
+
+async def branch_decisions(
+    episodes: list[Episode],
+    spec: GameSpec,
+    factory: AgentFactory,
+    run_dir: Path,
+    *,
+    k: int,
+    per_episode: int,
+    judges: list[Ranker],
+    criteria: Criteria = HOLISTIC,
+    penalty: float = 0.25,
+    pairwise: bool = False,
+    concurrency: int = 4,
+) -> list[BranchSet]:
+    """Branch up to `per_episode` decisions of the LLM agents in each finished episode, K ways, and append
+    each set (and its rollouts) to the run directory as it is made. A decision whose set is already there
+    (an earlier, interrupted run) is skipped, so rerunning resumes."""
+    llm_players = {p.player for ep in episodes for p in ep.players if p.agent in factory.profiles}
+    done = {bs.set_id for bs in read_sets(run_dir)} if (run_dir / BRANCHES).is_file() else set()
+    work = [
+        (ep, t)
+        for ep in episodes
+        if ep.status != "aborted"
+        for t in decision_turns(ep, llm_players, per_episode)
+        if decision_id(ep.episode_id, t.tick, t.player) not in done
+    ]
+    sem = asyncio.Semaphore(concurrency)
+    made: list[BranchSet] = []
+
+    async def one(ep: Episode, turn: Turn) -> None:
+        async with sem:
+            bs, rollouts = await branch(ep, spec, factory, turn, k, penalty=penalty)
+            shown, context = judge_view(bs, spec, ep, rollouts)
+            await judge_set(bs, judges, criteria, shown=shown, context=context, pairwise=pairwise)
+        append_set(run_dir, bs, list(rollouts))
+        made.append(bs)
+
+    await asyncio.gather(*(one(ep, t) for ep, t in work))
+    return made
+
+
+async def sample_candidates(
+    decider: LLMAgent, env: GameParallelEnv, player: str, prefix: list[Turn], tick: int, k: int
+) -> list[TurnReport]:
+    """K moves of `decider` from the identical conversation at `tick`, each with its own sampling seed."""
+    info = env.agent_info(player)
+    reports: list[TurnReport] = []
+    base_seed = (decider.seed or 0) + 7919 * (tick + 1)
+    for i in range(k):
+        decider.restore(prefix)
+        decider.seed = base_seed + 104_729 * i - decider.calls  # a distinct sampling seed per candidate
+        await decider.act(env.observe(player), info)
+        reports.append(decider.last or TurnReport(raw=""))
+    return reports
 
 
 async def branch(
@@ -139,12 +143,10 @@ async def branch(
     decision: Turn,
     k: int,
     *,
-    judges: list[LLMJudge] = (),  # type: ignore[assignment]
     penalty: float = 0.25,
     run_id: str = "",
-    pairwise: bool = False,
 ) -> tuple[BranchSet, list[Episode]]:
-    """Sample K candidates at `decision`, roll each out, score and rank them."""
+    """Sample K candidates at `decision`, roll each out and score it procedurally (not yet judged)."""
     names = [p.agent for p in base.players]
     player, tick = decision.player, decision.tick
     prefix = [t for t in base.turns if t.tick < tick]
@@ -155,36 +157,17 @@ async def branch(
     decider = agents[player]
     if not isinstance(decider, LLMAgent):
         raise ValueError(f"{player} is not an LLM agent; branching needs a model to sample from")
-    info = env.agent_info(player)
-    prompt, messages = decider.messages_for(info)
-    reports: list[TurnReport] = []
-    base_seed = (decider.seed or 0) + 7919 * (tick + 1)
-    for i in range(k):
-        decider.restore(prefix)
-        decider.seed = base_seed + 104_729 * i - decider.calls  # a distinct sampling seed per candidate
-        await decider.act(env.observe(player), info)
-        reports.append(decider.last or TurnReport(raw=""))
+    prompt, messages = decider.messages_for(env.agent_info(player))
+    reports = await sample_candidates(decider, env, player, prefix, tick, k)
     others = {t.player: t for t in base.turns if t.tick == tick and t.player != player}
-    set_id = f"{base.episode_id}/t{tick}-{player}"
-    record = BranchSet(
-        set_id=set_id,
-        game=spec.id,
-        base_episode=base.episode_id,
-        seed=base.seed,
-        player=player,
-        role=next(p.role for p in base.players if p.player == player),
-        tick=tick,
-        turn=decision.turn,
-        prompt=[Message(**m) for m in messages],
-        candidates=[],
-    )
+    sid = decision_id(base.episode_id, tick, player)
+    candidates: list[BranchCandidate] = []
     rollouts: list[Episode] = []
     for i, rep in enumerate(reports):
-        cid = f"c{i}"
-        cand = CandidateRecord(id=cid, raw=rep.raw, status=rep.status)
+        cand = BranchCandidate(id=f"c{i}", raw=rep.raw, status=rep.status)
+        candidates.append(cand)
         if rep.status != "ok" and rep.status not in ("invalid_output", "refused"):
-            record.candidates.append(cand)  # the call failed: no candidate, never a zero score
-            continue
+            continue  # the call failed: no candidate, never a zero score
         env.restore(snap)
         roll_agents = build_agents(factory, env, names, base.seed)
         _restore_histories(roll_agents, prefix)
@@ -195,10 +178,10 @@ async def branch(
         ep = base.model_copy(
             deep=True, update={"turns": [t.model_copy() for t in prefix], "verdicts": [], "usage": Usage()}
         )
-        ep.episode_id = f"{set_id}/{cid}"
+        ep.episode_id = f"{sid}/{cand.id}"
         ep.run_id = run_id or base.run_id
         ep.status, ep.payoffs, ep.abort_reason = "complete", None, None
-        ep.branch_of = {"base": base.episode_id, "tick": tick, "player": player, "candidate": cid, "k": k}
+        ep.branch_of = {"base": base.episode_id, "tick": tick, "player": player, "candidate": cand.id, "k": k}
         ep.duration_s = 0.0
         first = {player: rep}
         for q, t in others.items():
@@ -206,54 +189,60 @@ async def branch(
         await continue_episode(ep, env, roll_agents, first_moves=first)
         rollouts.append(ep)
         flags = conduct_flags(ep, player, from_tick=tick)
-        pay = (ep.payoffs or {}).get(player)
-        best = (ep.best or {}).get(player)
+        pay = ep.payoffs.get(player) if ep.payoffs else None
+        best = ep.best.get(player) if ep.best else None
         cand.rollout_id, cand.rollout_status = ep.episode_id, ep.status
         cand.payoff, cand.best, cand.flags = pay, best, flags
         cand.objective = objective(pay, best, flags, penalty) if ep.status != "aborted" else None
-        record.candidates.append(cand)
-    if judges:
-        record.question, record.judges = await judge_set(record, spec, base, rollouts, judges, pairwise)
+    record = BranchSet(
+        set_id=sid,
+        game=spec.id,
+        base_episode=base.episode_id,
+        seed=base.seed,
+        player=player,
+        role=next(p.role for p in base.players if p.player == player),
+        tick=tick,
+        turn=decision.turn,
+        prompt=[Message(**m) for m in messages],  # type: ignore[arg-type]
+        candidates=candidates,
+    )
     return record, rollouts
 
 
-async def judge_set(
-    record: BranchSet,
-    spec: GameSpec,
-    base: Episode,
-    rollouts: list[Episode],
-    judges: list[LLMJudge],
-    pairwise: bool = False,
-) -> tuple[str, list[JudgeRecord]]:
-    """Every judge ranks the rollouts: listwise (all candidates in one prompt, in the judge's own
-    shuffled order), or with `pairwise` every pair in both orders (ties where the orders disagree,
-    and the strict verdicts kept so the meta-referee can count the judge's preference cycles)."""
+def judge_view(
+    record: BranchSet, spec: GameSpec, base: Episode, rollouts: list[Episode]
+) -> tuple[dict[str, str], str]:
+    """What judges see of a decision: each candidate's move and everything that followed it (by candidate
+    id), and before them the game's rules and the game until the decision."""
     by_id = {ep.episode_id: ep for ep in rollouts}
-    cands = []
+    shown = {}
     for c in record.candidates:
         ep = by_id.get(c.rollout_id)
-        if ep is None:
-            continue
-        text = (
-            f"{record.player}'s move: {c.raw}\n"
-            + episode_text(ep, from_tick=record.tick).split("What happened:\n", 1)[-1]
-        )
-        cands.append(Candidate(id=c.id, text=text))
-    if len(cands) < 2:
-        return "", []
-    question = (
-        f"At turn {record.turn}, {record.player} ({record.role}) could move in different ways. "
-        "Each candidate shows its move and everything that followed. "
-        f"Which continuations show better play by {record.player}: "
-        "a good outcome for it, reached through honest, fair conduct within the game's rules?"
-    )
+        if ep is not None:
+            after = episode_text(ep, from_tick=record.tick).split("What happened:\n", 1)[-1]
+            shown[c.id] = f"{record.player}'s move: {c.raw}\n{after}"
     history = episode_text(
         base.model_copy(update={"events": [e for e in base.events if e["tick"] < record.tick]})
     )
     context = f"{game_brief(spec)}\n\nTHE GAME UNTIL THE DECISION:\n{history.rsplit('Final payoffs', 1)[0]}"
-    if pairwise:
-        asks = [j.rank_pairwise(record.set_id, question, cands, context) for j in judges]
+    return shown, context
+
+
+def nothing_branched(episodes: list[Episode]) -> NothingBranched:
+    """Why no decision was branched: how many episodes aborted, and with which statuses."""
+    aborted = [ep for ep in episodes if ep.status == "aborted"]
+    statuses = Counter(abort_status(ep) for ep in aborted)
+    why = ", ".join(f"{status}: {n}" for status, n in statuses.most_common())
+    if aborted and len(aborted) == len(episodes):
+        msg = f"all {len(episodes)} episode(s) aborted ({why}), so no decision could be branched"
+    elif aborted:
+        msg = (
+            f"no decision could be branched: {len(aborted)} of {len(episodes)} episode(s) aborted ({why}), "
+            "the others had no successful LLM decision"
+        )
     else:
-        asks = [j.rank(record.set_id, question, cands, context) for j in judges]
-    rankings = await asyncio.gather(*asks)
-    return question, [JudgeRecord.of(r) for r in rankings]
+        msg = (
+            f"no decision could be branched: none of the {len(episodes)} episode(s) "
+            "had a successful LLM decision"
+        )
+    return NothingBranched(msg + "; check the endpoint (--base-url, --model) and the agents")

@@ -156,11 +156,11 @@ def kto_rows(rows: Iterable[DPORow]) -> list[KTORow]:
             occ.positions.append(rank / max(1, r.n_candidates - 1))  # 0 = best, 1 = worst
     out: list[KTORow] = []
     for occ in seen.values():
-        label = occ.label()
-        if label is None:
+        verdict = occ.label()
+        if verdict is None:
             continue
         meta = occ.row.model_dump(exclude={"prompt", "chosen", "rejected"})
-        out.append(KTORow(prompt=occ.row.prompt, completion=occ.completion, label=label, **meta))
+        out.append(KTORow(prompt=occ.row.prompt, completion=occ.completion, label=verdict, **meta))
     return out
 
 

@@ -20,7 +20,7 @@ from ..agents.profiles import AgentProfile
 from ..llm import ChatClient, Sampling
 from ..spec import GameSpec
 from ..trajectory import DimensionScore, Episode, Verdict
-from .rubric import REASONING_CHARS, Rubric
+from .rubric import HOLISTIC, REASONING_CHARS, Criteria, Rubric
 from .transcript import episode_text, fence, game_brief
 
 SYSTEM = (
@@ -130,28 +130,25 @@ class LLMJudge:
         return shown
 
     async def rank(
-        self, set_id: str, question: str, candidates: list[Candidate], context: str = ""
+        self,
+        set_id: str,
+        question: str,
+        candidates: list[Candidate],
+        context: str = "",
+        criteria: Criteria = HOLISTIC,
     ) -> Ranking:
-        """Listwise: every candidate scored 0..10 in one call, seeing all of them in this judge's order.
-        The schema (and so the answer) lists the ids in the given order, whatever order was shown."""
+        """Listwise: every candidate scored in one call (one overall 0..10 score, or the rubric's
+        dimensions combined by `criteria`), seeing all of them in this judge's order. The schema (and so
+        the answer) lists the ids in the given order, whatever order was shown."""
         ids = [c.id for c in candidates]
         body = (context + "\n\n" if context else "") + "\n\n".join(
             f"CANDIDATE {c.id}:\n{c.text}" for c in self.presentation_order(set_id, candidates)
         )
         record, note = fence(body)
-        user = f"{question}\n\n{record}\n\nScore every candidate from 0 (worst) to 10 (best)."
-        item = {
-            "type": "object",
-            "properties": {
-                "reasoning": {"type": "string", "maxLength": REASONING_CHARS},
-                "score": {"type": "integer", "minimum": 0, "maximum": 10},
-            },
-            "required": ["reasoning", "score"],
-            "additionalProperties": False,
-        }
+        user = f"{question}\n\n{record}\n\n{criteria.instruction()}"
         schema = {
             "type": "object",
-            "properties": dict.fromkeys(ids, item),
+            "properties": dict.fromkeys(ids, criteria.item_schema()),
             "required": ids,
             "additionalProperties": False,
         }
@@ -159,7 +156,7 @@ class LLMJudge:
             {"role": "system", "content": SYSTEM.format(note=note)},
             {"role": "user", "content": user},
         ]
-        result = await self._ask(messages, schema, "ranking", 40 + len(ids) * (REASONING_CHARS // 3 + 12))
+        result = await self._ask(messages, schema, "ranking", 40 + len(ids) * criteria.answer_tokens())
         ranking = Ranking(
             judge=self.id,
             set_id=set_id,
@@ -170,9 +167,7 @@ class LLMJudge:
         )
         if result.ok and isinstance(result.parsed, dict):
             for c in ids:
-                got = result.parsed.get(c) or {}
-                ranking.scores[c] = float(got["score"]) if isinstance(got.get("score"), int | float) else None
-                ranking.reasoning[c] = str(got.get("reasoning", ""))
+                ranking.scores[c], ranking.reasoning[c] = criteria.read(result.parsed.get(c))
         return ranking
 
     async def compare(

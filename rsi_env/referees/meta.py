@@ -13,15 +13,37 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from pydantic import BaseModel
 from rich.table import Table
 
 from ..prefs.rows import DPORow, Message
 from .aggregate import Scores, consensus, mean_agreement, preference_cycles, tau
-from .judge import Candidate, LLMJudge, Ranking
+from .judge import Candidate, Ranking
+from .rubric import HOLISTIC, Criteria
 
 MIN_WEIGHT = 0.01
+
+
+class Ranker(Protocol):
+    """What ranking candidate sets needs of a judge (`LLMJudge` is one; tests use doubles)."""
+
+    id: str
+
+    async def rank(
+        self,
+        set_id: str,
+        question: str,
+        candidates: list[Candidate],
+        context: str = "",
+        criteria: Criteria = HOLISTIC,
+    ) -> Ranking: ...
+
+    async def rank_pairwise(
+        self, set_id: str, question: str, candidates: list[Candidate], context: str = ""
+    ) -> Ranking: ...
 
 
 class JudgeReliability(BaseModel):
@@ -42,6 +64,17 @@ class MetaReport(BaseModel):
     agreement: dict[str, float | None]  # set -> mean pairwise τ between judges
 
 
+@dataclass
+class _Tally:
+    """One judge's measurements across sets, gathered by `assess`."""
+
+    truth: list[float | None] = field(default_factory=list)  # τ with the procedural truth, per set
+    cons: list[float | None] = field(default_factory=list)  # τ with the other judges' consensus, per set
+    cycles: int = 0
+    sets: int = 0
+    missing: int = 0
+
+
 def _mean(xs: Sequence[float | None]) -> float | None:
     vals = [x for x in xs if x is not None]
     return statistics.fmean(vals) if vals else None
@@ -55,31 +88,32 @@ def assess(
     """Judge reliability from rankings grouped by candidate set (set id -> one ranking per judge)."""
     truth = truth or {}
     judges = sorted({r.judge for rs in rankings.values() for r in rs})
-    per: dict[str, dict[str, list]] = {
-        j: {"truth": [], "cons": [], "cycles": 0, "sets": 0, "missing": 0} for j in judges
-    }
+    per = {j: _Tally() for j in judges}
     for set_id, rs in rankings.items():
         ok = [r for r in rs if r.ok]
         for r in rs:
-            per[r.judge]["sets" if r.ok else "missing"] += 1
-            per[r.judge]["cycles"] += len(preference_cycles(r.pairwise))
+            if r.ok:
+                per[r.judge].sets += 1
+            else:
+                per[r.judge].missing += 1
+            per[r.judge].cycles += len(preference_cycles(r.pairwise))
         for r in ok:
             if set_id in truth:
-                per[r.judge]["truth"].append(tau(r.scores, truth[set_id]))
+                per[r.judge].truth.append(tau(r.scores, truth[set_id]))
             others = [o.scores for o in ok if o.judge != r.judge]
             if others:
-                per[r.judge]["cons"].append(tau(r.scores, consensus(others)))
+                per[r.judge].cons.append(tau(r.scores, consensus(others)))
     table = []
     for j in judges:
         d = per[j]
         rel = JudgeReliability(
             judge=j,
-            sets=d["sets"],
-            missing=d["missing"],
-            tau_truth=_mean(d["truth"]),
-            tau_consensus=_mean(d["cons"]),
-            cycles=d["cycles"],
-            cyclic=d["cycles"] > 0,
+            sets=d.sets,
+            missing=d.missing,
+            tau_truth=_mean(d.truth),
+            tau_consensus=_mean(d.cons),
+            cycles=d.cycles,
+            cyclic=d.cycles > 0,
             meta_score=(meta_scores or {}).get(j),
         )
         rel.weight = weight(rel)
@@ -111,7 +145,7 @@ def weight(rel: JudgeReliability) -> float:
 
 
 async def meta_judge_scores(
-    meta: LLMJudge, set_id: str, question: str, rankings: list[Ranking]
+    meta: Ranker, set_id: str, question: str, rankings: list[Ranking]
 ) -> dict[str, float]:
     """An LLM meta-judge scores each judge's ranking (order and rationales) of one set."""
     cands = []

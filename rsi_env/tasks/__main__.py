@@ -27,20 +27,14 @@ from rich.table import Table
 from ..agents.profiles import AgentProfile, ClientPool, ProfileError, resolve_profile
 from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run, seconds
 from ..local_model import LocalModelError
+from ..prefs.candidates import CandidateSet
+from ..prefs.ranking import BuildResult, build
 from ..referees.meta import reliability_table
 from ..referees.panel import parse_judges
+from ..referees.rubric import Rubric, RubricError, load_rubric
 from ..sandbox import SandboxError, SandboxLimits, isolation_level
 from . import FAMILIES, predict, programming, trivia
-from .common import (
-    RUN_LOG,
-    BuildResult,
-    CandidateSet,
-    RunLog,
-    TaskContext,
-    build_rows,
-    meta_scores,
-    write_outputs,
-)
+from .common import RUN_LOG, RunLog, TaskContext, all_rows, check_rubric, meta_scores, write_outputs
 from .corpus import CorpusMissing, corpus_path
 
 
@@ -55,7 +49,7 @@ def _family_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _generate(
-    args: argparse.Namespace, log: RunLog, profile: AgentProfile
+    args: argparse.Namespace, log: RunLog, profile: AgentProfile, rubric: Rubric
 ) -> tuple[list[CandidateSet], list[Any], dict | None]:
     pool = ClientPool()
     override = endpoint_override(args)
@@ -71,6 +65,7 @@ async def _generate(
         seed=args.seed,
         max_tokens=args.max_tokens,
         concurrency=args.concurrency,
+        rubric=rubric,
     )
     module = {"programming": programming, "predict": predict, "trivia": trivia}[args.family]
     try:
@@ -87,7 +82,7 @@ def summary_table(family: str, log: RunLog, result: BuildResult) -> Table:
     for col in ("level", "kept", "dropped (why)", "rows"):
         t.add_column(col)
     rows_by_level: dict[str, int] = {}
-    for r in result.rows:
+    for r in all_rows(result):
         rows_by_level[r.level] = rows_by_level.get(r.level, 0) + 1
     outcomes = log.outcomes()
     for level in [*outcomes, *(lv for lv in rows_by_level if lv not in outcomes)]:
@@ -106,6 +101,12 @@ def cmd_run(args: argparse.Namespace, console: Console | None = None) -> int:
         )
     except ProfileError as exc:
         fail(str(exc))
+    module = {"programming": programming, "predict": predict, "trivia": trivia}[args.family]
+    try:  # the questions judges are asked, per level: from the rubric the run names
+        rubric = load_rubric(args.rubric or args.family)
+        check_rubric(rubric, args.family, module.LEVELS)
+    except RubricError as exc:
+        fail(str(exc))
     if args.family == "trivia":
         try:
             corpus_path()
@@ -122,16 +123,13 @@ def cmd_run(args: argparse.Namespace, console: Console | None = None) -> int:
     log.write("start", family=args.family, options=options, isolation=isolation)
     t0 = time.monotonic()
     try:
-        sets, bank, scores = asyncio.run(_generate(args, log, profile))
+        sets, bank, scores = asyncio.run(_generate(args, log, profile, rubric))
     except (ProfileError, LocalModelError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted; the run log so far is in[/] " + str(out / RUN_LOG))
         return 130
-    result = build_rows(
-        sets, source=args.family, seed=args.seed, unleashed=args.unleashed, all_pairs=args.all_pairs,
-        meta_scores=scores,
-    )  # fmt: skip
+    result = build(sets, unleashed=args.unleashed, all_pairs=args.all_pairs, meta_scores=scores)
     written = write_outputs(out, sets, result, prefs_path=args.output, bank=bank)
     log.write("meta", report=result.meta, meta_scores=scores)
     log.write("summary", outcomes=log.outcomes(), duration_s=round(time.monotonic() - t0, 1), **written)
@@ -176,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--meta-judge", default="local@0.2#99", help="LLM that ranks the judges' rankings ('' for none)"
         )
         p.add_argument("--meta-sets", type=positive_int, default=3, help="sets the meta-judge reviews")
+        p.add_argument(
+            "--rubric",
+            default=family,
+            help=f"rubric whose `ranking` block says what judges are asked per level (default {family})",
+        )
         p.add_argument("--out", type=Path, help=f"run directory (default runs/tasks/{family})")
         p.add_argument(
             "-o", "--output", type=Path, help="DPO rows (default OUT/prefs.jsonl; KTO rows beside)"

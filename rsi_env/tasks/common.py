@@ -1,9 +1,10 @@
-"""What every task family shares: K samples of one prompt, the run log, judging a candidate set with the
-panel, the meta-referee's weights, and preference rows in the games' format.
+"""What every task family shares: K samples of one prompt, the run log, and the family's side of the one
+preference path (`prefs.ranking`: judge a set, the meta-judge's review, build rows).
 
-A family (programming, predict, trivia) produces `CandidateSet`s: replies of the model to one exact prompt
-(so that any two of them can form a DPO pair), optionally a procedural truth per reply (validator pass
-rate, exact match, ...) and the panel's rankings. `build_rows` turns the sets into rows with no model call.
+A family (programming, predict, trivia) produces `CandidateSet`s (`prefs.candidates`): replies of the model
+to one exact prompt (so that any two of them can form a DPO pair), optionally a procedural truth per reply
+(validator pass rate, exact match, ...) and the panel's rankings, asked with the questions of the run's
+rubric (by default the family's own, `referees/<family>.yaml`).
 """
 
 from __future__ import annotations
@@ -11,22 +12,22 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from ..llm import Chat, Sampling
-from ..prefs.branching import JudgeRecord
-from ..prefs.rows import DPORow, Message, RowMeta, kto_rows, ranked_pairs, unleash, write_rows
-from ..referees.aggregate import consensus, mean_agreement
-from ..referees.judge import Candidate, Ranking
-from ..referees.meta import MetaReport, assess, judge_pairs, meta_judge_scores
+from ..prefs import ranking
+from ..prefs.candidates import CandidateSet
+from ..prefs.ranking import BuildResult
+from ..prefs.rows import DPORow, Message, kto_rows, write_rows
+from ..referees.meta import Ranker
+from ..referees.rubric import Rubric, RubricError, load_rubric
 from ..sandbox import SandboxResult
 
 _T = TypeVar("_T")
@@ -40,14 +41,7 @@ KTO = "kto.jsonl"
 SEED_STRIDE = 104_729  # a prime: sample i of a stage gets seed + i * stride, distinct across stages
 
 
-class Judge(Protocol):
-    """The part of `LLMJudge` the tasks use."""
-
-    id: str
-
-    async def rank(
-        self, set_id: str, question: str, candidates: list[Candidate], context: str = ""
-    ) -> Ranking: ...
+Judge = Ranker  # the part of `LLMJudge` the tasks use (the name `tasks.envs` imports)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,6 +134,7 @@ class TaskContext:
     judges: list[Judge] = field(default_factory=list)
     meta_judge: Judge | None = None
     meta_sets: int = 3
+    rubric: Rubric | None = None  # what judges are asked per level; None: the family's own rubric
     log: RunLog = field(default_factory=lambda: RunLog(None))
     seed: int = 0
     max_tokens: int | None = None  # cap on every generation call (small for the embedded model)
@@ -221,154 +216,54 @@ def extract_code(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Candidate sets, judging, rows
+# The family's side of the preference path
 # ---------------------------------------------------------------------------------------------------
-class SetCandidate(BaseModel):
-    id: str
-    raw: str  # the model's completion: what a preference row pairs
-    shown: str  # what judges see (e.g. the code plus its validator results)
+def rubric_for(ctx: TaskContext, family: str) -> Rubric:
+    return ctx.rubric or load_rubric(family)
 
 
-class CandidateSet(BaseModel):
-    """Replies to one exact prompt, their procedural truth (where one exists) and the panel's rankings."""
-
-    set_id: str
-    level: str  # challenge | validator | solution | program | prediction | question | answer
-    item_id: str
-    prompt: list[Message]
-    question: str = ""  # what the judges were asked
-    context: str = ""  # what the judges were shown before the candidates
-    candidates: list[SetCandidate]
-    truth: dict[str, float | None] = Field(default_factory=dict)
-    # Candidates that failed a hard procedural check (a program the filter rejected, a validator that never
-    # ran...): they can be the rejected side of a pair, never the chosen one, whatever the judges think.
-    invalid: list[str] = Field(default_factory=list)
-    judges: list[JudgeRecord] = Field(default_factory=list)
-
-    def rankings(self) -> list[Ranking]:
-        return [j.ranking(self.set_id) for j in self.judges]
-
-    def has_truth(self) -> bool:
-        return sum(v is not None for v in self.truth.values()) >= 2
+def check_rubric(rubric: Rubric, family: str, levels: Iterable[str]) -> None:
+    """A RubricError unless the rubric ranks at least one of the family's levels (with questions that
+    use only the names a set has); levels it does not rank keep their procedural truth alone."""
+    ranked = [lv for lv in levels if lv in rubric.ranking]
+    if not ranked:
+        raise RubricError(
+            f"rubric {rubric.id!r} ranks none of {family}'s levels ({', '.join(levels)}); "
+            f"it ranks: {', '.join(rubric.ranking) or 'nothing'}"
+        )
+    for lv in ranked:
+        rubric.criteria(lv).check(CandidateSet.FIELDS)
 
 
 async def judge_set(ctx: TaskContext, cs: CandidateSet) -> None:
-    """Every judge ranks the set in one listwise call; each ranking (and its status) goes to the log."""
-    if len(cs.candidates) < 2 or not ctx.judges or not cs.question:
+    """The panel ranks the set, if the run's rubric ranks its level; each ranking goes to the log."""
+    rubric = rubric_for(ctx, cs.task)
+    if cs.level not in rubric.ranking:
         return
-    cands = [Candidate(id=c.id, text=c.shown) for c in cs.candidates]
-    rankings = await asyncio.gather(
-        *(ctx.limited(j.rank(cs.set_id, cs.question, cands, cs.context)) for j in ctx.judges)
-    )
-    for r in rankings:
-        cs.judges.append(JudgeRecord.of(r))
+    await ranking.judge_set(cs, ctx.judges, rubric.criteria(cs.level), limit=ctx.limited)
+    for j in cs.judges:
+        r = j.ranking(cs.set_id)
         ctx.log.write(
-            "ranking",
-            set_id=cs.set_id,
-            level=cs.level,
-            judge=r.judge,
-            status=r.status,
-            ok=r.ok,
-            scores=r.scores,
-            reasoning=r.reasoning,
-            response=r.response,
-        )
+            "ranking", set_id=cs.set_id, level=cs.level, judge=r.judge, status=r.status, ok=r.ok,
+            scores=r.scores, reasoning=r.reasoning, response=r.response,
+        )  # fmt: skip
 
 
 async def meta_scores(ctx: TaskContext, sets: list[CandidateSet]) -> dict[str, float] | None:
-    """The LLM meta-judge scores the judges' rankings of a few sets (mean per judge)."""
-    if ctx.meta_judge is None or len(ctx.judges) < 2:
+    """The LLM meta-judge scores the judges' rankings of a few sets (mean per judge), each review logged."""
+    if ctx.meta_judge is None:
         return None
-    scores: dict[str, list[float]] = {}
-    reviewed = 0
-    for cs in sets:
-        if reviewed >= ctx.meta_sets:
-            break
-        ok = [r for r in cs.rankings() if r.ok]
-        if len(ok) < 2:
-            continue
-        reviewed += 1
-        got = await ctx.limited(meta_judge_scores(ctx.meta_judge, cs.set_id, cs.question, ok))  # type: ignore[arg-type]
-        ctx.log.write("meta_judge", set_id=cs.set_id, scores=got)
-        for judge, s in got.items():
-            scores.setdefault(judge, []).append(s)
-    return {j: statistics.fmean(v) for j, v in scores.items()} or None
+    reviews = await ranking.review_judges(ctx.meta_judge, sets, ctx.meta_sets, limit=ctx.limited)
+    for set_id, scores in reviews.items():
+        ctx.log.write("meta_judge", set_id=set_id, scores=scores)
+    return ranking.mean_scores(reviews) or None
 
 
-class BuildResult(BaseModel):
-    rows: list[DPORow]
-    meta: MetaReport
-    sets: int
-    sets_with_pairs: int
-
-
-def build_rows(
-    sets: list[CandidateSet],
-    *,
-    source: str,
-    seed: int = -1,
-    unleashed: bool = False,
-    all_pairs: bool = False,
-    meta_scores: dict[str, float] | None = None,
-) -> BuildResult:
-    """Rank each set by a weighted Bradley–Terry consensus of its truth (weight 1) and the judges (weights
-    from the meta-referee over the whole run); pair best vs worst (or every ordered pair). The judges' own
-    better-vs-worse rankings of the same set become `ranking` rows."""
-    rankings = {cs.set_id: cs.rankings() for cs in sets if cs.judges}
-    truth = {cs.set_id: dict(cs.truth) for cs in sets if cs.has_truth()}
-    meta = assess(rankings, truth, meta_scores)
-    weights = {r.judge: r.weight for r in meta.judges}
-    rows: list[DPORow] = []
-    with_pairs = 0
-    for cs in sets:
-        new = _set_pairs(cs, truth.get(cs.set_id), weights, source, seed, unleashed, all_pairs)
-        with_pairs += bool(new)
-        rows += new
-    for r in judge_pairs(rankings, truth, task=source):
-        rows.append(r.model_copy(update={"source": source, "level": "ranking", "seed": seed}))
-    return BuildResult(rows=rows, meta=meta, sets=len(sets), sets_with_pairs=with_pairs)
-
-
-def _set_pairs(
-    cs: CandidateSet,
-    truth: dict[str, float | None] | None,
-    weights: dict[str, float],
-    source: str,
-    seed: int,
-    unleashed: bool,
-    all_pairs: bool,
-) -> list[DPORow]:
-    ids = [c.id for c in cs.candidates]
-    if len(ids) < 2:
-        return []
-    score_maps: list[dict[str, float | None]] = []
-    w: list[float] = []
-    if truth is not None:
-        score_maps.append({c: truth.get(c) for c in ids})
-        w.append(1.0)
-    for r in cs.rankings():
-        if r.ok:
-            score_maps.append({c: r.scores.get(c) for c in ids})
-            w.append(weights.get(r.judge, 0.5))
-    if not score_maps:
-        return []
-    strength = consensus(score_maps, w)
-    meta = RowMeta(
-        source=source,
-        task=source,
-        level=cs.level,
-        episode_id=cs.item_id,
-        seed=seed,
-        judge_agreement=mean_agreement(score_maps),
-    )
-    return ranked_pairs(
-        unleash(cs.prompt) if unleashed else list(cs.prompt),
-        {c.id: c.raw for c in cs.candidates},
-        strength,
-        meta,
-        all_pairs=all_pairs,
-        unchoosable=set(cs.invalid),
-    )
+def all_rows(result: BuildResult) -> list[DPORow]:
+    """A task run's rows: the candidates' pairs, then the judges' own pairs as `ranking` rows of the family
+    (a games run writes those to a file of their own)."""
+    judged = [r.model_copy(update={"source": r.task, "level": "ranking"}) for r in result.judge_rows]
+    return [*result.rows, *judged]
 
 
 def write_outputs(
@@ -383,12 +278,13 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_rows(out_dir / SETS, sets)
     prefs = prefs_path or out_dir / PREFS
-    n = write_rows(prefs, result.rows)
+    rows = all_rows(result)
+    n = write_rows(prefs, rows)
     kto_path = prefs.with_name(KTO)  # beside the DPO rows, as `prefs build` does
-    nk = write_rows(kto_path, kto_rows(result.rows))
+    nk = write_rows(kto_path, kto_rows(rows))
     nb = write_rows(out_dir / BANK, bank)
     (out_dir / JUDGES).write_text(result.meta.model_dump_json(indent=2), encoding="utf-8")
-    levels = Counter(r.level for r in result.rows)
+    levels = Counter(r.level for r in rows)
     return {
         "prefs": str(prefs),
         "rows": n,

@@ -217,8 +217,9 @@ class TriviaEnv(TaskEnv[trivia.TriviaTask]):
                 f"{trivia.page_context(task.title, task.extract)}\n\n"
                 f"QUESTION: {task.question}\nREFERENCE ANSWER: {task.answer}"
             )
+            question = trivia.answers_question()
             ranking = run_blocking(
-                self.judge.rank(f"env:{task.id}", trivia.Q_ANSWERS, [Candidate(id="A", text=answer)], context)
+                self.judge.rank(f"env:{task.id}", question, [Candidate(id="A", text=answer)], context)
             )
             score = ranking.scores.get("A")
             info["judge_status"] = ranking.status

@@ -17,15 +17,18 @@ non-trivial, unambiguous; a program the filter rejected ranks below the ones it 
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..prefs.candidates import CandidateRecord, CandidateSet, set_id
 from ..sandbox import SandboxError, SandboxLimits, SandboxResult, arun_python
-from .common import CandidateSet, SetCandidate, TaskContext, as_messages, judge_set, sample_k, sandbox_summary
+from .common import TaskContext, as_messages, judge_set, sample_k, sandbox_summary
 
 SOURCE = "predict"
+LEVELS = ("program", "prediction")  # the kinds of candidate set it makes
 PROGRAM_TOKENS = 400
 PREDICTION_TOKENS = 200
 MAX_LINES = 40
@@ -101,11 +104,6 @@ PREDICT_SYSTEM = "You predict exactly what Python programs print, without runnin
 PREDICT_USER = (
     "```python\n{program}\n```\n{question}\n"
     "Answer with JSON: output = exactly what the program prints (every line, nothing else)."
-)
-Q_PROGRAMS = (
-    "Each candidate is a short Python program with a question about what it prints. Which make better "
-    "output-prediction exercises: interesting, non-trivial to trace by hand, and unambiguous (the output "
-    "follows from the code alone)?"
 )
 
 
@@ -346,12 +344,13 @@ async def run(
     if programs:
         sets.append(
             CandidateSet(
-                set_id="programs",
+                set_id=set_id("", "programs"),
+                task=SOURCE,
                 level="program",
                 item_id="programs",
+                seed=ctx.seed,
                 prompt=as_messages(prompt),
-                question=Q_PROGRAMS,
-                candidates=[SetCandidate(id=p.id, raw=p.raw, shown=_shown(p)) for p in programs],
+                candidates=[CandidateRecord(id=p.id, raw=p.raw, shown=_shown(p)) for p in programs],
                 # the filter is procedural truth: kept programs rank above rejected ones
                 truth={p.id: 1.0 if p.verdict and p.verdict.kept else 0.0 for p in programs},
                 invalid=[p.id for p in programs if not (p.verdict and p.verdict.kept)],
@@ -359,8 +358,9 @@ async def run(
         )
     for i, p in enumerate(kept):
         sets.append(await _predictions(ctx, p, k, stage_seed=100 * (i + 1)))
-    if sets:
-        await judge_set(ctx, sets[0])  # predictions have an exact truth: no judges needed there
+    # The rubric decides which sets the judges rank (the built-in one: the programs; predictions have
+    # an exact truth).
+    await asyncio.gather(*(judge_set(ctx, cs) for cs in sets))
     bank = [
         PredictTask(id=p.id, source=p.source, question=p.question, expected=p.verdict.stdout)
         for p in kept
@@ -394,11 +394,13 @@ async def _predictions(ctx: TaskContext, p: Program, k: int, stage_seed: int) ->
         ctx.log.item("prediction", qid, True, "", program_id=p.id, output=out, correct=pred.correct)
         preds.append(pred)
     return CandidateSet(
-        set_id=f"{p.id}/predictions",
+        set_id=set_id(p.id, "predictions"),
+        task=SOURCE,
         level="prediction",
         item_id=p.id,
+        seed=ctx.seed,
         prompt=as_messages(prompt),
-        candidates=[SetCandidate(id=q.id, raw=q.raw, shown=q.output) for q in preds],
+        candidates=[CandidateRecord(id=q.id, raw=q.raw, shown=q.output) for q in preds],
         truth={q.id: 1.0 if q.correct else 0.0 for q in preds},
     )
 

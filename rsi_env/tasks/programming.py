@@ -21,17 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..prefs.candidates import CandidateRecord, CandidateSet, set_id
 from ..sandbox import SandboxLimits
-from .common import (
-    CandidateSet,
-    Sample,
-    SetCandidate,
-    TaskContext,
-    as_messages,
-    extract_code,
-    judge_set,
-    sample_k,
-)
+from .common import Sample, TaskContext, as_messages, extract_code, judge_set, sample_k
 from .validators import (
     UNUSABLE,
     CheckRun,
@@ -43,6 +35,7 @@ from .validators import (
 )
 
 SOURCE = "programming"
+LEVELS = ("challenge", "validator", "solution")  # the kinds of candidate set it makes
 CHALLENGE_TOKENS = 400
 VALIDATOR_TOKENS = 700
 SOLUTION_TOKENS = 700
@@ -95,20 +88,6 @@ SOLUTION_SYSTEM = "You are a careful Python engineer."
 SOLUTION_USER = (
     "{challenge}\n\nWrite the function `{signature}` in Python, standard library only. "
     "Reply with the code in one ```python block."
-)
-Q_CHALLENGES = (
-    "Each candidate is a programming challenge. Which are better challenges: open-ended and realistic "
-    "(not an interview puzzle), novel, needing real engineering skills, clearly specified and solvable "
-    "by a single function?"
-)
-Q_VALIDATORS = (
-    "Each candidate is a validator for the challenge above: validate(fn) receives a solution's function and "
-    "returns check results. Which validators best separate correct solutions from wrong ones (for example "
-    "one that returns None or a constant): right expected values, meaningful edge cases, no crashes?"
-)
-Q_SOLUTIONS = (
-    "Each candidate is a solution to the challenge above, followed by what each validator reported when "
-    "it ran on the solution in a sandbox. Which solutions are better: correct, robust and clear?"
 )
 
 
@@ -219,27 +198,28 @@ async def run(
     challenges: list[Challenge] = []
     # Replies that came back but are no challenge (a copy of the example, no usable entry point): they
     # answer the same prompt, so they stay in the set as the rejected side, never the chosen one.
-    unusable: list[SetCandidate] = []
+    unusable: list[CandidateRecord] = []
     for s in samples:
         cid = f"ch{s.index}"
         got = parse_challenge(cid, s)
         if isinstance(got, str):
             log.item("challenge", cid, False, got, raw=s.text)
             if s.ok and (s.text or "").strip():
-                unusable.append(SetCandidate(id=cid, raw=s.text or "", shown=(s.text or "")[:2000]))
+                unusable.append(CandidateRecord(id=cid, raw=s.text or "", shown=(s.text or "")[:2000]))
             continue
         log.item("challenge", cid, True, challenge=got)
         challenges.append(got)
     sets: list[CandidateSet] = []
-    candidates = [SetCandidate(id=c.id, raw=c.raw, shown=c.text()) for c in challenges] + unusable
+    candidates = [CandidateRecord(id=c.id, raw=c.raw, shown=c.text()) for c in challenges] + unusable
     if challenges and len(candidates) >= 2:
         sets.append(
             CandidateSet(
-                set_id="challenges",
+                set_id=set_id("", "challenges"),
+                task=SOURCE,
                 level="challenge",
                 item_id="challenges",
+                seed=ctx.seed,
                 prompt=as_messages(prompt),
-                question=Q_CHALLENGES,
                 candidates=candidates,
                 truth={c.id: 1.0 for c in challenges} | {c.id: 0.0 for c in unusable},
                 invalid=[c.id for c in unusable],
@@ -325,24 +305,28 @@ async def _challenge(
         )
     sets = [
         CandidateSet(
-            set_id=f"{c.id}/validators",
+            set_id=set_id(c.id, "validators"),
+            task=SOURCE,
             level="validator",
             item_id=c.id,
+            seed=ctx.seed,
             prompt=as_messages(v_prompt),
-            question=Q_VALIDATORS,
             context=c.text(),
-            candidates=[SetCandidate(id=v.id, raw=v.raw, shown=v.code) for v in vals],
+            candidates=[CandidateRecord(id=v.id, raw=v.raw, shown=v.code) for v in vals],
             truth={v.id: v.separation for v in vals},
             invalid=[v.id for v in vals if v.separation == UNUSABLE],
         ),
         CandidateSet(
-            set_id=f"{c.id}/solutions",
+            set_id=set_id(c.id, "solutions"),
+            task=SOURCE,
             level="solution",
             item_id=c.id,
+            seed=ctx.seed,
             prompt=as_messages(s_prompt),
-            question=Q_SOLUTIONS,
             context=c.text(),
-            candidates=[SetCandidate(id=s.id, raw=s.raw, shown=_solution_shown(s, vals, runs)) for s in sols],
+            candidates=[
+                CandidateRecord(id=s.id, raw=s.raw, shown=_solution_shown(s, vals, runs)) for s in sols
+            ],
             truth=dict(scores),
             invalid=unusable,
         ),

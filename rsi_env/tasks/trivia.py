@@ -22,10 +22,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .common import CandidateSet, SetCandidate, TaskContext, as_messages, judge_set, sample_k
+from ..prefs.candidates import CandidateRecord, CandidateSet, set_id
+from ..referees.rubric import load_rubric
+from .common import TaskContext, as_messages, judge_set, sample_k
 from .corpus import Page, sample_pages
 
 SOURCE = "trivia"
+LEVELS = ("question", "answer")  # the kinds of candidate set it makes
 QUESTION_TOKENS = 200
 ANSWER_TOKENS = 60
 MIN_GROUNDING = 0.5
@@ -54,16 +57,6 @@ QUESTION_USER = (
 )
 ANSWER_SYSTEM = "You answer quiz questions with a few words."
 ANSWER_USER = "{question}\nAnswer with JSON: answer (a few words)."
-Q_QUESTIONS = (
-    "Each candidate is a quiz question with its answer, written from the article above. Which are better "
-    "questions: grounded (the article states the answer), unambiguous (exactly one correct answer), not "
-    "giving the answer away, and interesting?"
-)
-Q_ANSWERS = (
-    "The question above was answered by someone who did not see the article. Each candidate is one "
-    "answer. Score how correct each is according to the article and the reference answer: 10 = fully "
-    "correct, 0 = wrong or no answer."
-)
 
 
 class TriviaQuestion(BaseModel):
@@ -155,6 +148,11 @@ def answer_text(raw: str, parsed: Any) -> str:
     return raw
 
 
+def answers_question() -> str:
+    """What a judge is asked about answers (the built-in trivia rubric's), e.g. by `TriviaEnv`."""
+    return load_rubric(SOURCE).criteria("answer").question()
+
+
 def page_context(title: str, extract: str) -> str:
     return f"ARTICLE: {title}\n{extract}"
 
@@ -203,14 +201,15 @@ async def _page(
     context = page_context(page.title, page.extract)
     sets = [
         CandidateSet(
-            set_id=f"{pid}/questions",
+            set_id=set_id(pid, "questions"),
+            task=SOURCE,
             level="question",
             item_id=pid,
+            seed=ctx.seed,
             prompt=as_messages(prompt),
-            question=Q_QUESTIONS,
             context=context,
             candidates=[
-                SetCandidate(id=q.id, raw=q.raw, shown=f"Q: {q.question}\nA: {q.answer}") for q in qs
+                CandidateRecord(id=q.id, raw=q.raw, shown=f"Q: {q.question}\nA: {q.answer}") for q in qs
             ],
             truth={q.id: q.grounding for q in qs},
             invalid=[q.id for q in qs if _question_problem(q)],
@@ -265,12 +264,13 @@ async def _answers(
         answers.append(a)
     judged = f"{context}\n\nQUESTION: {q.question}\nREFERENCE ANSWER: {q.answer}"
     return CandidateSet(
-        set_id=f"{q.id}/answers",
+        set_id=set_id(q.id, "answers"),
+        task=SOURCE,
         level="answer",
         item_id=q.id,
+        seed=ctx.seed,
         prompt=as_messages(prompt),
-        question=Q_ANSWERS,
         context=judged,
-        candidates=[SetCandidate(id=a.id, raw=a.raw, shown=a.answer) for a in answers],
+        candidates=[CandidateRecord(id=a.id, raw=a.raw, shown=a.answer) for a in answers],
         truth={a.id: a.f1 for a in answers},
     )
