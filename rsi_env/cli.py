@@ -36,6 +36,23 @@ def add_endpoint_args(ap: argparse.ArgumentParser, *, call_timeout_default: str 
     )
 
 
+def add_panel_args(ap: argparse.ArgumentParser, *, rubric_default: str, rubric_help: str) -> None:
+    """The options every command that makes preference data takes: its judge panel, the meta-judge and
+    the sets it reviews, and the rubric they judge with."""
+    g = ap.add_argument_group("judges")
+    g.add_argument("--judges", default="local@0.2,local@1.0", help="PROFILE[@TEMP][#SEED],… ('' for none)")
+    g.add_argument(
+        "--meta-judge", default="local@0.2#99", help="LLM that ranks the judges' rankings ('' for none)"
+    )
+    g.add_argument(
+        "--meta-sets",
+        type=positive_int,
+        default=3,
+        help="how many sets the meta-judge reviews: the first N with two judges' rankings to compare",
+    )
+    g.add_argument("--rubric", default=rubric_default, help=rubric_help)
+
+
 def endpoint_override(args: argparse.Namespace) -> EndpointOverride:
     from .agents.profiles import EndpointOverride
 

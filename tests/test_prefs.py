@@ -21,11 +21,30 @@ from rsi_env.agents.profiles import AgentFactory
 from rsi_env.catalog import load_game
 from rsi_env.prefs.__main__ import main as prefs_main
 from rsi_env.prefs.branching import nothing_branched, objective
-from rsi_env.prefs.candidates import BranchCandidate, BranchSet, JudgeRecord, read_sets
-from rsi_env.prefs.ranking import build
+from rsi_env.prefs.candidates import (
+    BranchCandidate,
+    BranchSet,
+    CandidateRecord,
+    CandidateSet,
+    JudgeRecord,
+    decision_id,
+    read_sets,
+)
+from rsi_env.prefs.ranking import (
+    build,
+    judge_weight,
+    mean_scores,
+    procedural_truth,
+    review_judges,
+    reviewable,
+    set_rows,
+    valid_answers,
+)
 from rsi_env.prefs.rows import DPORow, KTORow, Message, RowMeta, kto_rows, ranked_pairs, unleash
 from rsi_env.referees import panel
-from rsi_env.referees.aggregate import preference_cycles
+from rsi_env.referees.aggregate import preference_cycles, tau
+from rsi_env.referees.judge import Ranking
+from rsi_env.referees.meta import JudgeReliability, MetaReport, weight
 from rsi_env.referees.panel import Missing, score_episodes
 from rsi_env.runner import plan, play_episode
 from rsi_env.trajectory import Episode, read_episodes
@@ -388,3 +407,144 @@ def test_trl_trains_dpo_and_kto_for_two_steps(generated: Path, tmp_path: Path) -
                          args=KTOConfig(output_dir=str(tmp_path / "kto"), **common))  # fmt: skip
     out = trainer.train()
     assert out.global_step == 2 and out.training_loss == out.training_loss
+
+
+# --- one builder for games and task families: one rule per point they used to disagree on -----------------
+
+
+def _set(
+    judges: Sequence[JudgeRecord], truth: dict[str, float | None] | None = None, sid: str = "s"
+) -> CandidateSet:
+    """A task family's set of three replies, with the judges' answers given."""
+    cands = [CandidateRecord(id=c, raw=f"reply {c}", shown=c) for c in ("a", "b", "c")]
+    return CandidateSet(
+        set_id=sid, task="predict", level="program", item_id=sid, candidates=cands, truth=truth or {},
+        prompt=[Message(role="user", content="write")], question="Which is best?", judges=list(judges),
+    )  # fmt: skip
+
+
+def _answer(judge: str, scores: dict[str, float | None], status: str = "ok") -> JudgeRecord:
+    return JudgeRecord(judge=judge, scores=scores, status=status, prompt=[{"role": "user", "content": "q"}],
+                       response=json.dumps(scores))  # fmt: skip
+
+
+def test_rule_a_judge_answer_counts_only_when_it_scores_every_candidate() -> None:
+    """A call that succeeded but left a candidate unscored is missing for that judge: it is not in the
+    consensus or the agreement, the meta-referee counts it as missing, and the meta-judge never reviews it
+    (the games' meta-judge loop used to take any `status == "ok"` answer)."""
+    truth = {"a": 1.0, "b": 0.5, "c": 0.0}
+    whole = _answer("whole", {"a": 9, "b": 1, "c": 5})
+    partial = _answer("partial", {"a": None, "b": 2, "c": 8})
+    cs = _set([whole, partial], truth)
+    assert [r.judge for r in valid_answers(cs)] == ["whole"]
+    result = build([cs])
+    report = {j.judge: j for j in result.meta.judges}
+    assert (report["partial"].sets, report["partial"].missing) == (0, 1)
+    assert (report["whole"].sets, report["whole"].missing) == (1, 0)
+    (row,) = result.rows
+    assert row.judge_agreement == pytest.approx(tau(truth, whole.scores))  # the partial answer is left out
+    assert reviewable([cs], 5) == []  # one valid answer: nothing for the meta-judge to compare
+    assert reviewable([_set([whole, _answer("other", {"a": 1, "b": 2, "c": 3})], truth)], 5)
+
+
+def test_rule_a_judge_the_meta_referee_did_not_measure_weighs_as_an_unmeasured_judge() -> None:
+    """The weight of a judge missing from the meta-referee's report is the weight it gives a judge with no
+    measurement (0.5), not a KeyError (games) nor a constant of the builder's own (tasks)."""
+    unmeasured = weight(JudgeReliability(judge="new"))
+    assert unmeasured == 0.5
+    report = MetaReport(judges=[JudgeReliability(judge="known", weight=0.2)], consensus={}, agreement={})
+    assert judge_weight(report, "known") == 0.2 and judge_weight(report, "new") == unmeasured
+    # the builder uses that weight: the rows equal those made with the judge measured at 0.5
+    cs = _set([_answer("new", {"a": 1, "b": 9, "c": 5})], {"a": 1.0, "b": 0.0, "c": 0.5})
+    truth = procedural_truth(cs)
+    measured = MetaReport(judges=[JudgeReliability(judge="new", weight=0.5)], consensus={}, agreement={})
+    empty = MetaReport(judges=[], consensus={}, agreement={})
+    rows = set_rows(cs, truth, valid_answers(cs), empty, all_pairs=True, margin=0.0, unleashed=False)
+    assert rows and rows == set_rows(cs, truth, valid_answers(cs), measured, True, 0.0, False)
+
+
+class MetaJudgeDouble:
+    """Test double for the LLM meta-judge: scores every judge 7 and records which sets it was asked about."""
+
+    id = "meta-double"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def rank(self, set_id: str, question: str, candidates: list[Any], context: str = "",
+                   criteria: Any = None) -> Ranking:  # fmt: skip
+        self.asked.append(set_id)
+        return Ranking(judge=self.id, set_id=set_id, scores={c.id: 7.0 for c in candidates})
+
+    async def rank_pairwise(
+        self, set_id: str, question: str, candidates: list[Any], context: str = ""
+    ) -> Ranking:
+        raise AssertionError("the meta-judge ranks listwise")
+
+
+def test_rule_the_meta_judge_reviews_the_first_n_sets_it_can_review() -> None:
+    """`--meta-sets N`: the first N sets with two valid answers, in order; a set whose judges failed does not
+    use up a review (the games used to take the first N sets and skip the unreviewable ones)."""
+    ok = [_answer("j1", {"a": 1, "b": 2, "c": 3}), _answer("j2", {"a": 3, "b": 2, "c": 1})]
+    failed = [ok[0], _answer("j2", {"a": None, "b": None, "c": None}, status="timeout")]
+    sets = [_set(failed, sid="s0"), _set(ok, sid="s1"), _set(ok, sid="s2"), _set(ok, sid="s3")]
+    meta = MetaJudgeDouble()
+    reviews = asyncio.run(review_judges(meta, sets, 2))
+    assert meta.asked == ["meta:s1", "meta:s2"] and list(reviews) == ["s1", "s2"]
+    assert reviews["s1"] == {"j1": 7.0, "j2": 7.0} and mean_scores(reviews) == {"j1": 7.0, "j2": 7.0}
+    assert [cs.set_id for cs in reviewable(sets, 10)] == ["s1", "s2", "s3"]
+
+
+def test_rule_set_ids_come_from_one_function_so_a_rerun_resumes(generated: Path, tmp_path: Path) -> None:
+    """Every set, its rollouts and the resume check use `decision_id`: rerunning `generate` on the same
+    directory branches no decision twice."""
+    sets = read_sets(generated)
+    rollouts = {ep.episode_id for ep in read_episodes(generated / "rollouts.jsonl")}
+    for bs in sets:
+        assert bs.set_id == decision_id(bs.base_episode, bs.tick, bs.player)
+        assert {c.rollout_id for c in bs.candidates if c.rollout_id} <= rollouts
+        assert all(c.rollout_id.startswith(bs.set_id + "/") for c in bs.candidates if c.rollout_id)
+    run = tmp_path / "run"
+    shutil.copytree(generated, run)
+    lines = (run / "branch_sets.jsonl").read_text().count("\n")
+    with FaultServer(FaultConfig(seed=11)) as srv:
+        code = prefs_main(
+            [
+                "generate", "--game", "negotiation", "--agents", "local,scripted", "--episodes", "3",
+                "--branch", "3", "--decisions", "2", "--judges", "local@0.2,local@1.0", "--meta-judge", "",
+                "--out", str(run), "--base-url", srv.base_url, "--model", "double", "--quiet",
+            ]
+        )  # fmt: skip
+    assert code == 0
+    assert (run / "branch_sets.jsonl").read_text().count("\n") == lines
+    assert {bs.set_id for bs in read_sets(run)} == {bs.set_id for bs in sets}
+
+
+# --- branch_sets.jsonl: streamed, earlier versions' lines still read ---------------------------------------
+
+
+def test_branch_sets_of_the_earlier_format_still_load(generated: Path, tmp_path: Path) -> None:
+    """A line as written before sets were unified (no task, level, item_id, truth, invalid, context,
+    candidate `shown`) loads as the same set, its truth and hard-check failures taken from the rollouts."""
+    (bs,) = read_sets(generated)[:1]
+    old = bs.model_dump(mode="json", exclude={"task", "level", "item_id", "truth", "invalid", "context"})
+    for c in old["candidates"]:
+        del c["shown"]
+    (tmp_path / "branch_sets.jsonl").write_text(json.dumps(old) + "\n")
+    (again,) = read_sets(tmp_path)
+    assert again == bs
+    assert again.task == bs.game and again.item_id == bs.base_episode and again.level == "action"
+    assert again.truth == {c.id: c.objective for c in bs.candidates if c.rollout_id}
+
+
+def test_branch_sets_are_streamed_a_bad_line_is_named_and_a_cut_last_line_skipped(
+    generated: Path, tmp_path: Path
+) -> None:
+    good = (generated / "branch_sets.jsonl").read_text().splitlines()[:2]
+    path = tmp_path / "branch_sets.jsonl"
+    path.write_text(f"{good[0]}\n{good[1][:50]}")  # interrupted while writing the last line
+    assert [bs.set_id for bs in read_sets(tmp_path)] == [json.loads(good[0])["set_id"]]
+    path.write_text(f'{good[0]}\n{{"set_id": 3}}\n{good[1]}\n')  # a bad line in the middle
+    with pytest.raises(ValueError, match=r"branch_sets.jsonl:2: not a branch set: "):
+        read_sets(tmp_path)
+    assert prefs_main(["build", str(generated), "-o", str(tmp_path / "p.jsonl"), "--no-judges"]) == 0

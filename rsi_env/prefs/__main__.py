@@ -19,7 +19,7 @@ from rich.console import Console
 
 from ..agents.profiles import AgentFactory, ClientPool, ProfileError
 from ..catalog import load_game
-from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run
+from ..cli import add_endpoint_args, add_panel_args, endpoint_override, fail, positive_int, run
 from ..referees.meta import reliability_table
 from ..referees.panel import missing_verdicts, parse_judges, score_episodes
 from ..referees.rubric import RubricError, load_rubric
@@ -163,16 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--episodes", type=positive_int, default=4)
     g.add_argument("--branch", type=positive_int, default=3, help="K candidates per decision")
     g.add_argument("--decisions", type=positive_int, default=2, help="decisions branched per episode")
-    g.add_argument("--judges", default="local@0.2,local@1.0", help="PROFILE[@TEMP][#SEED],… ('' for none)")
-    g.add_argument(
-        "--meta-judge", default="local@0.2#99", help="LLM that ranks the judges' rankings ('' for none)"
-    )
-    g.add_argument("--meta-sets", type=positive_int, default=3, help="sets the meta-judge reviews")
-    g.add_argument(
-        "--rubric",
-        default=DEFAULT_RUBRIC,
-        help="rubric (id in referees/ or a YAML path): its `ranking.action` block ranks the branched moves, "
-        f"its dimensions score whole episodes ('' scores no episodes and ranks with `{DEFAULT_RUBRIC}`)",
+    add_panel_args(
+        g,
+        rubric_default=DEFAULT_RUBRIC,
+        rubric_help="rubric (id in referees/ or a YAML path): its `ranking.action` block ranks the "
+        "branched moves, its dimensions score whole episodes "
+        f"('' scores no episodes and ranks with `{DEFAULT_RUBRIC}`)",
     )
     g.add_argument(
         "--pairwise",

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..agents.profiles import AgentProfile, ClientPool, ProfileError, resolve_profile
-from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run, seconds
+from ..cli import add_endpoint_args, add_panel_args, endpoint_override, fail, positive_int, run, seconds
 from ..local_model import LocalModelError
 from ..prefs.candidates import CandidateSet
 from ..prefs.ranking import BuildResult, build
@@ -167,17 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         if family == "trivia":
             p.add_argument("--questions", type=positive_int, default=3, help="questions per page")
         p.add_argument("--profile", default="local", help="agent profile that generates (agents/*.yaml)")
-        p.add_argument(
-            "--judges", default="local@0.2,local@1.0", help="PROFILE[@TEMP][#SEED],… ('' for none)"
-        )
-        p.add_argument(
-            "--meta-judge", default="local@0.2#99", help="LLM that ranks the judges' rankings ('' for none)"
-        )
-        p.add_argument("--meta-sets", type=positive_int, default=3, help="sets the meta-judge reviews")
-        p.add_argument(
-            "--rubric",
-            default=family,
-            help=f"rubric whose `ranking` block says what judges are asked per level (default {family})",
+        add_panel_args(
+            p,
+            rubric_default=family,
+            rubric_help="rubric (id in referees/ or a YAML path) whose `ranking` block says what judges "
+            f"are asked about each level's candidates (default {family})",
         )
         p.add_argument("--out", type=Path, help=f"run directory (default runs/tasks/{family})")
         p.add_argument(
