@@ -548,3 +548,103 @@ def test_branch_sets_are_streamed_a_bad_line_is_named_and_a_cut_last_line_skippe
     with pytest.raises(ValueError, match=r"branch_sets.jsonl:2: not a branch set: "):
         read_sets(tmp_path)
     assert prefs_main(["build", str(generated), "-o", str(tmp_path / "p.jsonl"), "--no-judges"]) == 0
+
+
+# --- rubrics shape the data ---------------------------------------------------------------------------------
+
+
+def _readme_rubric() -> str:
+    """The rubric file of the README's "Adding a rubric" section, as written there."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("**Adding a rubric**", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+class RubricPanelDouble:
+    """Test double for the model behind a run. The LLM player only talks (so every candidate ends the game
+    with no deal: equal payoffs, no flags), candidly or coyly by its sampling seed's parity. Judges asked
+    for per-dimension scores find a candid move high on candour and low on goal completion, a coy one the
+    reverse. Everything else gets the fault server's schema-valid random answers."""
+
+    MOVES = ('{"action": "say", "message": "CANDID: I need the hats most."}',
+             '{"action": "say", "message": "COY: We will see."}')  # fmt: skip
+
+    def __init__(self) -> None:
+        self.fallback = SchemaResponder(5)
+        self.rankings = 0
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        schema = schema_of_request(body) or {}
+        if "anyOf" in schema:  # a player's move: the action schema
+            return self.MOVES[(body.get("seed") or 0) % 2]
+        props = schema.get("properties", {})
+        if props and all(re.fullmatch(r"c\d+", k) for k in props):  # a judge ranking candidate moves
+            self.rankings += 1
+            user = body["messages"][-1]["content"]
+            out = {}
+            for cid, item in props.items():
+                assert set(item["properties"]) == {"candour", "goal_completion"}, "the rubric's dimensions"
+                move = user.split(f"CANDIDATE {cid}:\n", 1)[1].split("\n", 1)[0]
+                candid = "CANDID" in move
+                out[cid] = {
+                    "candour": {"reasoning": "double", "score": 9 if candid else 2},
+                    "goal_completion": {"reasoning": "double", "score": 2 if candid else 9},
+                }
+            return json.dumps(out)
+        return self.fallback(body)
+
+
+def test_adding_a_rubric_changes_which_move_is_chosen(tmp_path: Path) -> None:
+    """The README's steps: write the rubric file (here in a temporary folder), name it with --rubric. The
+    same candidates and the same judges' answers give the opposite preference when the weights change."""
+    text = _readme_rubric()
+    assert "dimensions: {candour: 3, goal_completion: 1}" in text
+    swapped = text.replace("{candour: 3, goal_completion: 1}", "{candour: 1, goal_completion: 3}")
+    variants = {"candour": text, "outcome_first": swapped}
+    chosen = {}
+    for name, yaml_text in variants.items():
+        rubric = tmp_path / "rubrics" / f"{name}.yaml"
+        rubric.parent.mkdir(exist_ok=True)
+        rubric.write_text(yaml_text.replace("id: candour", f"id: {name}"))
+        double = RubricPanelDouble()
+        with FaultServer(FaultConfig(seed=2), responder=double) as srv:
+            code = prefs_main(
+                [
+                    "generate", "--game", "negotiation", "--agents", "local,scripted", "--episodes", "1",
+                    "--branch", "2", "--decisions", "1", "--judges", "local@0.2,local@1.0",
+                    "--meta-judge", "", "--rubric", str(rubric), "--out", str(tmp_path / name),
+                    "--base-url", srv.base_url, "--model", "double", "--quiet",
+                ]
+            )  # fmt: skip
+        assert code == 0 and double.rankings == 2  # both judges ranked the one decision on the dimensions
+        (bs,) = read_sets(tmp_path / name)
+        assert len(set(bs.truth.values())) == 1 and not bs.invalid  # the procedural score leaves it open
+        assert bs.question.startswith(f"At turn {bs.turn}, {bs.player} ({bs.role}) could move")
+        (row,) = _rows(tmp_path / name / "prefs.jsonl", DPORow)
+        chosen[name] = (row.chosen[0].content, row.rejected[0].content)
+        (ep,) = read_episodes(tmp_path / name)  # whole episodes are scored on the rubric's dimensions
+        assert {d for v in ep.verdicts if v.rubric == name for s in v.scores.values() for d in s} == {
+            "candour", "goal_completion"}  # fmt: skip
+    assert "CANDID" in chosen["candour"][0] and "COY" in chosen["candour"][1]
+    assert chosen["outcome_first"] == chosen["candour"][::-1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("goal_completion: 1}", "goal: 1}"), "ranking.action.dimensions: ['goal'] are not dimensions"),
+        (("{player} ({role})", "{player} ({mood})"), "uses ['mood']; available here: "),
+        (("  action:\n", "  answer:\n"), "has no ranking for `action` candidates (it ranks: answer)"),
+    ],
+)
+def test_a_broken_rubric_is_one_message_before_anything_runs(
+    change: tuple[str, str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rubric = tmp_path / "broken.yaml"
+    rubric.write_text(_readme_rubric().replace(*change))
+    with pytest.raises(SystemExit) as exc:
+        prefs_main(["generate", "--rubric", str(rubric), "--out", str(tmp_path / "run"), "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -828,3 +828,44 @@ def test_cli_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         tasks_main(["programming", "--sandbox-timeout", "-1"])
     assert "--sandbox-timeout" in capsys.readouterr().err
+
+
+def test_the_rubric_a_run_names_decides_what_judges_are_asked(tmp_path: Path) -> None:
+    """`--rubric`: its `ranking` block gives the question for each level it names (here the programs, with a
+    placeholder filled from the set); a level it does not name is not judged."""
+    rubric = tmp_path / "short.yaml"
+    rubric.write_text(
+        "id: short\nname: Short programs\nranking:\n"
+        "  program:\n    question: Which of these {level}s is the shortest?\n"
+    )
+    model = ScriptedModel()
+
+    def responder(body: dict[str, Any]) -> str:
+        return model.reply(body["messages"], schema_of_request(body), body.get("temperature", 0.7)) or ""
+
+    with FaultServer(FaultConfig(seed=3), responder=responder) as srv:
+        code = tasks_main(
+            ["predict", "--n", "3", "--k", "3", "--out", str(tmp_path / "run"), "--meta-judge", "",
+             "--judges", "local@0.2,local@1.0", "--rubric", str(rubric), "--base-url", srv.base_url,
+             "--model", "double"]
+        )  # fmt: skip
+    assert code == 0
+    sets = [
+        CandidateSet.model_validate_json(ln)
+        for ln in (tmp_path / "run" / "sets.jsonl").read_text().splitlines()
+    ]
+    by_level = {cs.level: cs for cs in sets}
+    assert by_level["program"].question == "Which of these programs is the shortest?"
+    assert len(by_level["program"].judges) == 2
+    assert by_level["prediction"].judges == [] and by_level["prediction"].question == ""
+
+
+def test_a_rubric_that_ranks_none_of_the_familys_levels_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        tasks_main(["predict", "--rubric", "ethics", "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "rubric 'ethics' ranks none of predict's levels (program, prediction); it ranks: action" in err
+    assert not (tmp_path / "run").exists()
