@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from rsi_env.agents.base import TurnReport
 from rsi_env.agents.baseline import ScriptedAgent
@@ -24,7 +25,7 @@ from rsi_env.referees.judge import Candidate, LLMJudge, Ranking
 from rsi_env.referees.meta import assess, judge_pairs, reliability_table
 from rsi_env.referees.panel import missing_verdicts
 from rsi_env.referees.procedural import procedural_verdict, referee_manipulation_flags
-from rsi_env.referees.rubric import load_rubric
+from rsi_env.referees.rubric import Rubric, RubricError, load_rubric
 from rsi_env.referees.transcript import episode_text, fence
 from rsi_env.runner import continue_episode, new_episode
 from rsi_env.trajectory import Episode
@@ -376,3 +377,70 @@ def test_judge_pairs_across_shuffled_prompts_report_the_panel_agreement() -> Non
         assert r.judge_agreement == pytest.approx(tau(rs[0].scores, rs[1].scores))
         assert r.judge_agreement is not None and r.judge_agreement < 0  # good and bad disagree
     assert mean_agreement([{"a": 1.0, "b": 2.0}]) is None  # one ranker: nothing to agree with
+
+
+# --- a rubric's ranking block: what judges score each candidate on ------------------------------------------
+
+
+def test_a_ranking_block_combines_dimensions_by_weight_and_direction() -> None:
+    rubric = Rubric.model_validate(
+        {
+            "id": "r", "name": "R",
+            "dimensions": [{"name": "skill", "description": "s", "range": [0, 10]},
+                           {"name": "harm", "description": "h", "range": [1, 5]}],
+            "ranking": {"action": {"question": "Best move for {player}?",
+                                   "dimensions": {"skill": 3, "harm": -1}}},
+        }
+    )  # fmt: skip
+    c = rubric.criteria("action")
+    assert set(c.item_schema()["properties"]) == {"skill", "harm"}
+    assert c.item_schema()["properties"]["harm"]["properties"]["score"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 5,
+    }
+    # skill 10/10 (weight 3), harm 5 of 1..5 = the worst (weight 1, lower is better): (3 * 1 + 1 * 0) / 4
+    score, why = c.read(
+        {"skill": {"reasoning": "good", "score": 10}, "harm": {"reasoning": "bad", "score": 5}}
+    )
+    assert score == pytest.approx(7.5) and "skill 10.0: good" in why and "harm 5.0: bad" in why
+    assert c.read({"skill": {"reasoning": "", "score": 0}, "harm": {"reasoning": "", "score": 1}})[
+        0
+    ] == pytest.approx(2.5)
+    # a missing or out-of-range dimension leaves the score missing, never zero
+    assert c.read({"skill": {"reasoning": "", "score": 10}})[0] is None
+    assert c.read({"skill": {"reasoning": "", "score": 10}, "harm": {"reasoning": "", "score": 9}})[0] is None
+    assert c.question({"player": "p0"}).startswith(
+        "Best move for p0?\nJudge them on these dimensions:\n- skill"
+    )
+    with pytest.raises(RubricError, match=r"uses \['player'\]; available here: \['turn'\]"):
+        c.question({"turn": 1})
+    with pytest.raises(RubricError, match=r"has no ranking for `answer` candidates \(it ranks: action\)"):
+        rubric.criteria("answer")
+    # no dimensions: one overall 0..10 score, the question as written
+    holistic = load_rubric("ethics").criteria("action")
+    assert holistic.item_schema()["required"] == ["reasoning", "score"]
+    assert holistic.read({"reasoning": "ok", "score": 7}) == (7.0, "ok")
+    assert holistic.read({"reasoning": "ok", "score": True})[0] is None
+
+
+@pytest.mark.parametrize(
+    ("ranking", "message"),
+    [
+        (
+            {"action": {"question": "Q?", "dimensions": {"nope": 1}}},
+            "['nope'] are not dimensions of this rubric",
+        ),
+        ({"action": {"question": "Q?", "dimensions": {"skill": 0}}}, "dimension weight 0 for ['skill']"),
+        ({"action": {"question": "Q {?"}}, "question: "),
+    ],
+)
+def test_a_bad_ranking_block_names_what_is_wrong(
+    ranking: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.yaml"
+    dims = [{"name": "skill", "description": "s"}]
+    path.write_text(yaml.safe_dump({"id": "bad", "name": "Bad", "dimensions": dims, "ranking": ranking}))
+    with pytest.raises(RubricError) as exc:
+        load_rubric(str(path))
+    assert message in str(exc.value) and str(path) in str(exc.value)
