@@ -1,6 +1,6 @@
 """Ranking the games that passed their play-test: procedural metrics and LLM judges, aggregated.
 
-As for preference data (`rsi_env.prefs.build`): the procedural ranking is the ground truth the
+As for preference data (`rsi_env.prefs.ranking`): the procedural ranking is the ground truth the
 meta-referee measures each judge against, and the consensus is a weighted Bradley–Terry fit of the
 procedural scores (weight 1) and each judge's scores (weight from the meta-referee).
 
