@@ -1,1 +1,2 @@
-"""Preference data: branching at decisions, ranking the outcomes, TRL-ready DPO/KTO rows."""
+"""Preference data: candidate sets (`candidates`) ranked by one path (`ranking`) into TRL-ready DPO/KTO
+rows (`rows`), for games (`branching` makes their sets at decisions) and task families alike."""

@@ -37,6 +37,8 @@ from . import FAMILIES, predict, programming, trivia
 from .common import RUN_LOG, RunLog, TaskContext, all_rows, check_rubric, meta_scores, write_outputs
 from .corpus import CorpusMissing, corpus_path
 
+_MODULES = {"programming": programming, "predict": predict, "trivia": trivia}
+
 
 def _family_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options a family's `run` takes."""
@@ -67,7 +69,7 @@ async def _generate(
         concurrency=args.concurrency,
         rubric=rubric,
     )
-    module = {"programming": programming, "predict": predict, "trivia": trivia}[args.family]
+    module = _MODULES[args.family]
     try:
         sets, bank = await module.run(ctx, **_family_args(args))
         scores = await meta_scores(ctx, sets)
@@ -101,7 +103,7 @@ def cmd_run(args: argparse.Namespace, console: Console | None = None) -> int:
         )
     except ProfileError as exc:
         fail(str(exc))
-    module = {"programming": programming, "predict": predict, "trivia": trivia}[args.family]
+    module = _MODULES[args.family]
     try:  # the questions judges are asked, per level: from the rubric the run names
         rubric = load_rubric(args.rubric or args.family)
         check_rubric(rubric, args.family, module.LEVELS)

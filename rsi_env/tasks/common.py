@@ -218,10 +218,6 @@ def extract_code(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # The family's side of the preference path
 # ---------------------------------------------------------------------------------------------------
-def rubric_for(ctx: TaskContext, family: str) -> Rubric:
-    return ctx.rubric or load_rubric(family)
-
-
 def check_rubric(rubric: Rubric, family: str, levels: Iterable[str]) -> None:
     """A RubricError unless the rubric ranks at least one of the family's levels (with questions that
     use only the names a set has); levels it does not rank keep their procedural truth alone."""
@@ -237,7 +233,7 @@ def check_rubric(rubric: Rubric, family: str, levels: Iterable[str]) -> None:
 
 async def judge_set(ctx: TaskContext, cs: CandidateSet) -> None:
     """The panel ranks the set, if the run's rubric ranks its level; each ranking goes to the log."""
-    rubric = rubric_for(ctx, cs.task)
+    rubric = ctx.rubric or load_rubric(cs.task)  # by default the family's own
     if cs.level not in rubric.ranking:
         return
     await ranking.judge_set(cs, ctx.judges, rubric.criteria(cs.level), limit=ctx.limited)
