@@ -1,7 +1,9 @@
 """`python -m rsi_env.prefs {generate,build}`: preference data from play.
 
-generate: play N episodes, score them (procedural + LLM ethics verdicts), branch K ways at LLM
-          decisions, roll out, have the judge panel rank the rollouts, then build.
+generate: play N episodes, score them (procedural + the judge panel on the rubric), branch K ways at
+          LLM decisions, roll out, have the panel rank the rollouts (the rubric's `ranking.action`
+          question and dimensions), let the meta-judge review a few rankings, then build. A rerun
+          with the same --out resumes: played episodes and branched decisions are kept.
 build:    from a run directory's branch sets to prefs.jsonl (TRL conversational DPO) and
           kto.jsonl, plus the judges' own pairs and the judge reliability table. No model calls.
           Everything is written beside the DPO rows (-o; default RUN_DIR/prefs.jsonl); a build
