@@ -535,6 +535,7 @@ def test_branch_sets_of_the_earlier_format_still_load(generated: Path, tmp_path:
     assert again == bs
     assert again.task == bs.game and again.item_id == bs.base_episode and again.level == "action"
     assert again.truth == {c.id: c.objective for c in bs.candidates if c.rollout_id}
+    assert set(again.question_fields()) == set(BranchSet.FIELDS)  # what a rubric is told it may use
 
 
 def test_branch_sets_are_streamed_a_bad_line_is_named_and_a_cut_last_line_skipped(

@@ -180,8 +180,14 @@ class BranchSet(CandidateSet):
         return self
 
     def question_fields(self) -> dict[str, object]:
-        fields = {"game": self.game, "player": self.player, "role": self.role, "turn": self.turn}
-        return super().question_fields() | fields | {"tick": self.tick}
+        decision = {
+            "game": self.game,
+            "player": self.player,
+            "role": self.role,
+            "turn": self.turn,
+            "tick": self.tick,
+        }
+        return super().question_fields() | decision
 
     def row_meta(self, agreement: float | None) -> RowMeta:
         meta = super().row_meta(agreement)
