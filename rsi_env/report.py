@@ -31,7 +31,8 @@ from rich.text import Text
 
 from .cli import fail, run
 from .ratings import RatingTable, agent_label, rate
-from .trajectory import Episode, TrajectoryFileError, abort_status, read_episodes, resolve_path
+from .trajectory import Episode, abort_status
+from .trajectory_store import TrajectoryFileError, read_episodes, resolve_path
 
 PIPED_WIDTH = 150
 

@@ -27,7 +27,6 @@ import asyncio
 import json
 import resource
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
@@ -36,9 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pydantic import BaseModel
 
 from rsi_env.agents.llm_agent import LLMAgent, conversation
@@ -48,8 +44,9 @@ from rsi_env.env import GameParallelEnv
 from rsi_env.llm import _httpx
 from rsi_env.runner import Runner, plan
 from rsi_env.spec import GameSpec
-from rsi_env.trajectory import Episode, read_episodes
-from tests.fault_server import FaultConfig, FaultServerProcess
+from rsi_env.testing.fault_server import FaultConfig, FaultServerProcess
+from rsi_env.trajectory import Episode
+from rsi_env.trajectory_store import read_episodes
 
 MODEL = "fault-test-model"
 AGENT = "local"  # the default profile; --base-url style override points it at the test server

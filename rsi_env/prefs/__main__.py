@@ -27,7 +27,8 @@ from ..referees.panel import missing_verdicts, parse_judges, score_episodes
 from ..referees.rubric import RubricError, load_rubric
 from ..runner import Runner, plan
 from ..spec import SpecError
-from ..trajectory import Episode, TrajectoryWriter, abort_status, read_episodes
+from ..trajectory import Episode, abort_status
+from ..trajectory_store import TrajectoryWriter, read_episodes
 from .branching import BranchSet, branch, decision_turns
 from .build import (
     BRANCHES,
@@ -122,7 +123,7 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
     try:
         # 1. play
         runner = Runner(spec, factory, run_dir, concurrency=args.concurrency, progress=not args.quiet)
-        jobs = plan(spec, names, args.episodes, args.seed, args.n_players)
+        jobs = plan(spec, factory, args.episodes, args.seed, args.n_players)
         await runner.run(jobs)
         wanted = {j.episode_id for j in jobs}
         episodes = [ep for ep in read_episodes(run_dir) if ep.episode_id in wanted]
