@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import time
+import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -280,10 +281,11 @@ async def play_on_ray(runner: Runner, todo: list[EpisodeJob]) -> None:
     actor_cls = ray.remote(EpisodeActor)
     lost = _lost_errors(ray)
     born = 0
+    name = f"rsi-env-{runner.run_id}-{uuid.uuid4().hex[:6]}"  # runs may share a cluster
 
     def start_actor(replacement: bool = False) -> _Actor:
         nonlocal born
-        holder = f"{runner.run_id}-a{born}"
+        holder = f"{name}-a{born}"  # its name at the limiters, and in `ray list actors`
         born += 1
         setup = ActorSetup(
             spec=runner.spec.model_dump(mode="json", by_alias=True),
@@ -302,6 +304,7 @@ async def play_on_ray(runner: Runner, todo: list[EpisodeJob]) -> None:
             num_cpus=0 if replacement else min(1.0, total_cpus / n),
             max_concurrency=share + 4,
             scheduling_strategy="SPREAD",
+            name=holder,
         ).remote(setup.model_dump_json(), limiters)
         return _Actor(handle, holder)
 
