@@ -177,4 +177,3 @@ def test_what_ray_actors_cannot_do(tmp_path: Path, spec: GameSpec) -> None:
         Runner(spec, AgentFactory(["human", "random"], spec), tmp_path, ray="auto")
     with pytest.raises(ValueError, match="endpoint"):
         Runner(spec, AgentFactory(["local"], spec), tmp_path, ray="auto")
-
