@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..trajectory import Episode, Turn, abort_status
 
@@ -112,7 +112,7 @@ class ProgressCallback(RunCallback):
         self.description = description
         self.console = console or Console(stderr=True)
         self.bar: Progress | None = None
-        self.task = None
+        self.task: TaskID | None = None
 
     def on_run_start(self, stats: RunStats, todo: int) -> None:
         self.bar = Progress(

@@ -191,6 +191,7 @@ async def continue_episode(
         while env.agents:
             # Only the actors' observations are rendered: a waiting player's would be thrown away.
             actors = _actors(env)
+            failed: dict[str, list[CallInfo]]
             if first_moves is not None:
                 reports, failed = {p: first_moves[p] for p in actors}, {}
                 first_moves = None

@@ -375,7 +375,8 @@ async def play_on_ray(runner: Runner, todo: list[EpisodeJob]) -> None:
                 break
             wake.clear()
             woken = asyncio.create_task(wake.wait())
-            done, _ = await asyncio.wait([*tasks, woken], return_when=asyncio.FIRST_COMPLETED)
+            waiting: list[asyncio.Task[Any]] = [*tasks, woken]
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
             for t in done:
                 if t in tasks:
