@@ -29,7 +29,8 @@ import os
 import time
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -198,6 +199,12 @@ class EpisodeActor:
         envs.append(env)
         return ep
 
+    async def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """`await fn(spec, factory, *args)` here: work of a caller above the runner (a branch's
+        rollouts) with this actor's game and agents; `fn` is a module-level function (Ray ships it by
+        reference) and its arguments and result are records, never live envs."""
+        return await fn(self.spec, self.factory, *args)
+
     async def aclose(self) -> None:
         await self.factory.aclose()
 
@@ -256,7 +263,7 @@ def _limiters(ray: Any, factory: AgentFactory) -> dict[str, Any]:
 
 
 class _Actor:
-    """An actor as the driver sees it: its handle, name, and the episodes it is playing."""
+    """An actor as the driver sees it: its handle, name, and the items it is working on."""
 
     def __init__(self, handle: Any, holder: str) -> None:
         self.handle, self.holder = handle, holder
@@ -264,130 +271,203 @@ class _Actor:
         self.alive = True
 
 
-async def play_on_ray(runner: Runner, todo: list[EpisodeJob]) -> None:
-    """Play `todo` on `runner.workers` Ray actors; every record is written by `runner` here."""
-    ray = ray_module()
-    stats = runner.stats
-    t0 = time.perf_counter()
-    connect(runner.ray or "auto")
-    if not todo:
-        stats.ray_start_s = time.perf_counter() - t0
-        return
-    total_cpus = float(ray.cluster_resources().get("CPU", 1))
-    n = min(runner.workers or max(1, int(total_cpus)), len(todo), runner.concurrency)
-    share = -(-runner.concurrency // n)  # in flight per actor; never more than `concurrency` in all
-    f = runner.factory
-    limiters = _limiters(ray, f)
-    actor_cls = ray.remote(EpisodeActor)
-    lost = _lost_errors(ray)
-    born = 0
-    name = f"rsi-env-{runner.run_id}-{uuid.uuid4().hex[:6]}"  # runs may share a cluster
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
-    def start_actor(replacement: bool = False) -> _Actor:
-        nonlocal born
-        holder = f"{name}-a{born}"  # its name at the limiters, and in `ray list actors`
-        born += 1
+
+class RayPool:
+    """`workers` EpisodeActors for one game and one set of agents, and a scheduler over them.
+
+    `map` hands each actor one item at a time, up to its share of `concurrency`; an item whose actor
+    (or node) is lost goes back to the front of the queue, and a new actor takes the lost one's
+    place. Results come back to the caller here, one at a time, as they finish: the caller alone
+    writes them. `call(actor_handle, item)` makes the remote call: `play`, `follow`, or `run` (any
+    module-level coroutine function `fn(spec, factory, *args)`, e.g. a branch's rollouts).
+    """
+
+    def __init__(
+        self,
+        spec: GameSpec,
+        factory: AgentFactory,
+        *,
+        address: str = "auto",
+        workers: int | None = None,
+        concurrency: int = 8,
+        run_id: str = "",
+        max_cycles: int | None = None,
+    ) -> None:
+        if type(factory) is not AgentFactory:
+            raise ValueError("Ray actors need a plain AgentFactory (each actor rebuilds it from profiles)")
+        self.spec, self.factory, self.address = spec, factory, address
+        self.workers, self.concurrency = workers, max(1, concurrency)
+        self.run_id = run_id or time.strftime("%Y%m%dT%H%M%S")
+        self.max_cycles = max_cycles
+        self.name = f"rsi-env-{self.run_id}-{uuid.uuid4().hex[:6]}"  # runs may share a cluster
+        self.actors: list[_Actor] = []
+        self.limiters: dict[str, Any] = {}
+        self.started = 0
+        self.requeued = 0
+        self.start_s = 0.0
+
+    async def start(self, items: int) -> None:
+        """Connect (or start Ray) and start the actors, at most one per item."""
+        t0 = time.perf_counter()
+        ray = ray_module()
+        connect(self.address)
+        self._ray = ray
+        self._total_cpus = float(ray.cluster_resources().get("CPU", 1))
+        self.n = max(1, min(self.workers or int(self._total_cpus), items, self.concurrency))
+        self.share = -(-self.concurrency // self.n)  # in flight per actor; `concurrency` in all at most
+        self.limiters = _limiters(ray, self.factory)
+        self._cls = ray.remote(EpisodeActor)
+        self.actors = [self._start_actor() for _ in range(self.n)]
+        await asyncio.gather(*(a.handle.ready.remote() for a in self.actors))
+        self.start_s = time.perf_counter() - t0
+
+    def _start_actor(self, replacement: bool = False) -> _Actor:
+        holder = f"{self.name}-a{self.started}"  # its name at the limiters, and in `ray list actors`
+        self.started += 1
+        f = self.factory
         setup = ActorSetup(
-            spec=runner.spec.model_dump(mode="json", by_alias=True),
-            spec_hash=compiled(runner.spec).hash,
+            spec=self.spec.model_dump(mode="json", by_alias=True),
+            spec_hash=compiled(self.spec).hash,
             names=f.names,
             profiles=f.profiles,
             override=f.override,
-            run_id=runner.run_id,
-            max_cycles=runner.max_cycles,
+            run_id=self.run_id,
+            max_cycles=self.max_cycles,
             holder=holder,
         )
-        handle = actor_cls.options(
+        handle = self._cls.options(
             # Up to a core each, less when there are more actors than cores (they mostly wait on I/O).
             # A replacement asks for none: after a node is lost the cores left may all be taken, and
-            # an actor that cannot be placed would hold its episodes forever.
-            num_cpus=0 if replacement else min(1.0, total_cpus / n),
-            max_concurrency=share + 4,
+            # an actor that cannot be placed would hold its items forever.
+            num_cpus=0 if replacement else min(1.0, self._total_cpus / self.n),
+            max_concurrency=self.share + 4,
             scheduling_strategy="SPREAD",
             name=holder,
-        ).remote(setup.model_dump_json(), limiters)
+        ).remote(setup.model_dump_json(), self.limiters)
         return _Actor(handle, holder)
 
-    actors = [start_actor() for _ in range(n)]
-    await asyncio.gather(*(a.handle.ready.remote() for a in actors))
-    stats.actors, stats.ray_start_s = n, time.perf_counter() - t0
-
-    queue = deque(todo)
-    wake = asyncio.Event()  # a slot freed or a job came back
-    following: list[str] = []  # the episode whose turns stream back (one at a time)
-
-    def lose(actor: _Actor, why: BaseException) -> None:
+    def _lose(self, actor: _Actor, why: BaseException) -> None:
         """An actor died (or its node): take back its slots, and start another in its place."""
         if not actor.alive:
             return
         actor.alive = False
         with contextlib.suppress(Exception):
-            ray.kill(actor.handle, no_restart=True)
-        for lim in limiters.values():
+            self._ray.kill(actor.handle, no_restart=True)
+        for lim in self.limiters.values():
             lim.forget.remote(actor.holder)
-        if born >= n * (1 + MAX_REPLACEMENTS_PER_WORKER):
-            raise RuntimeError(f"Ray actors keep dying ({born - n} replaced); the last: {str(why)[:500]}")
-        actors.append(start_actor(replacement=True))
+        if self.started >= self.n * (1 + MAX_REPLACEMENTS_PER_WORKER):
+            raise RuntimeError(
+                f"Ray actors keep dying ({self.started - self.n} replaced); the last: {str(why)[:500]}"
+            )
+        self.actors.append(self._start_actor(replacement=True))
 
-    async def one(actor: _Actor, job: EpisodeJob) -> None:
-        follow = runner.follows_turns and not following
-        if follow:
-            following.append(job.episode_id)
+    async def map(
+        self,
+        items: list[Item],
+        call: Callable[[Any, Item], Awaitable[Result]],
+        done: Callable[[Item, Result], Awaitable[None]],
+        claim: Callable[[Item], bool] = lambda _: True,
+    ) -> None:
+        """`call` every item on an actor (`claim` may skip one as it comes up), `done` with each result
+        here as it arrives. A bug in `call` (RayTaskError) ends the map, as it would in one process."""
+        lost = _lost_errors(self._ray)
+        queue = deque(items)
+        wake = asyncio.Event()  # a slot freed, or an item came back
+
+        async def one(actor: _Actor, item: Item) -> None:
+            try:
+                result = await call(actor.handle, item)
+            except lost as exc:
+                queue.appendleft(item)  # done again, by another actor
+                self.requeued += 1
+                self._lose(actor, exc)
+                return
+            finally:
+                actor.in_flight -= 1
+                wake.set()
+            await done(item, result)
+
+        tasks: set[asyncio.Task[None]] = set()
         try:
-            if follow:
-                record = None
-                async for ref in actor.handle.follow.options(num_returns="streaming").remote(
-                    job.model_dump_json()
-                ):
-                    kind, data = await ref
-                    ep = Episode.model_validate_json(data)
-                    if kind == "turn":
-                        runner.turn(ep, ep.turns[-1])
-                    else:
-                        record = ep
-                assert record is not None
-            else:
-                record = Episode.model_validate_json(await actor.handle.play.remote(job.model_dump_json()))
-        except lost as exc:
-            queue.appendleft(job)  # played again, by another actor
-            stats.requeued += 1
-            lose(actor, exc)
-            return
+            while queue or tasks:
+                for actor in [a for a in self.actors if a.alive]:
+                    while queue and actor.in_flight < self.share and len(tasks) < self.concurrency:
+                        item = queue.popleft()
+                        if not claim(item):
+                            continue
+                        actor.in_flight += 1
+                        tasks.add(asyncio.create_task(one(actor, item)))
+                if not tasks:
+                    break
+                wake.clear()
+                woken = asyncio.create_task(wake.wait())
+                waiting: list[asyncio.Task[Any]] = [*tasks, woken]
+                finished, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                for t in finished:
+                    if t in tasks:
+                        tasks.discard(t)
+                        t.result()
         finally:
-            if follow:
-                following.clear()
-            actor.in_flight -= 1
-            wake.set()
-        await runner.record(record)
+            for t in tasks:
+                t.cancel()
 
-    tasks: set[asyncio.Task[None]] = set()
+    def close(self) -> None:
+        """Stop the actors and limiters (the cluster stays up)."""
+        for a in self.actors:
+            with contextlib.suppress(Exception):
+                self._ray.kill(a.handle, no_restart=True)
+        for lim in self.limiters.values():
+            with contextlib.suppress(Exception):
+                self._ray.kill(lim, no_restart=True)
+        self.actors, self.limiters = [], {}
+
+
+async def play_on_ray(runner: Runner, todo: list[EpisodeJob]) -> None:
+    """Play `todo` on `runner.workers` Ray actors; every record is written by `runner` here. A callback
+    that follows turns gets those of one episode at a time, streamed from its actor."""
+    stats = runner.stats
+    if not todo:
+        return
+    pool = RayPool(
+        runner.spec, runner.factory, address=runner.ray or "auto", workers=runner.workers,
+        concurrency=runner.concurrency, run_id=runner.run_id, max_cycles=runner.max_cycles,
+    )  # fmt: skip
+    following: list[str] = []  # the episode whose turns stream back (one at a time)
+
+    async def call(actor: Any, job: EpisodeJob) -> Episode:
+        if not runner.follows_turns or following:
+            return Episode.model_validate_json(await actor.play.remote(job.model_dump_json()))
+        following.append(job.episode_id)
+        try:
+            record = None
+            async for ref in actor.follow.options(num_returns="streaming").remote(job.model_dump_json()):
+                kind, data = await ref
+                ep = Episode.model_validate_json(data)
+                if kind == "turn":
+                    runner.turn(ep, ep.turns[-1])
+                else:
+                    record = ep
+            assert record is not None
+            return record
+        finally:
+            following.clear()
+
+    async def done(job: EpisodeJob, ep: Episode) -> None:
+        await runner.record(ep)
+
     try:
-        while queue or tasks:
-            for actor in [a for a in actors if a.alive]:
-                while queue and actor.in_flight < share and len(tasks) < runner.concurrency:
-                    job = queue.popleft()
-                    if not runner.claim(job):
-                        continue
-                    actor.in_flight += 1
-                    t = asyncio.create_task(one(actor, job))
-                    tasks.add(t)
-            if not tasks:
-                break
-            wake.clear()
-            woken = asyncio.create_task(wake.wait())
-            waiting: list[asyncio.Task[Any]] = [*tasks, woken]
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            woken.cancel()
-            for t in done:
-                if t in tasks:
-                    tasks.discard(t)
-                    t.result()  # a bug in an episode (RayTaskError) ends the run, as in one process
+        await pool.start(len(todo))
+        stats.actors, stats.ray_start_s = pool.n, pool.start_s
+        await pool.map(todo, call, done, claim=runner.claim)
     finally:
-        for t in tasks:
-            t.cancel()
-        for a in actors:
-            with contextlib.suppress(Exception):
-                ray.kill(a.handle, no_restart=True)
-        for lim in limiters.values():
-            with contextlib.suppress(Exception):
-                ray.kill(lim, no_restart=True)
+        stats.requeued = pool.requeued
+        pool.close()
+
+
+async def run_on(actor: Any, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """`await fn(spec, factory, *args)` on an actor (for `RayPool.map`'s `call`)."""
+    return await actor.run.remote(fn, *args)
