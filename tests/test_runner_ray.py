@@ -177,3 +177,31 @@ def test_what_ray_actors_cannot_do(tmp_path: Path, spec: GameSpec) -> None:
         Runner(spec, AgentFactory(["human", "random"], spec), tmp_path, ray="auto")
     with pytest.raises(ValueError, match="endpoint"):
         Runner(spec, AgentFactory(["local"], spec), tmp_path, ray="auto")
+
+
+def test_prefs_generate_branches_on_ray_actors_as_in_one_process(tmp_path: Path, local_ray: None) -> None:
+    """`prefs generate --ray`: the episodes and the branches' rollouts play on actors (they get the
+    recorded episodes, never live envs), the judges rank here; the sets are those one process makes."""
+    from rsi_env.prefs.__main__ import main as prefs_main
+    from rsi_env.prefs.build import read_sets
+
+    def generate(url: str, out: Path, *extra: str) -> None:
+        code = prefs_main(
+            [
+                "generate", "--game", "negotiation", "--agents", "local,scripted", "--episodes", "2",
+                "--branch", "2", "--decisions", "2", "--judges", "local@0.2", "--out", str(out),
+                "--base-url", url, "--model", MODEL, "--quiet", *extra,
+            ]
+        )  # fmt: skip
+        assert code == 0
+
+    # One server for both (its URL is part of the episode ids); replies depend on the request only.
+    with FaultServer(FaultConfig(latency_s=0.002), responder=deterministic_responder) as srv:
+        generate(srv.base_url, tmp_path / "ray", "--ray", "--workers", "2")
+        generate(srv.base_url, tmp_path / "one")
+    on_ray = {bs.set_id: bs for bs in read_sets(tmp_path / "ray")}
+    here = {bs.set_id: bs for bs in read_sets(tmp_path / "one")}
+    assert on_ray and set(on_ray) == set(here)
+    for set_id, bs in on_ray.items():
+        assert [c.model_dump() for c in bs.candidates] == [c.model_dump() for c in here[set_id].candidates]
+        assert [j.model_dump() for j in bs.judges] == [j.model_dump() for j in here[set_id].judges] != []

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from ..agents.profiles import AgentFactory, ClientPool, ProfileError
 from ..catalog import load_game
-from ..cli import add_endpoint_args, endpoint_override, fail, positive_int, run
+from ..cli import add_endpoint_args, add_ray_args, endpoint_override, fail, positive_int, ray_options, run
 from ..referees.meta import meta_judge_scores, reliability_table
 from ..referees.panel import missing_verdicts, parse_judges, score_episodes
 from ..referees.rubric import RubricError, load_rubric
@@ -29,7 +29,7 @@ from ..runner import Runner, plan
 from ..spec import SpecError
 from ..trajectory import Episode, abort_status
 from ..trajectory_store import TrajectoryWriter, read_episodes
-from .branching import BranchSet, branch, decision_turns
+from .branching import BranchSet, branch, decision_turns, judge_set, rollouts_at
 from .build import (
     BRANCHES,
     JUDGE_PREFS,
@@ -122,7 +122,13 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
     run_dir = Path(args.out)
     try:
         # 1. play
-        runner = Runner(spec, factory, run_dir, concurrency=args.concurrency, progress=not args.quiet)
+        try:
+            runner = Runner(
+                spec, factory, run_dir, concurrency=args.concurrency, progress=not args.quiet,
+                **ray_options(args),
+            )  # fmt: skip
+        except ValueError as exc:  # what Ray actors cannot do (the embedded model), or no Ray
+            fail(f"--ray: {exc}")
         jobs = plan(spec, factory, args.episodes, args.seed, args.n_players)
         await runner.run(jobs)
         wanted = {j.episode_id for j in jobs}
@@ -148,6 +154,13 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
         sets_path, roll_path = run_dir / BRANCHES, run_dir / ROLLOUTS
         made: list[BranchSet] = []
 
+        def keep(bs: BranchSet, rollouts: list[Episode]) -> None:
+            with roll_path.open("a", encoding="utf-8") as f:
+                f.writelines(r.model_dump_json() + "\n" for r in rollouts)
+            with sets_path.open("a", encoding="utf-8") as f:
+                f.write(bs.model_dump_json() + "\n")
+            made.append(bs)
+
         async def one(ep, turn) -> None:
             async with sem:
                 bs, rollouts = await branch(
@@ -160,13 +173,12 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
                     penalty=args.penalty,
                     pairwise=args.pairwise,
                 )
-            with roll_path.open("a", encoding="utf-8") as f:
-                f.writelines(r.model_dump_json() + "\n" for r in rollouts)
-            with sets_path.open("a", encoding="utf-8") as f:
-                f.write(bs.model_dump_json() + "\n")
-            made.append(bs)
+            keep(bs, rollouts)
 
-        await asyncio.gather(*(one(ep, t) for ep, t in work))
+        if args.ray is not None and work:
+            await _branch_on_ray(args, spec, factory, work, judges, keep)
+        else:
+            await asyncio.gather(*(one(ep, t) for ep, t in work))
         if not sets_path.is_file():
             raise nothing_branched(episodes)
         # 4. the LLM meta-judge ranks the judges' rankings on a few sets
@@ -182,6 +194,30 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
         await pool.aclose()
     # 5. rows
     return cmd_build(args, console)
+
+
+async def _branch_on_ray(args, spec, factory, work, judges, keep) -> None:
+    """Rollouts on Ray actors: each gets the recorded episode and the decision (records, never a live
+    env), rebuilds the state by replay and rolls the candidates out; the judges rank them here."""
+    from ..runner.ray_backend import RayPool, run_on
+
+    pool = RayPool(spec, factory, address=args.ray, workers=args.workers, concurrency=args.concurrency)
+
+    async def call(actor, item):
+        ep, turn = item
+        return await run_on(actor, rollouts_at, ep, turn, args.branch, args.penalty)
+
+    async def done(item, result) -> None:
+        bs, rollouts = result
+        if judges:
+            bs.question, bs.judges = await judge_set(bs, spec, item[0], rollouts, judges, args.pairwise)
+        keep(bs, rollouts)
+
+    try:
+        await pool.start(len(work))
+        await pool.map(work, call, done)
+    finally:
+        pool.close()
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -249,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path("runs/prefs"))
     g.add_argument("--quiet", action="store_true")
     add_endpoint_args(g)
+    add_ray_args(g)
     _build_options(g)
     g.set_defaults(fn=cmd_generate, run_dir=None)
     return ap

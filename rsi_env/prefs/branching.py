@@ -217,6 +217,14 @@ async def branch(
     return record, rollouts
 
 
+async def rollouts_at(
+    spec: GameSpec, factory: AgentFactory, base: Episode, decision: Turn, k: int, penalty: float
+) -> tuple[BranchSet, list[Episode]]:
+    """`branch` without the judges, arguments in the order a Ray actor calls it (`RayPool`, `run_on`):
+    what an actor does for `prefs generate --ray`; the driver's judges then rank the rollouts."""
+    return await branch(base, spec, factory, decision, k, penalty=penalty)
+
+
 async def judge_set(
     record: BranchSet,
     spec: GameSpec,
