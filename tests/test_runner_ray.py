@@ -205,3 +205,25 @@ def test_prefs_generate_branches_on_ray_actors_as_in_one_process(tmp_path: Path,
     for set_id, bs in on_ray.items():
         assert [c.model_dump() for c in bs.candidates] == [c.model_dump() for c in here[set_id].candidates]
         assert [j.model_dump() for j in bs.judges] == [j.model_dump() for j in here[set_id].judges] != []
+
+
+def test_games_generate_play_tests_on_ray_as_in_one_process(tmp_path: Path, local_ray: None) -> None:
+    """`games generate --ray`: a generated game's play-test runs as a Ray task; its result is the one
+    this process computes (the play-test is seeded)."""
+    from rsi_env.generate.pipeline import RunConfig
+
+    from .test_generate import RecordedLLM, _run, fixture_text
+
+    reports = {}
+    for where, address in (("ray", "auto"), ("here", None)):
+        config = RunConfig(
+            n=1, seed=3, out_dir=tmp_path / where, log_path=tmp_path / f"{where}.jsonl", profile="recorded",
+            episodes=8, skill_seeds=20, ray=address,
+        )  # fmt: skip
+        reports[where], _ = _run(config, RecordedLLM(fixture_text("jury")))
+    (on_ray,), (here,) = reports["ray"].attempts, reports["here"].attempts
+    assert on_ray.playtest is not None and here.playtest is not None
+    assert on_ray.playtest.model_dump(exclude={"duration_s"}) == here.playtest.model_dump(
+        exclude={"duration_s"}
+    )
+    assert on_ray.decision == here.decision == "accepted"

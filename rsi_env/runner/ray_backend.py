@@ -468,6 +468,15 @@ async def play_on_ray(runner: Runner, todo: list[EpisodeJob]) -> None:
         pool.close()
 
 
+async def remote_task(fn: Callable[..., Any], *args: Any, address: str = "auto") -> Any:
+    """`fn(*args)` as one Ray task on a core of the cluster, awaited: CPU-bound work off this process
+    (a generated game's play-test). A task whose worker or node is lost is retried by Ray (the
+    function is pure: running it twice writes nothing twice)."""
+    ray = ray_module()
+    connect(address)
+    return await ray.remote(num_cpus=1, max_retries=3)(fn).remote(*args)
+
+
 async def run_on(actor: Any, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """`await fn(spec, factory, *args)` on an actor (for `RayPool.map`'s `call`)."""
     return await actor.run.remote(fn, *args)
