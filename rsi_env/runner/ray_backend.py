@@ -67,7 +67,10 @@ def connect(address: str = "auto") -> float:
         return 0.0
     t0 = time.perf_counter()
     target = os.environ.get("RAY_ADDRESS") or None if address == "auto" else address
-    ray.init(address=target, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        ray.init(address=target, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    except Exception as exc:  # an address nobody answers at, a version mismatch: one message
+        raise RuntimeError(f"--ray {address}: cannot join or start Ray: {exc}") from None
     return time.perf_counter() - t0
 
 
@@ -321,7 +324,11 @@ class RayPool:
         self.limiters = _limiters(ray, self.factory)
         self._cls = ray.remote(EpisodeActor)
         self.actors = [self._start_actor() for _ in range(self.n)]
-        await asyncio.gather(*(a.handle.ready.remote() for a in self.actors))
+        try:
+            await asyncio.gather(*(a.handle.ready.remote() for a in self.actors))
+        except ray.exceptions.RayActorError as exc:  # e.g. a node without rsi_env installed
+            self.close()
+            raise RuntimeError(f"Ray actors failed to start: {str(exc)[:2000]}") from None
         self.start_s = time.perf_counter() - t0
 
     def _start_actor(self, replacement: bool = False) -> _Actor:
