@@ -66,7 +66,7 @@ def connect(address: str = "auto") -> float:
     if ray.is_initialized():
         return 0.0
     t0 = time.perf_counter()
-    target = os.environ.get("RAY_ADDRESS") or None if address == "auto" else address
+    target = (os.environ.get("RAY_ADDRESS") or None) if address == "auto" else address
     try:
         ray.init(address=target, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     except Exception as exc:  # an address nobody answers at, a version mismatch: one message
