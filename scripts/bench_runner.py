@@ -157,7 +157,11 @@ async def run_bare(
     http = openai.DefaultAsyncHttpxClient(
         limits=_httpx.Limits(max_connections=256, max_keepalive_connections=256)
     )
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0, http_client=http)
+    # 60 s for every phase, connecting included: on a busy machine 256 fresh connections to a starved
+    # server can take longer than the default 5 s to connect.
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="sk-bench", max_retries=0, timeout=60.0, http_client=http
+    )
     sem = asyncio.Semaphore(concurrency)
     starts: list[float] = []
     ends: list[float] = []
