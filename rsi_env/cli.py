@@ -53,6 +53,35 @@ def add_panel_args(ap: argparse.ArgumentParser, *, rubric_default: str, rubric_h
     g.add_argument("--rubric", default=rubric_default, help=rubric_help)
 
 
+def add_ray_args(ap: argparse.ArgumentParser, *, workers: bool = True) -> None:
+    """`--ray [ADDRESS]` and (`workers`) `--workers N`: work on Ray (see `runner.ray_backend`)."""
+    g = ap.add_argument_group("scale-out on Ray (pip install 'rsi_env[ray]')")
+    g.add_argument(
+        "--ray", nargs="?", const="auto", metavar="ADDRESS",
+        help="play on Ray actors: `--ray` alone joins the cluster at RAY_ADDRESS or starts Ray on this "
+        "machine; or a cluster's address (host:6379, ray://host:10001)",
+    )  # fmt: skip
+    if not workers:
+        return
+    g.add_argument(
+        "--workers", type=positive_int, metavar="N",
+        help="Ray actors, each with its share of --concurrency (needs --ray; default: one per CPU of "
+        "the cluster)",
+    )  # fmt: skip
+
+
+def ray_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Runner's `ray` and `workers` from `add_ray_args`'s options (one message for a misuse)."""
+    if getattr(args, "workers", None) and args.ray is None:
+        fail(f"--workers {args.workers}: workers are Ray actors; add --ray (one process plays without it)")
+    if args.ray is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            fail("--ray needs Ray: pip install 'rsi_env[ray]'")
+    return {"ray": args.ray, "workers": getattr(args, "workers", None)}
+
+
 def endpoint_override(args: argparse.Namespace) -> EndpointOverride:
     from .agents.profiles import EndpointOverride
 

@@ -56,7 +56,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .agents.profiles import ClientPool, ProfileError, resolve_profile
-    from .cli import endpoint_override, fail
+    from .cli import endpoint_override, fail, ray_options
     from .generate.generator import GenerationConfig
     from .generate.pipeline import RunConfig, run_generation
     from .local_model import DEFAULT_N_CTX, LocalModelError
@@ -98,6 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             repair_rounds=0 if args.no_repair else 1,
         ),
         near_duplicate=args.near_duplicate,
+        ray=ray_options(args)["ray"],
         min_quality=args.min_quality,
     )
     judges_arg = args.judges if args.judges is not None else f"{args.profile}@0.2,{args.profile}@1.0"
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
     from .catalog import content_dir
-    from .cli import add_endpoint_args, positive_int, seconds, temperature
+    from .cli import add_endpoint_args, add_ray_args, positive_int, seconds, temperature
 
     p = sub.add_parser(
         "generate",
@@ -212,6 +213,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--near-duplicate", type=float, default=0.7, help="TF-IDF cosine that counts as a copy")
     add_endpoint_args(p, call_timeout_default=f"{GENERATE_CALL_TIMEOUT_S:g} for the generator")
+    add_ray_args(p, workers=False)
     p.set_defaults(fn=cmd_generate)
 
 

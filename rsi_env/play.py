@@ -3,15 +3,14 @@
 With no flags, two agents on the embedded local model (SmolLM2-135M-Instruct) play one episode;
 the transcript and payoffs are printed and the episode is appended to `runs/trajectories.jsonl`.
 Rerunning the same command resumes: finished episodes are skipped, aborted ones played again (their
-failed attempts kept in `failed_attempts.jsonl`). Exit status 1 when episodes were played and none
-finished, 2 for bad input.
+failed attempts kept in `failed_attempts.jsonl`). `--ray` plays on Ray actors (a laptop's cores, or
+a cluster). Exit status 1 when episodes were played and none finished, 2 for bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,14 @@ from rich.console import Console
 
 from .agents.profiles import AgentFactory, ProfileError
 from .catalog import load_game
-from .cli import add_endpoint_args, endpoint_override, fail, positive_int, run
+from .cli import add_endpoint_args, add_ray_args, endpoint_override, fail, positive_int, ray_options, run
 from .referees.panel import score_episodes
 from .render import LiveView, print_episode
-from .runner import EpisodeJob, Runner, RunStats, plan
+from .runner import EpisodeJob, LiveCallback, RunCallback, Runner, RunStats, plan
 from .spec import GameSpec, SpecError
 from .spec_check import check_spec
-from .trajectory import Episode, TrajectoryFileError
+from .trajectory import Episode
+from .trajectory_store import TrajectoryFileError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,12 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--concurrency", type=positive_int, default=8, help="episodes in flight at once")
     ap.add_argument(
-        "--workers", type=positive_int, default=None,
-        help="play in N processes, so that the client's CPU does not cap a fast endpoint (needs an "
-        "endpoint whose profile sets no max_parallel, no --live or human). Default: 2 or more from 32 "
-        "episodes in flight (up to the CPU count) where possible, else 1",
-    )  # fmt: skip
-    ap.add_argument(
         "--live",
         action="store_true",
         help="show an episode as it unfolds (one at a time; a progress bar for others)",
@@ -64,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ap.add_argument("--max-cycles", type=positive_int, help="hard cap on ticks per episode")
     add_endpoint_args(ap)
+    add_ray_args(ap)
     return ap
 
 
@@ -110,14 +105,15 @@ def play(args: argparse.Namespace) -> int:
     # run at once the others go on behind the progress bar (rich prints above it).
     human = "human" in names
     concurrency = 1 if human else args.concurrency
-    jobs = plan(spec, names, args.episodes, args.seed, args.n_players)
+    jobs = plan(spec, factory, args.episodes, args.seed, args.n_players)
     live = LiveView(console) if args.live and not args.quiet else None
 
-    def on_episode(ep: Episode) -> None:
-        if args.quiet or (live is not None and live.on_episode(ep)):
-            return
-        if live is None and args.episodes <= 3:
-            print_episode(ep, console)
+    class PrintEpisodes(RunCallback):
+        """A short run's episodes in full as they are recorded (a live view prints its own)."""
+
+        def on_episode_end(self, ep: Episode, stats: RunStats) -> None:
+            if not args.quiet and live is None and args.episodes <= 3:
+                print_episode(ep, console)
 
     async def procedural_referee(ep: Episode) -> None:
         """The procedural referee's verdict (no model call) on each finished episode, attached as
@@ -125,27 +121,21 @@ def play(args: argparse.Namespace) -> int:
         if ep.finished:
             await score_episodes([ep], spec, [], None)
 
-    def runner_with(workers: int) -> Runner:
-        return Runner(
+    try:
+        runner = Runner(
             spec,
             factory,
             args.out,
             concurrency=concurrency,
-            workers=workers,
             progress=not (args.quiet or human or (live is not None and args.episodes == 1)),
             retry_failed=args.retry_failed,
-            on_turn=live.on_turn if live else None,
-            on_episode=on_episode,
+            callbacks=[LiveCallback(live) if live else PrintEpisodes()],
             finish=procedural_referee,
             max_cycles=args.max_cycles,
+            **ray_options(args),
         )
-
-    try:
-        runner = runner_with(args.workers or auto_workers(concurrency, args.episodes))
-    except ValueError as exc:  # what workers cannot do (a live view, the embedded model, max_parallel)
-        if args.workers:
-            fail(f"--workers {args.workers}: {exc}")
-        runner = runner_with(1)
+    except ValueError as exc:  # what Ray actors cannot do (a human, the embedded model), or no Ray
+        fail(f"--ray: {exc}")
     if (
         factory.uses_models
         and any(p.backend == "local" for p in factory.profiles.values())
@@ -169,24 +159,18 @@ def play(args: argparse.Namespace) -> int:
 def report_run(stats: RunStats, runner: Runner, console: Console) -> int:
     """One summary line; exit status 1 when episodes were played and none of them finished."""
     retried = f", {stats.retried} retried from an earlier run" if stats.retried else ""
+    on_ray = ""
+    if stats.actors:
+        again = f", {stats.requeued} played again after an actor was lost" if stats.requeued else ""
+        on_ray = f" on {stats.actors} Ray actor(s) (ready in {stats.ray_start_s:.1f} s{again})"
     console.print(
-        f"{stats.done} episode(s) played ({stats.aborted} aborted{retried}), "
+        f"{stats.done} episode(s) played{on_ray} ({stats.aborted} aborted{retried}), "
         f"{stats.skipped} already in {runner.path}; {stats.calls} model calls, {stats.tokens} tokens."
     )
     if stats.done and stats.aborted == stats.done:
         why = ", ".join(f"{s} {n}" for s, n in sorted(stats.aborted_by.items()))
         fail(f"no episode finished: all {stats.done} aborted ({why}); see {runner.path}", code=1)
     return 0
-
-
-def auto_workers(concurrency: int, episodes: int) -> int:
-    """From 32 calls in flight, two processes or more (one per 32, up to the CPU count). Measured on
-    2 cores (scripts/bench_runner.py): one event loop keeps 0.98/0.91/0.88/0.72 of the bare openai
-    client's throughput at 8/16/32/64 in flight, two processes 1.00/0.95/0.95/1.17."""
-    in_flight = min(concurrency, episodes)
-    if in_flight < 32:
-        return 1
-    return min(os.cpu_count() or 1, max(2, in_flight // 32))
 
 
 async def _run(runner: Runner, jobs: list[EpisodeJob], factory: AgentFactory) -> RunStats:

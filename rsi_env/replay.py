@@ -29,7 +29,8 @@ from rich.table import Table
 
 from .cli import fail, number_arg, run
 from .render import Block, episode_blocks, header, summary
-from .trajectory import Episode, TrajectoryFileError, read_episodes, resolve_path
+from .trajectory import Episode
+from .trajectory_store import TrajectoryFileError, read_episodes, resolve_path
 
 HELP = "n/→ next  p/← back  f/F next/prev flag  g/G start/end  u/d scroll  [/] episode  space play  q quit"
 

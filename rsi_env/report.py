@@ -31,7 +31,8 @@ from rich.text import Text
 
 from .cli import fail, run
 from .ratings import RatingTable, agent_label, rate
-from .trajectory import Episode, TrajectoryFileError, abort_status, read_episodes, resolve_path
+from .trajectory import Episode, Turn, abort_status
+from .trajectory_store import TrajectoryFileError, iter_episodes, resolve_path
 
 PIPED_WIDTH = 150
 
@@ -102,18 +103,30 @@ class Report(BaseModel):
 
 
 def load_runs(paths: list[Path]) -> tuple[list[Episode], list[str]]:
-    """Episodes of every run; a foreign or missing file stops with one clear message (exit 2)."""
+    """Episodes of every run, streamed and kept without what the report does not read (`slim`): a
+    run of any size fits. A foreign or missing file stops with one clear message (exit 2)."""
     episodes: list[Episode] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for path in paths:
             try:
-                episodes += read_episodes(path)
+                episodes += map(slim, iter_episodes(path))
             except TrajectoryFileError as exc:
                 fail(str(exc))
             except OSError as exc:
                 fail(f"{resolve_path(path)}: cannot read: {exc.strerror or exc}")
     return episodes, [str(w.message) for w in caught]
+
+
+def slim(ep: Episode) -> Episode:
+    """The episode as the report reads it: per turn only the call accounting (no observations,
+    prompts, replies or state changes), no event log, no initial state: most of a record's size."""
+    turns = [
+        Turn(tick=t.tick, turn=t.turn, phase=t.phase, player=t.player, observation="", raw="",
+             valid=t.valid, call=t.call, failed_calls=t.failed_calls)
+        for t in ep.turns
+    ]  # fmt: skip
+    return ep.model_copy(update={"turns": turns, "events": [], "initial_state": {}, "errors": []})
 
 
 def game_report(game: str, eps: list[Episode]) -> GameReport:

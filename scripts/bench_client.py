@@ -11,18 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import openai
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from rsi_env.llm import ChatClient, Endpoint, Sampling, _httpx
-from tests.fault_server import FaultConfig, FaultServerProcess
+from rsi_env.testing.fault_server import FaultConfig, FaultServerProcess
 
 MESSAGES = [
     {"role": "system", "content": "You are a negotiator. " * 40},

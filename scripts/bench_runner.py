@@ -1,23 +1,27 @@
 """Runner throughput against a fixed-latency test server, beside the bare openai client in the same run.
 
 For each concurrency the runner plays N negotiation episodes with LLM agents on the fault server
-(no faults, a fixed per-call latency); then the bare `openai` async client makes the same calls at
-the same concurrency: every request the runner sent, rebuilt from its trajectories (the same
-messages, so the same bytes on the wire and the same prompt growth; the first turn's action schema
-and the profile's sampling).
+(no faults, a fixed per-call latency): in one process, and with `--ray` also on Ray actors
+(`--actors`, default 2, on a local Ray started once); then the bare `openai` async client makes the
+same calls at the same concurrency: every request the runner sent, rebuilt from its trajectories
+(the same messages, so the same bytes on the wire and the same prompt growth; the first turn's
+action schema and the profile's sampling).
 
     ideal = calls x latency / concurrency        eff = ideal / achieved
 
-`steady` is the efficiency until the last episode (call) started: from then on a finite run of
-episodes is a tail of long episodes finishing with fewer than `concurrency` in flight, which no
-runner avoids and a long run hardly sees; the bare client has no such tail. The figure that matters
-is the runner's efficiency as a share of the bare client's (target >= 0.90), printed for both. On a
-small machine both clients end up capped by their own CPU per call (`cpu ms`, worker processes
-included). The server runs in its own process, so its CPU is not charged to the client. Then tokens
-per episode against turn count (the fault server counts ~4 characters per token): prompt growth.
+`steady` is the efficiency from the first episode's start until the last episode (call) started:
+it leaves out the run's start (reading the file; starting Ray actors) and its end, a tail of long
+episodes finishing with fewer than `concurrency` in flight, which no runner avoids and a long run
+hardly sees; the bare client has neither. The figure that matters is the runner's efficiency as a
+share of the bare client's (target >= 0.90), printed for both. On a small machine every client ends
+up capped by its own CPU per call (`cpu ms`: this process's; for Ray rows the driver's only, the
+actors' own CPU is on other processes). The server runs in its own process, so its CPU is not
+charged to the client. Ray's start-up (connecting or starting Ray once; starting the actors, per
+row and inside its time) is printed. Then tokens per episode against turn count (the fault server
+counts ~4 characters per token): prompt growth.
 
-    python scripts/bench_runner.py [--episodes 600] [--latency 0.1] [--concurrency 8 16 32 64]
-                                   [--workers 1 2] [--repeat 1]
+    python scripts/bench_runner.py [--episodes 600] [--latency 0.1] [--concurrency 32 64 128 256]
+                                   [--ray] [--actors 2] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
@@ -36,9 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import openai
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pydantic import BaseModel
 
 from rsi_env.agents.llm_agent import LLMAgent, conversation
@@ -48,8 +49,9 @@ from rsi_env.env import GameParallelEnv
 from rsi_env.llm import _httpx
 from rsi_env.runner import Runner, plan
 from rsi_env.spec import GameSpec
-from rsi_env.trajectory import Episode, read_episodes
-from tests.fault_server import FaultConfig, FaultServerProcess
+from rsi_env.testing.fault_server import FaultConfig, FaultServerProcess
+from rsi_env.trajectory import Episode
+from rsi_env.trajectory_store import read_episodes
 
 MODEL = "fault-test-model"
 AGENT = "local"  # the default profile; --base-url style override points it at the test server
@@ -78,21 +80,23 @@ class Timing(BaseModel):
 
 
 async def run_runner(
-    spec: GameSpec, base_url: str, episodes: int, concurrency: int, workers: int, out: Path
-) -> Timing:
+    spec: GameSpec, base_url: str, episodes: int, concurrency: int, actors: int, out: Path
+) -> tuple[Timing, float]:
+    """One runner row (`actors` 0: one process); its timing and the actors' start-up seconds."""
     factory = AgentFactory([AGENT], spec, EndpointOverride(base_url=base_url, model=MODEL))
-    kw: dict[str, Any] = {"workers": workers} if workers > 1 else {}
+    kw: dict[str, Any] = {"ray": "auto", "workers": actors} if actors else {}
     runner = Runner(spec, factory, out, concurrency=concurrency, progress=False, **kw)
-    jobs = plan(spec, [AGENT], episodes)
-    wall0, t0 = time.time(), time.perf_counter()
+    jobs = plan(spec, factory, episodes)
+    t0 = time.perf_counter()
     try:
-        await runner.run(jobs)
+        stats = await runner.run(jobs)
     finally:
         await factory.aclose()
     elapsed = time.perf_counter() - t0
     # When each request completed, from the record: an episode's calls follow one another from its
     # start (the few ms between them are left out, so this errs early, i.e. against the runner).
     eps = list(read_episodes(out))
+    first_start = min(ep.started_at for ep in eps)
     last_start = max(ep.started_at for ep in eps)
     steady_calls = 0
     for ep in eps:
@@ -101,7 +105,8 @@ async def run_runner(
             for c in (*turn.failed_calls, turn.call):
                 t += c.latency_s
                 steady_calls += (1 + c.retries) * (t <= last_start)
-    return Timing(elapsed=elapsed, steady_s=last_start - wall0, steady_calls=steady_calls)
+    timing = Timing(elapsed=elapsed, steady_s=last_start - first_start, steady_calls=steady_calls)
+    return timing, stats.ray_start_s
 
 
 def first_turn_request(spec: GameSpec) -> dict[str, Any]:
@@ -152,7 +157,11 @@ async def run_bare(
     http = openai.DefaultAsyncHttpxClient(
         limits=_httpx.Limits(max_connections=256, max_keepalive_connections=256)
     )
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0, http_client=http)
+    # 60 s for every phase, connecting included: on a busy machine 256 fresh connections to a starved
+    # server can take longer than the default 5 s to connect.
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="sk-bench", max_retries=0, timeout=60.0, http_client=http
+    )
     sem = asyncio.Semaphore(concurrency)
     starts: list[float] = []
     ends: list[float] = []
@@ -216,8 +225,9 @@ def main() -> None:
     ap.add_argument("--game", default="negotiation")
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument("--latency", type=float, default=0.1)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 16, 32, 64])
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="runner rows: 1 = one event loop")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[32, 64, 128, 256])
+    ap.add_argument("--ray", action="store_true", help="add rows on Ray actors (the ray extra)")
+    ap.add_argument("--actors", type=int, default=2, help="Ray actors of the Ray rows")
     ap.add_argument("--repeat", type=int, default=1, help="rows per setting (the machine may be shared)")
     ns = ap.parse_args()
 
@@ -225,6 +235,7 @@ def main() -> None:
     request = first_turn_request(spec)
     config = FaultConfig(latency_s=ns.latency)
     last_out: Path | None = None
+    rows = [0, ns.actors] if ns.ray else [0]
     with (
         FaultServerProcess("--config", config.model_dump_json()) as server,
         tempfile.TemporaryDirectory() as tmp,
@@ -232,24 +243,29 @@ def main() -> None:
         url = server.base_url
         print(
             f"{spec.id}: {ns.episodes} episodes per runner row; fault server {url} in its own process, "
-            f"latency {ns.latency * 1000:.0f} ms, no faults"
+            f"latency {ns.latency * 1000:.0f} ms, no faults; {os.cpu_count()} CPU(s)"
         )
+        if ns.ray:
+            from rsi_env.runner.ray_backend import connect
+
+            print(f"Ray started on this machine in {connect('auto'):.2f} s (once, before the rows)")
         print(
             f"{'conc':>4} {'client':<18}{'calls':>7}{'ideal s':>9}{'actual s':>10}{'calls/s':>9}"
             f"{'eff':>7}{'steady':>8}{'cpu ms':>9}   runner/bare: eff steady"
         )
         for conc in ns.concurrency:
             for rep in range(ns.repeat):
-                for workers in ns.workers:
-                    out = Path(tmp) / f"c{conc}-w{workers}-r{rep}"
+                for actors in rows:
+                    out = Path(tmp) / f"c{conc}-a{actors}-r{rep}"
                     before = server_requests(url)
                     cpu0 = cpu_time()
-                    runner = asyncio.run(run_runner(spec, url, ns.episodes, conc, workers, out))
+                    runner, start_s = asyncio.run(run_runner(spec, url, ns.episodes, conc, actors, out))
                     cpu = cpu_time() - cpu0
                     calls = server_requests(url) - before
                     last_out = out
-                    name = "runner" if workers == 1 else f"runner workers={workers}"
-                    steady_runner = row(conc, name, calls, ns.latency, runner, cpu)
+                    name = f"ray {actors} actors" if actors else "one process"
+                    tail = f"   (actors ready in {start_s:.2f} s)" if actors else ""
+                    steady_runner = row(conc, name, calls, ns.latency, runner, cpu, tail)
                     # The same calls at the same concurrency, right after, on the same server.
                     cpu0 = time.process_time()
                     messages = recorded_requests(list(read_episodes(out)))

@@ -454,7 +454,7 @@ def test_unique_id_suffixes_within_forty_characters() -> None:
 def test_cli_generate_against_an_openai_compatible_endpoint(tmp_path: Path) -> None:
     """`games generate` end to end against the fault-injecting test server answering with a recorded
     spec: one report line with its reason, the rates, the diversity figures, the log."""
-    from .fault_server import FaultServer
+    from rsi_env.testing.fault_server import FaultServer
 
     reply = fixture_text("near_duplicate")
     with FaultServer(responder=lambda body: reply) as srv:

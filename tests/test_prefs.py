@@ -47,9 +47,9 @@ from rsi_env.referees.judge import Ranking
 from rsi_env.referees.meta import JudgeReliability, MetaReport, weight
 from rsi_env.referees.panel import Missing, score_episodes
 from rsi_env.runner import plan, play_episode
-from rsi_env.trajectory import Episode, read_episodes
-
-from .fault_server import FaultConfig, FaultServer, SchemaResponder, schema_of_request
+from rsi_env.testing.fault_server import FaultConfig, FaultServer, SchemaResponder, schema_of_request
+from rsi_env.trajectory import Episode
+from rsi_env.trajectory_store import read_episodes
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +222,9 @@ def test_score_episodes_adds_what_missing_verdicts_reports(monkeypatch: pytest.M
     """One decision of which verdicts an episode lacks: `score_episodes` adds what `missing_verdicts`
     reports, and nothing when it reports nothing."""
     spec = load_game("ultimatum")
-    job = plan(spec, ["scripted"], 1)[0]
-    played = asyncio.run(play_episode(job, spec, AgentFactory(["scripted"], spec)))
+    factory = AgentFactory(["scripted"], spec)
+    job = plan(spec, factory, 1)[0]
+    played = asyncio.run(play_episode(job, spec, factory))
     ep = copy.deepcopy(played)
     asyncio.run(score_episodes([ep], spec, [], None))
     assert [v.judge for v in ep.verdicts] == ["procedural"]

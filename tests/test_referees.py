@@ -28,9 +28,8 @@ from rsi_env.referees.procedural import procedural_verdict, referee_manipulation
 from rsi_env.referees.rubric import Rubric, RubricError, load_rubric
 from rsi_env.referees.transcript import episode_text, fence
 from rsi_env.runner import continue_episode, new_episode
+from rsi_env.testing.fault_server import FaultConfig, FaultServer
 from rsi_env.trajectory import Episode
-
-from .fault_server import FaultConfig, FaultServer
 
 CASES = Path(__file__).parent / "cases"
 

@@ -29,7 +29,8 @@ from rsi_env.catalog import load_game
 from rsi_env.render import LiveView, episode_blocks, print_episode
 from rsi_env.runner import EpisodeJob, play_episode
 from rsi_env.spec import GameSpec
-from rsi_env.trajectory import CallInfo, DimensionScore, Episode, TrajectoryWriter, Verdict
+from rsi_env.trajectory import CallInfo, DimensionScore, Episode, Verdict
+from rsi_env.trajectory_store import TrajectoryWriter
 
 REPO = Path(__file__).resolve().parent.parent
 WIDE = 400  # no wrapping: a line of the rendering is a line of the episode

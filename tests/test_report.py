@@ -20,14 +20,8 @@ from rsi_env.agents.profiles import AgentFactory
 from rsi_env.catalog import load_game
 from rsi_env.ratings import Comparison, comparisons, fit, rate
 from rsi_env.runner import Runner, plan
-from rsi_env.trajectory import (
-    CallInfo,
-    DimensionScore,
-    Episode,
-    TrajectoryWriter,
-    Verdict,
-    read_episodes,
-)
+from rsi_env.trajectory import CallInfo, DimensionScore, Episode, Verdict
+from rsi_env.trajectory_store import TrajectoryWriter, read_episodes
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = 60  # per seat order and game: 240 episodes, a few seconds
@@ -37,8 +31,9 @@ def run_tournament(out: Path, game: str) -> None:
     """scripted vs random, each in both seats (roles and first moves rotate with the seed too)."""
     spec = load_game(game)
     for order in (["scripted", "random"], ["random", "scripted"]):
-        runner = Runner(spec, AgentFactory(order, spec), out, progress=False, concurrency=16)
-        asyncio.run(runner.run(plan(spec, order, SEEDS, seed=0)))
+        factory = AgentFactory(order, spec)
+        runner = Runner(spec, factory, out, progress=False, concurrency=16)
+        asyncio.run(runner.run(plan(spec, factory, SEEDS, seed=0)))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@
   episode has no payoffs (missing, never zero).
 - The play CLI killed mid-run with SIGKILL (and interrupted with SIGINT) leaves a valid file; the
   same command again resumes to exactly the planned set, with no duplicate lines.
-- Worker processes (`workers=N`) write the same episodes as one process, and die with their parent.
+- `workers=N` means Ray actors (tests/test_runner_ray.py); without Ray one process plays, and Ray
+  is not imported.
 - An env reused between episodes plays exactly like a fresh one.
 """
 
@@ -41,9 +42,9 @@ from rsi_env.expr import ExprError
 from rsi_env.llm import CallStatus
 from rsi_env.runner import EpisodeJob, Runner, RunStats, plan, play_episode
 from rsi_env.spec import GameSpec
-from rsi_env.trajectory import (
-    FAILURE_STATUSES,
-    Episode,
+from rsi_env.testing.fault_server import FaultConfig, FaultServer, random_instance, schema_of_request
+from rsi_env.trajectory import FAILURE_STATUSES, Episode
+from rsi_env.trajectory_store import (
     TrajectoryFileError,
     TrajectoryWriter,
     failed_attempts_path,
@@ -53,7 +54,6 @@ from rsi_env.trajectory import (
     set_aside,
 )
 from rsi_env.view import _hints, fmt_value, view_scope
-from tests.fault_server import FaultConfig, FaultServer, random_instance, schema_of_request
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "fault-test-model"
@@ -145,7 +145,7 @@ def server() -> Iterator[FaultServer]:
 def test_thirty_percent_faults_fifty_episodes(tmp_path: Path, spec: GameSpec, server: FaultServer) -> None:
     agent = write_profile(tmp_path, server.base_url)
     factory = AgentFactory([agent], spec, EndpointOverride(base_url=server.base_url, model=MODEL))
-    jobs = plan(spec, [agent], 50)
+    jobs = plan(spec, factory, 50)
     stats = run(Runner(spec, factory, tmp_path / "run", concurrency=16, progress=False), jobs)
 
     lines = raw_lines(tmp_path / "run")
@@ -201,7 +201,7 @@ def test_a_dead_endpoint_aborts_episodes_and_a_rerun_retries_them_once_each(
     def runner(**kw: Any) -> Runner:
         return Runner(spec, AgentFactory([agent, "random"], spec, override), tmp_path, progress=False, **kw)
 
-    jobs = plan(spec, [agent, "random"], 4)
+    jobs = plan(spec, AgentFactory([agent, "random"], spec, override), 4)
     stats = run(runner(), jobs)
     episodes = list(read_episodes(tmp_path))
     assert len(episodes) == 4 and stats.aborted >= 2
@@ -243,7 +243,7 @@ def test_duplicate_lines_of_an_older_retry_are_compacted_on_the_next_run(
     """A file where an older rsi_env appended a retry after the aborted line (two lines for one id)
     keeps only the finished line once a run touches it; the aborted one moves to the side file."""
     factory = AgentFactory(["scripted", "random"], spec)
-    jobs = plan(spec, ["scripted", "random"], 2)
+    jobs = plan(spec, factory, 2)
     run(Runner(spec, factory, tmp_path, progress=False), jobs)
     done = raw_lines(tmp_path)
     failed = {**done[0], "status": "aborted", "abort_reason": "timeout: test", "payoffs": None}
@@ -316,7 +316,8 @@ def test_a_line_cut_short_by_another_writer_is_not_glued_to_the_next(tmp_path: P
 
 SHARING_WRITER = """
 import sys, time
-from rsi_env.trajectory import Episode, TrajectoryWriter
+from rsi_env.trajectory import Episode
+from rsi_env.trajectory_store import TrajectoryWriter
 name, n = sys.argv[1], int(sys.argv[2])
 with TrajectoryWriter(sys.argv[3]) as w:
     for i in range(n):
@@ -383,9 +384,8 @@ def test_a_payoff_error_aborts_the_episode_with_the_engines_message(tmp_path: Pa
     spec_file = tmp_path / "divzero.yaml"
     spec_file.write_text(DIVZERO_SPEC, encoding="utf-8")
     spec = load_game(spec_file)
-    stats = run(
-        Runner(spec, AgentFactory(["random"], spec), tmp_path, progress=False), plan(spec, ["random"], 2)
-    )
+    factory = AgentFactory(["random"], spec)
+    stats = run(Runner(spec, factory, tmp_path, progress=False), plan(spec, factory, 2))
     assert stats.aborted == 2 and stats.aborted_by == {"game_error": 2}
     for ep in read_episodes(tmp_path):  # readable: no null where a payoff belongs
         assert ep.status == "aborted" and ep.payoffs is None
@@ -399,7 +399,7 @@ def test_a_rerun_leaves_unreadable_lines_where_they_are(tmp_path: Path, spec: Ga
     with a warning naming file:line and stays where it is, byte for byte, not moved aside; the
     episode it named is played again, so the file holds a readable record of every planned one."""
     factory = AgentFactory(["scripted", "random"], spec)
-    jobs = plan(spec, ["scripted", "random"], 2)
+    jobs = plan(spec, factory, 2)
     run(Runner(spec, factory, tmp_path, progress=False), jobs)
     good, bad = raw_lines(tmp_path)
     bad["payoffs"] = dict.fromkeys(bad["payoffs"])
@@ -423,7 +423,7 @@ def test_a_file_with_a_newer_rsi_envs_records_is_left_alone(tmp_path: Path, spec
     """A finished episode written by a newer rsi_env is not a failed attempt: the rerun stops with the
     reader's message and changes nothing, rather than playing it again and moving it aside."""
     factory = AgentFactory(["scripted", "random"], spec)
-    jobs = plan(spec, ["scripted", "random"], 2)
+    jobs = plan(spec, factory, 2)
     run(Runner(spec, factory, tmp_path, progress=False), jobs)
     good, newer = raw_lines(tmp_path)
     newer["schema_version"] += 1
@@ -599,135 +599,36 @@ def test_a_killed_run_resumes_to_exactly_the_planned_set(
     lines = raw_lines(out)
     ids = [d["episode_id"] for d in lines]
     assert len(ids) == len(set(ids)) == n, "no duplicates"
-    assert set(ids) == {j.episode_id for j in plan(spec, [agent], n)}
+    override = EndpointOverride(base_url=server.base_url, model=MODEL)
+    assert set(ids) == {j.episode_id for j in plan(spec, AgentFactory([agent], spec, override), n)}
     if kept is not None:  # finished episodes were skipped, not played again
         assert all(d["run_id"] == kept[d["episode_id"]] for d in lines if d["episode_id"] in kept)
 
 
-# --- worker processes ------------------------------------------------------------------------------
+# --- one process without Ray ------------------------------------------------------------------------
 
 
-WORKERS_SCRIPT = """
-import asyncio, dataclasses, json
-from rsi_env import runner as R
-from rsi_env.agents.profiles import AgentFactory, EndpointOverride
-from rsi_env.catalog import load_game
-if {how!r} == "spawn":
-    R._can_fork = lambda: False
-spec = load_game({game!r})
-jobs = R.plan(spec, [{agent!r}], 8)
-seen = []
-
-async def play(out, **kw):
-    factory = AgentFactory([{agent!r}], spec, EndpointOverride(base_url={url!r}, model={model!r}))
-    runner = R.Runner(spec, factory, out, progress=False, on_episode=lambda e: seen.append(e.episode_id),
-                      **kw)
-    runner.bootstrap = False  # with workers, every episode in a worker process
-    try:
-        return await runner.run(jobs)
-    finally:
-        await factory.aclose()
-
-asyncio.run(play({one!r}))
-seen.clear()
-stats = asyncio.run(play({many!r}, concurrency=4, workers=2))
-print(json.dumps({{"stats": dataclasses.asdict(stats), "seen": seen}}))
-"""
-
-
-@pytest.mark.parametrize("how", ["spawn", "fork"])
-def test_workers_write_the_same_episodes_as_one_process(tmp_path: Path, spec: GameSpec, how: str) -> None:
-    """In a fresh interpreter: workers fork only when their parent has no other thread (as in the CLI),
-    and start a new interpreter otherwise (forced here for "spawn")."""
-    with FaultServer(FaultConfig(latency_s=0.01), responder=deterministic_responder) as srv:
-        agent = write_profile(tmp_path, srv.base_url)
-        script = WORKERS_SCRIPT.format(
-            how=how, game=GAME, agent=agent, url=srv.base_url, model=MODEL,
-            one=str(tmp_path / "one"), many=str(tmp_path / "many"),
-        )  # fmt: skip
-        done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    result = json.loads(done.stdout.decode().splitlines()[-1])
-    stats, seen = result["stats"], result["seen"]
-    jobs = plan(spec, [agent], 8)
-    assert stats["worker_start"] == how
-    assert stats["done"] == stats["worker_episodes"] == 8 and sorted(seen) == sorted(
-        j.episode_id for j in jobs
-    )
-    assert stats["calls"] == sum(ep.usage.calls for ep in read_episodes(tmp_path / "many")) > 8
-    a = {ep.episode_id: comparable(ep) for ep in read_episodes(tmp_path / "one")}
-    b = {ep.episode_id: comparable(ep) for ep in read_episodes(tmp_path / "many")}
-    assert a == b
-    assert len(raw_lines(tmp_path / "many")) == 8
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child pids from Linux /proc")
-def test_workers_die_with_their_parent_and_the_run_resumes(tmp_path: Path, spec: GameSpec) -> None:
-    with FaultServer(FaultConfig(latency_s=0.05)) as srv:
-        agent = write_profile(tmp_path, srv.base_url)
-        out = tmp_path / "run"
-        script = (
-            "import asyncio, sys\n"
-            "from rsi_env.agents.profiles import AgentFactory, EndpointOverride\n"
-            "from rsi_env.catalog import load_game\n"
-            "from rsi_env.runner import Runner, plan\n"
-            f"spec = load_game({GAME!r})\n"
-            f"f = AgentFactory([{agent!r}], spec, EndpointOverride(base_url={srv.base_url!r}))\n"
-            f"r = Runner(spec, f, {str(out)!r}, concurrency=4, workers=2, progress=False)\n"
-            f"asyncio.run(r.run(plan(spec, [{agent!r}], 16)))\n"
-        )
-        proc = start([sys.executable, "-c", script])
-        wait_for_lines(out, 2, proc)
-        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-        assert len(children) == 2
-        proc.kill()
-        proc.wait()
-        deadline = time.monotonic() + 20
-        alive = children
-        while alive and time.monotonic() < deadline:
-            alive = [c for c in alive if _running(c)]
-            time.sleep(0.05)
-        assert not alive, "worker processes outlived their parent"
-
-        factory = AgentFactory([agent], spec, EndpointOverride(base_url=srv.base_url))
-        run(Runner(spec, factory, out, concurrency=8, progress=False), plan(spec, [agent], 16))
-    ids = [d["episode_id"] for d in raw_lines(out)]
-    assert len(ids) == len(set(ids)) == 16
-
-
-def _running(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status  # a zombie has exited; its new parent reaps it
-
-
-def test_workers_refuse_what_they_cannot_do(tmp_path: Path, spec: GameSpec) -> None:
-    override = EndpointOverride(base_url="http://127.0.0.1:9/v1", model=MODEL)
-    with pytest.raises(ValueError, match="live"):
-        Runner(spec, AgentFactory(["random"], spec), tmp_path, workers=2, on_turn=lambda ep, t: None)
-    with pytest.raises(ValueError, match="endpoint"):
-        Runner(spec, AgentFactory(["local"], spec), tmp_path, workers=2)
-    Runner(spec, AgentFactory(["local"], spec, override), tmp_path, workers=2)  # on an endpoint: fine
-    # A server's max_parallel is kept per event loop: N processes would send it N times as many calls.
-    limited = write_limited_profile(tmp_path)
-    with pytest.raises(ValueError, match="max_parallel"):
-        Runner(spec, AgentFactory([limited, "random"], spec), tmp_path, workers=2)
-
-
-def test_the_play_command_says_what_workers_cannot_do(tmp_path: Path) -> None:
+def test_workers_are_ray_actors_and_need_ray(tmp_path: Path, spec: GameSpec) -> None:
+    with pytest.raises(ValueError, match="Ray actors"):
+        Runner(spec, AgentFactory(["random"], spec), tmp_path, workers=2)
     cmd = [sys.executable, "-m", "rsi_env.play", "--agents", "scripted,random", "--out", str(tmp_path)]
-    done = subprocess.run([*cmd, "--workers", "2", "--live"], cwd=REPO, capture_output=True, timeout=60)
+    done = subprocess.run([*cmd, "--workers", "2"], cwd=REPO, capture_output=True, timeout=60)
     err = done.stderr.decode()
-    assert done.returncode == 2 and "--workers 2" in err and "live" in err and "Traceback" not in err
-    assert not (tmp_path / "trajectories.jsonl").exists() or not raw_lines(tmp_path)
-    limited = write_limited_profile(tmp_path)
-    done = subprocess.run(
-        [*cmd, "--agents", f"{limited},random", "--workers", "2"], cwd=REPO, capture_output=True, timeout=60
+    assert done.returncode == 2 and "--workers 2" in err and "--ray" in err and "Traceback" not in err
+    assert not resolve_path(tmp_path).exists()
+
+
+def test_running_one_process_imports_no_ray(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from rsi_env.play import main\n"
+        "code = main(['--agents', 'scripted,random', '--episodes', '2', '--quiet',\n"
+        f"             '--out', {str(tmp_path)!r}])\n"
+        "assert code == 0 and 'ray' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)\n"
     )
-    err = done.stderr.decode()
-    assert done.returncode == 2 and "--workers 2" in err and "max_parallel" in err and "Traceback" not in err
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert len(raw_lines(tmp_path)) == 2
 
 
 def write_limited_profile(directory: Path) -> str:
@@ -744,7 +645,7 @@ def write_limited_profile(directory: Path) -> str:
 def test_a_reused_env_plays_like_a_fresh_one(game_id: str) -> None:
     spec = load_game(game_id)
     factory = AgentFactory(["scripted", "random"], spec)
-    jobs = plan(spec, ["scripted", "random"], 3)
+    jobs = plan(spec, factory, 3)
     fresh = {j.episode_id: asyncio.run(play_episode(j, spec, factory)) for j in jobs}
     env = GameParallelEnv(spec, n_players=jobs[0].n_players)
     for j in reversed(jobs):  # another order: nothing of one episode leaks into the next
@@ -774,21 +675,3 @@ def test_hints_read_from_the_variables_they_use_match_the_full_view(game_id: str
         moves = {p: agents[p].choose(infos[p]) for p in env.agents if infos[p]["is_turn"]}
         _, _, _, _, infos = env.step(moves)
     assert checked or not game.hints
-
-
-def test_play_uses_worker_processes_by_default_only_where_they_pay(tmp_path: Path) -> None:
-    from rsi_env.play import auto_workers
-
-    two = min(2, os.cpu_count() or 1)
-    assert auto_workers(8, 1000) == auto_workers(16, 1000) == auto_workers(64, 20) == 1
-    assert auto_workers(32, 1000) == auto_workers(64, 64) == two
-    # Where workers cannot go (a live view), the default quietly plays in one process.
-    cmd = [sys.executable, "-m", "rsi_env.play", "--agents", "scripted,random", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [*cmd, "--episodes", "40", "--concurrency", "32", "--live"],
-        cwd=REPO,
-        capture_output=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert len(raw_lines(tmp_path)) == 40

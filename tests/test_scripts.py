@@ -28,10 +28,17 @@ def test_bench_env_prints_every_game_beside_the_reference() -> None:
         assert game in out
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_bench_runner_prints_runner_and_bare_client_efficiency(workers: str) -> None:
-    out = _script("bench_runner.py", "--episodes", "4", "--concurrency", "4", "--workers", workers)
-    assert "runner/bare" in out and "bare openai" in out and "tokens per episode" in out
+def test_bench_runner_prints_runner_and_bare_client_efficiency() -> None:
+    out = _script("bench_runner.py", "--episodes", "4", "--concurrency", "4")
+    assert "runner/bare" in out and "one process" in out and "bare openai" in out
+    assert "tokens per episode" in out
+
+
+@pytest.mark.ray
+def test_bench_runner_with_ray_adds_ray_rows_and_the_start_up_cost() -> None:
+    pytest.importorskip("ray")
+    out = _script("bench_runner.py", "--episodes", "6", "--concurrency", "4", "--ray", "--actors", "2")
+    assert "Ray started on this machine in" in out and "ray 2 actors" in out and "actors ready in" in out
 
 
 def test_bench_client_and_bench_expr_print_their_tables() -> None:

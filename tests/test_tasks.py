@@ -36,8 +36,7 @@ from rsi_env.tasks.validators import (
     separation,
     solution_scores,
 )
-
-from .fault_server import FaultConfig, FaultServer, schema_of_request
+from rsi_env.testing.fault_server import FaultConfig, FaultServer, schema_of_request
 
 FAST = SandboxLimits(timeout_s=3.0, memory_mb=256)
 HAS_CORPUS = importlib.util.find_spec(corpus.MODULE) is not None

@@ -93,6 +93,7 @@ class RunConfig(BaseModel):
     min_quality: float = 0.0  # judges' weighted mean quality in [0, 1] needed to accept (0 = off)
     episodes: int = EPISODES
     skill_seeds: int = SKILL_SEEDS
+    ray: str | None = None  # play-tests as Ray tasks on this cluster (`--ray`), else in this process
 
 
 class RunReport(BaseModel):
@@ -271,7 +272,13 @@ async def run_generation(
             )
             continue
         echo(f"… #{i + 1} {attempt_id}: `{spec.id}` is valid; play-testing")
-        rec.playtest = playtest(spec, config.episodes, config.skill_seeds)
+        if config.ray is not None:
+            from ..runner.ray_backend import remote_task
+
+            args = (spec, config.episodes, config.skill_seeds)
+            rec.playtest = await remote_task(playtest, *args, address=config.ray)
+        else:
+            rec.playtest = playtest(spec, config.episodes, config.skill_seeds)
         if not rec.playtest.passed:
             decide(rec, "playtest", f"play-test: {rec.playtest.reason}")
             continue

@@ -15,20 +15,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from ..agents.profiles import AgentFactory, ClientPool, ProfileError
 from ..catalog import load_game
-from ..cli import add_endpoint_args, add_panel_args, endpoint_override, fail, positive_int, run
+from ..cli import (
+    add_endpoint_args,
+    add_panel_args,
+    add_ray_args,
+    endpoint_override,
+    fail,
+    positive_int,
+    ray_options,
+    run,
+)
 from ..referees.meta import reliability_table
 from ..referees.panel import missing_verdicts, parse_judges, score_episodes
 from ..referees.rubric import RubricError, load_rubric
 from ..runner import Runner, plan
-from ..spec import SpecError
-from ..trajectory import TrajectoryWriter, read_episodes
-from .branching import NothingBranched, branch_decisions, nothing_branched
+from ..spec import GameSpec, SpecError
+from ..trajectory import Episode
+from ..trajectory_store import TrajectoryWriter, read_episodes
+from .branching import Decision, NothingBranched, Rollouts, branch_decisions, nothing_branched, rollouts_at
 from .candidates import BRANCHES, BranchSet, read_sets
 from .ranking import BuildResult, build, load_meta_scores, mean_scores, review_judges, save_meta_scores
 from .rows import kto_rows, write_rows
@@ -96,8 +108,14 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
     run_dir = Path(args.out)
     try:
         # 1. play
-        runner = Runner(spec, factory, run_dir, concurrency=args.concurrency, progress=not args.quiet)
-        jobs = plan(spec, names, args.episodes, args.seed, args.n_players)
+        try:
+            runner = Runner(
+                spec, factory, run_dir, concurrency=args.concurrency, progress=not args.quiet,
+                **ray_options(args),
+            )  # fmt: skip
+        except ValueError as exc:  # what Ray actors cannot do (the embedded model), or no Ray
+            fail(f"--ray: {exc}")
+        jobs = plan(spec, factory, args.episodes, args.seed, args.n_players)
         await runner.run(jobs)
         wanted = {j.episode_id for j in jobs}
         episodes = [ep for ep in read_episodes(run_dir) if ep.episode_id in wanted]
@@ -108,11 +126,12 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
             with TrajectoryWriter(run_dir) as w:
                 for ep in await score_episodes(todo, spec, judges, episode_rubric):
                     w.write(ep)
-        # 3. branch at decisions, roll out, rank with the panel on the rubric's question
+        # 3. branch at decisions, roll out (here or on Ray actors), rank on the rubric's question
         console.print(f"Branching up to {args.decisions} decision(s) per episode {args.branch} ways…")
         await branch_decisions(
             episodes, spec, factory, run_dir, k=args.branch, per_episode=args.decisions, judges=list(judges),
             criteria=criteria, penalty=args.penalty, pairwise=args.pairwise, concurrency=args.concurrency,
+            rollouts=_ray_rollouts(args, spec, factory) if args.ray is not None else None,
         )  # fmt: skip
         if not (run_dir / BRANCHES).is_file():
             raise nothing_branched(episodes)
@@ -124,6 +143,33 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
         await pool.aclose()
     # 5. rows
     return cmd_build(args, console)
+
+
+def _ray_rollouts(args: argparse.Namespace, spec: GameSpec, factory: AgentFactory) -> Rollouts:
+    """Rollouts on Ray actors: each gets the recorded episode and the decision (records, never a live
+    env), rebuilds the state by replay and rolls the candidates out; the judges rank them here."""
+
+    async def run(
+        work: list[Decision], done: Callable[[Decision, tuple[BranchSet, list[Episode]]], Awaitable[None]]
+    ) -> None:
+        from ..runner.ray_backend import RayPool, run_on
+
+        pool = RayPool(spec, factory, address=args.ray, workers=args.workers, concurrency=args.concurrency)
+
+        async def call(actor: Any, item: Decision) -> tuple[BranchSet, list[Episode]]:
+            ep, turn = item
+            result: tuple[BranchSet, list[Episode]] = await run_on(
+                actor, rollouts_at, ep, turn, args.branch, args.penalty
+            )
+            return result
+
+        try:
+            await pool.start(len(work))
+            await pool.map(work, call, done)
+        finally:
+            pool.close()
+
+    return run
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -190,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path("runs/prefs"))
     g.add_argument("--quiet", action="store_true")
     add_endpoint_args(g)
+    add_ray_args(g)
     _build_options(g)
     g.set_defaults(fn=cmd_generate, run_dir=None)
     return ap

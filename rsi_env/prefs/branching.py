@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,51 @@ class NothingBranched(Exception):
     """`prefs generate` found no decision to branch (and has no earlier branch sets to build from)."""
 
 
+Decision = tuple[Episode, Turn]
+# Rolls out every pending decision and hands each (decision, set, rollouts) to `done` as it finishes:
+# in this process (`local_rollouts`) or on Ray actors (`runner.ray_backend`, `prefs generate --ray`).
+Rollouts = Callable[
+    [list[Decision], Callable[[Decision, tuple[BranchSet, list[Episode]]], Awaitable[None]]], Awaitable[None]
+]
+
+
+def pending_decisions(
+    episodes: list[Episode], factory: AgentFactory, run_dir: Path, per_episode: int
+) -> list[Decision]:
+    """Up to `per_episode` decisions of the LLM agents in each finished episode whose set is not in the
+    run directory yet (an earlier, interrupted run made it), so rerunning resumes."""
+    llm_players = {p.player for ep in episodes for p in ep.players if p.agent in factory.profiles}
+    done = {bs.set_id for bs in read_sets(run_dir)} if (run_dir / BRANCHES).is_file() else set()
+    return [
+        (ep, t)
+        for ep in episodes
+        if ep.status != "aborted"
+        for t in decision_turns(ep, llm_players, per_episode)
+        if decision_id(ep.episode_id, t.tick, t.player) not in done
+    ]
+
+
+def local_rollouts(
+    spec: GameSpec, factory: AgentFactory, *, k: int, penalty: float, concurrency: int
+) -> Rollouts:
+    """Roll decisions out in this process, `concurrency` at a time."""
+
+    async def run(
+        work: list[Decision],
+        done: Callable[[Decision, tuple[BranchSet, list[Episode]]], Awaitable[None]],
+    ) -> None:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(item: Decision) -> None:
+            async with sem:
+                made = await branch(item[0], spec, factory, item[1], k, penalty=penalty)
+                await done(item, made)
+
+        await asyncio.gather(*(one(item) for item in work))
+
+    return run
+
+
 async def branch_decisions(
     episodes: list[Episode],
     spec: GameSpec,
@@ -93,31 +139,25 @@ async def branch_decisions(
     penalty: float = 0.25,
     pairwise: bool = False,
     concurrency: int = 4,
+    rollouts: Rollouts | None = None,
 ) -> list[BranchSet]:
-    """Branch up to `per_episode` decisions of the LLM agents in each finished episode, K ways, and append
-    each set (and its rollouts) to the run directory as it is made. A decision whose set is already there
-    (an earlier, interrupted run) is skipped, so rerunning resumes."""
-    llm_players = {p.player for ep in episodes for p in ep.players if p.agent in factory.profiles}
-    done = {bs.set_id for bs in read_sets(run_dir)} if (run_dir / BRANCHES).is_file() else set()
-    work = [
-        (ep, t)
-        for ep in episodes
-        if ep.status != "aborted"
-        for t in decision_turns(ep, llm_players, per_episode)
-        if decision_id(ep.episode_id, t.tick, t.player) not in done
-    ]
-    sem = asyncio.Semaphore(concurrency)
+    """Branch up to `per_episode` decisions of the LLM agents in each finished episode, K ways, have the
+    judges rank each set here, and append each set (and its rollouts) to the run directory as it is made.
+    A decision whose set is already there is skipped, so rerunning resumes. `rollouts` runs the branches
+    (default: in this process)."""
+    work = pending_decisions(episodes, factory, run_dir, per_episode)
+    run = rollouts or local_rollouts(spec, factory, k=k, penalty=penalty, concurrency=concurrency)
     made: list[BranchSet] = []
 
-    async def one(ep: Episode, turn: Turn) -> None:
-        async with sem:
-            bs, rollouts = await branch(ep, spec, factory, turn, k, penalty=penalty)
-            shown, context = judge_view(bs, spec, ep, rollouts)
-            await judge_set(bs, judges, criteria, shown=shown, context=context, pairwise=pairwise)
-        append_set(run_dir, bs, list(rollouts))
+    async def done(item: Decision, result: tuple[BranchSet, list[Episode]]) -> None:
+        bs, rolled = result
+        shown, context = judge_view(bs, spec, item[0], rolled)
+        await judge_set(bs, judges, criteria, shown=shown, context=context, pairwise=pairwise)
+        append_set(run_dir, bs, list(rolled))
         made.append(bs)
 
-    await asyncio.gather(*(one(ep, t) for ep, t in work))
+    if work:
+        await run(work, done)
     return made
 
 
@@ -207,6 +247,14 @@ async def branch(
         candidates=candidates,
     )
     return record, rollouts
+
+
+async def rollouts_at(
+    spec: GameSpec, factory: AgentFactory, base: Episode, decision: Turn, k: int, penalty: float
+) -> tuple[BranchSet, list[Episode]]:
+    """`branch` without the judges, arguments in the order a Ray actor calls it (`RayPool`, `run_on`):
+    what an actor does for `prefs generate --ray`; the driver's judges then rank the rollouts."""
+    return await branch(base, spec, factory, decision, k, penalty=penalty)
 
 
 def judge_view(

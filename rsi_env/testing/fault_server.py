@@ -6,7 +6,7 @@ is written with a single ``write`` on a TCP_NODELAY socket, so there is no delay
 event loop sustains hundreds of concurrent connections with per-call latency simulated by sleeping.
 
 In-process: ``with FaultServer(FaultConfig(latency_s=0.1)) as srv: srv.base_url`` (runs its own loop
-in a daemon thread). As a subprocess: ``python tests/fault_server.py --latency 0.1`` prints
+in a daemon thread). As a subprocess: ``python -m rsi_env.testing.fault_server --latency 0.1`` prints
 ``READY <base_url>`` and serves until terminated; ``FaultServerProcess`` wraps that.
 """
 
@@ -519,7 +519,7 @@ class FaultServerProcess:
 
     def start(self) -> str:
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, *self.args],
+            [sys.executable, "-m", "rsi_env.testing.fault_server", *self.args],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,

@@ -1,0 +1,2 @@
+"""Test doubles and harnesses that ship with the package (so tests, scripts and users of the package
+import them without path edits): `fault_server`, a fault-injecting OpenAI-compatible server."""
