@@ -10,7 +10,7 @@ import json
 import re
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +53,25 @@ from rsi_env.trajectory_store import read_episodes
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def server() -> Iterator[FaultServer]:
+    """One endpoint for the module: an episode's id names the endpoint its LLM seats played on, so a
+    rerun resumes only against the same one."""
+    with FaultServer(FaultConfig(seed=11)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory, server: FaultServer) -> Path:
     """A small generation run: one LLM seat (served by the fault server's schema-valid answers)."""
     out = tmp_path_factory.mktemp("prefs")
-    with FaultServer(FaultConfig(seed=11)) as srv:
-        code = prefs_main(
-            [
-                "generate", "--game", "negotiation", "--agents", "local,scripted", "--episodes", "3",
-                "--branch", "3", "--decisions", "2", "--judges", "local@0.2,local@1.0",
-                "--meta-judge", "local@0.5",
-                "--out", str(out), "--base-url", srv.base_url, "--model", "double", "--quiet",
-            ]
-        )  # fmt: skip
+    code = prefs_main(
+        [
+            "generate", "--game", "negotiation", "--agents", "local,scripted", "--episodes", "3",
+            "--branch", "3", "--decisions", "2", "--judges", "local@0.2,local@1.0",
+            "--meta-judge", "local@0.5",
+            "--out", str(out), "--base-url", server.base_url, "--model", "double", "--quiet",
+        ]
+    )  # fmt: skip
     assert code == 0
     return out
 
@@ -496,7 +503,9 @@ def test_rule_the_meta_judge_reviews_the_first_n_sets_it_can_review() -> None:
     assert [cs.set_id for cs in reviewable(sets, 10)] == ["s1", "s2", "s3"]
 
 
-def test_rule_set_ids_come_from_one_function_so_a_rerun_resumes(generated: Path, tmp_path: Path) -> None:
+def test_rule_set_ids_come_from_one_function_so_a_rerun_resumes(
+    generated: Path, server: FaultServer, tmp_path: Path
+) -> None:
     """Every set, its rollouts and the resume check use `decision_id`: rerunning `generate` on the same
     directory branches no decision twice."""
     sets = read_sets(generated)
@@ -508,14 +517,13 @@ def test_rule_set_ids_come_from_one_function_so_a_rerun_resumes(generated: Path,
     run = tmp_path / "run"
     shutil.copytree(generated, run)
     lines = (run / "branch_sets.jsonl").read_text().count("\n")
-    with FaultServer(FaultConfig(seed=11)) as srv:
-        code = prefs_main(
-            [
-                "generate", "--game", "negotiation", "--agents", "local,scripted", "--episodes", "3",
-                "--branch", "3", "--decisions", "2", "--judges", "local@0.2,local@1.0", "--meta-judge", "",
-                "--out", str(run), "--base-url", srv.base_url, "--model", "double", "--quiet",
-            ]
-        )  # fmt: skip
+    code = prefs_main(
+        [
+            "generate", "--game", "negotiation", "--agents", "local,scripted", "--episodes", "3",
+            "--branch", "3", "--decisions", "2", "--judges", "local@0.2,local@1.0", "--meta-judge", "",
+            "--out", str(run), "--base-url", server.base_url, "--model", "double", "--quiet",
+        ]
+    )  # fmt: skip
     assert code == 0
     assert (run / "branch_sets.jsonl").read_text().count("\n") == lines
     assert {bs.set_id for bs in read_sets(run)} == {bs.set_id for bs in sets}
