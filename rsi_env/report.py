@@ -11,6 +11,7 @@ episode cut short by a failing server says nothing about how the agents play.
 
     python -m rsi_env.report runs/a runs/b          # tables
     python -m rsi_env.report runs/a --json          # the same, machine-readable
+    python -m rsi_env.report runs/improve           # a training loop's improvement curve (+ PNG)
 """
 
 from __future__ import annotations
@@ -325,8 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def show_improvement(paths: list[Path]) -> list[Path]:
+    """Draw the improvement curve of every training-loop directory (`python -m rsi_env.improve`) among
+    `paths`; the other paths, run directories, are returned for the tables."""
+    from .improve.curve import is_loop_dir, show_curve
+
+    loops = [p for p in paths if is_loop_dir(p)]
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    for p in loops:
+        show_curve(p, Console(width=PIPED_WIDTH if wide else None))
+    return [p for p in paths if p not in loops]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.json:
+        args.runs = show_improvement(args.runs)
+        if not args.runs:
+            return 0
     episodes, notes = load_runs(args.runs)
     if args.game:
         episodes = [ep for ep in episodes if ep.game in args.game]

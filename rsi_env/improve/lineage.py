@@ -144,15 +144,16 @@ def read_lineage(out_dir: str | Path) -> list[LineageRecord]:
 
 
 def append_lineage(out_dir: str | Path, record: LineageRecord) -> None:
-    """One flushed, fsynced line (a partial line left by a killed writer is ended first)."""
+    """One flushed, fsynced line (a partial last line, left by a writer killed mid-line, is cut off
+    first: that iteration is being recorded again)."""
     path = Path(out_dir) / LINEAGE
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = ""
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            prefix = "" if f.read(1) == b"\n" else "\n"
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with path.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
     with path.open("a", encoding="utf-8") as f:
-        f.write(prefix + record.model_dump_json() + "\n")
+        f.write(record.model_dump_json() + "\n")
         f.flush()
         os.fsync(f.fileno())
