@@ -20,10 +20,13 @@ handled; other architectures get a clear error (llama.cpp's `convert_hf_to_gguf.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,14 +156,35 @@ def write_f32_gguf(checkpoint: str | Path, base_gguf: str | Path, out: str | Pat
     return count
 
 
-def quantize(src: str | Path, dst: str | Path, file_type: int, threads: int | None = None) -> None:
-    """Step 2: llama.cpp's own quantiser (llama-cpp-python's binding)."""
+@contextlib.contextmanager
+def _output_to(log: Path) -> Iterator[None]:
+    """The C library's stdout and stderr (a line per tensor) into `log` for the duration."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with log.open("ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def quantize(
+    src: str | Path, dst: str | Path, file_type: int, threads: int | None = None, log: Path | None = None
+) -> None:
+    """Step 2: llama.cpp's own quantiser (llama-cpp-python's binding); its output goes to `log`."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = file_type
     params.nthread = threads or min(2, os.cpu_count() or 1)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    with _output_to(log) if log is not None else contextlib.nullcontext():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
         raise ExportError(
             f"llama_model_quantize({src} -> {FILE_TYPE_NAMES.get(file_type, file_type)}) failed: {rc}"
@@ -185,7 +209,7 @@ def export_gguf(
         if ftype == FILE_TYPES["f32"]:
             os.replace(f32, final)
         else:
-            quantize(f32, final, ftype)
+            quantize(f32, final, ftype, log=out.with_suffix(".quantize.log"))
         os.replace(final, out)
     return ExportResult(
         path=str(out.resolve()),

@@ -182,6 +182,7 @@ class ServedModels:
         try:
             for node in self.nodes.values():
                 log = self.profile_dir / "logs" / f"{node.name}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
                 server: Server = (
                     CommandServer(self.serve_cmd, node, log)
                     if self.serve_cmd

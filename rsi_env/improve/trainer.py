@@ -15,10 +15,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,32 @@ def fits(tokenizer: Any, row: dict[str, Any], max_length: int) -> bool:
     return all(token_length(tokenizer, row["prompt"] + side) <= max_length for side in sides)
 
 
+@contextlib.contextmanager
+def completion_logits_only() -> Iterator[None]:
+    """Have TRL's fused LM head score only the completion tokens on a CPU too.
+
+    TRL 1.x projects hidden states onto the vocabulary in tiles and, on CUDA/XPU, only at positions
+    with a label (the completion); elsewhere it scores every position, to keep tile shapes fixed for
+    compiled backends (Neuron). On an eager CPU that fixed shape buys nothing and costs ~30x: 97% of a
+    row's tokens are prompt. The switch is the `trl.trainer.utils` module's own `_use_triton`
+    binding, which decides only that (the kernels keep their torch path); restored on exit, and a
+    no-op when TRL has no such binding."""
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 class PreferenceTrainer:
     """Trains `start` (a transformers checkpoint) on `rows` and writes the merged model to `out_dir`."""
 
@@ -120,7 +148,8 @@ class PreferenceTrainer:
 
         trainer = self._trainer(model, tokenizer, Dataset.from_list(kept), bf16)
         trainer.add_callback(KeepLogs())
-        out = trainer.train()
+        with completion_logits_only():
+            out = trainer.train()
         merged = self._save(trainer.model, tokenizer)
 
         def mean_of(key: str) -> float | None:
