@@ -17,6 +17,7 @@ same options, skips every stage with a result file and continues where it stoppe
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,9 +54,10 @@ class StageFailed(RuntimeError):
 
 
 def _train_child(
-    config_json: str, start: str, cache_dir: str, rows: str, out_root: str, iteration: int
+    config_json: str, start: str, cache_dir: str, rows: str, out_root: str, iteration: int, t0: float
 ) -> None:
-    """The train stage in a spawned process: weights (converted from GGUF once), TRL, result file."""
+    """The train stage in a spawned process: weights (converted from GGUF once), TRL, result file.
+    Its `seconds` are the stage's wall time from `t0` (the spawn, imports and conversion included)."""
     from .trainer import PreferenceTrainer
 
     cfg = TrainConfig.model_validate_json(config_json)
@@ -71,7 +73,7 @@ def _train_child(
             steps=0, loss=None, reward_accuracy=None, reward_margin=None, seconds=0.0, peak_rss_gib=0.0,
             bf16=False,
         )  # fmt: skip
-    ck.save("train", result)
+    ck.save("train", result.model_copy(update={"seconds": time.time() - t0}))
 
 
 class Loop:
@@ -201,7 +203,8 @@ class Loop:
         rows = col.kto if self.cfg.train.method == "kto" else col.prefs
         proc = multiprocessing.get_context("spawn").Process(
             target=_train_child,
-            args=(self.cfg.train.model_dump_json(), start, str(self.out / "cache"), rows, str(self.out), i),
+            args=(self.cfg.train.model_dump_json(), start, str(self.out / "cache"), rows, str(self.out), i,
+                  time.time()),
         )  # fmt: skip
         proc.start()
         proc.join()
