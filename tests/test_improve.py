@@ -229,3 +229,30 @@ def test_report_draws_the_improvement_curve(tmp_path: Path, capsys: pytest.Captu
     assert "Improvement curve" in out and "(40%–80%)" in out and "1530" in out and "[=======●=======]" in out
     png = tmp_path / "improvement.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+# --- the yield's denominator ----------------------------------------------------------------------------
+
+
+def test_collect_counts_every_model_call_the_server_saw(tmp_path: Path) -> None:
+    """Rows per 1,000 model calls: the calls counted from the run's records (episodes, candidates,
+    rollouts, judge rankings) are exactly the requests the server answered."""
+    from rsi_env.improve.collect import CollectPlan, collect
+
+    from .fault_server import FaultConfig, FaultServer
+
+    with FaultServer(FaultConfig(seed=5)) as srv:
+        profile = tmp_path / "double.yaml"
+        profile.write_text(
+            f"backend: endpoint\nbase_url: {srv.base_url}\nmodel: double\ndialect: json_schema\n"
+            "api_key_env: RSI_ENV_TEST_NO_KEY\n"
+        )
+        plan = CollectPlan(games=["negotiation"], opponents=["scripted", "self"], episodes=2, branch=3,
+                           decisions=1, judges=f"{profile}@0.3", seed=7)  # fmt: skip
+        res = collect(tmp_path / "iter", str(profile), plan, quiet=True)
+        served = srv.stats()["requests"]
+    assert res.model_calls == served > 0
+    assert res.rows == len((tmp_path / "iter" / "prefs.jsonl").read_text().splitlines())
+    assert res.yield_per_1k_calls == pytest.approx(1000 * res.rows / served)
+    assert [(r.opponent, r.sets > 0) for r in res.runs] == [("scripted", True), ("self", True)]
+    assert res.sets_with_preference <= res.sets and res.rows >= res.sets_with_preference
