@@ -238,8 +238,7 @@ def test_collect_counts_every_model_call_the_server_saw(tmp_path: Path) -> None:
     """Rows per 1,000 model calls: the calls counted from the run's records (episodes, candidates,
     rollouts, judge rankings) are exactly the requests the server answered."""
     from rsi_env.improve.collect import CollectPlan, collect
-
-    from .fault_server import FaultConfig, FaultServer
+    from rsi_env.testing.fault_server import FaultConfig, FaultServer
 
     with FaultServer(FaultConfig(seed=5)) as srv:
         profile = tmp_path / "double.yaml"

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from ..prefs.build import BRANCHES, ROLLOUTS, read_sets
-from ..trajectory import Episode, read_episodes
+from ..prefs.candidates import BRANCHES, ROLLOUTS, read_sets
+from ..trajectory import Episode
+from ..trajectory_store import read_episodes
 
 
 class RunYield(BaseModel):

@@ -36,7 +36,8 @@ from ..ratings import Z95, RatingTable, comparisons, rate
 from ..referees.panel import score_episodes
 from ..referees.procedural import all_flags
 from ..runner import EpisodeJob, Runner, plan
-from ..trajectory import Episode, PlayerInfo, read_episodes
+from ..trajectory import Episode, PlayerInfo
+from ..trajectory_store import read_episodes
 from .lineage import Interval
 
 EVAL_SEED = 1_000_000  # held-out seeds start here; collection uses seeds below
@@ -201,7 +202,9 @@ def eval_jobs(games: list[str], a: str, b: str, seeds: int) -> list[tuple[str, l
     out = []
     for game in games:
         spec = load_game(game)
-        jobs = plan(spec, [a, b], seeds, EVAL_SEED) + plan(spec, [b, a], seeds, EVAL_SEED)
+        jobs = [
+            j for order in ([a, b], [b, a]) for j in plan(spec, AgentFactory(order, spec), seeds, EVAL_SEED)
+        ]
         out.append((game, jobs))
     return out
 
