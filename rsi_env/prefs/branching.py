@@ -9,19 +9,21 @@ are scored procedurally (payoff, conduct flags) and ranked by the LLM judge pane
 rubric (`prefs.ranking.judge_set`); the result is one `BranchSet` line, from which `prefs build`
 makes rows without any new model call.
 
-Where the candidates come from is one function (`sample_candidates`), so other ways of sampling
-(e.g. for diversity) replace it alone.
+Where the candidates come from is one function (`sample_candidates`): it draws again a candidate
+whose move repeats an earlier one's (a few extra draws at most), so the rollouts can differ.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ..actions import parse_action
 from ..agents.base import TurnReport
 from ..agents.llm_agent import LLMAgent
 from ..agents.profiles import AgentFactory
@@ -161,18 +163,47 @@ async def branch_decisions(
     return made
 
 
+# Extra samples a decision may take, per candidate, to find moves that differ from the ones drawn.
+RESAMPLES_PER_CANDIDATE = 1
+
+
+def move_key(raw: str, action_names: list[str]) -> str:
+    """What the game does with a reply: its action and arguments, without the free text of a message
+    (two replies that differ only in wording or spacing play out the same way)."""
+    parsed = parse_action(raw, action_names)
+    if parsed.name is None:
+        return "invalid"
+    args = {k: v for k, v in parsed.args.items() if k != "message"}
+    return json.dumps([parsed.name, args], sort_keys=True, default=str)
+
+
 async def sample_candidates(
     decider: LLMAgent, env: GameParallelEnv, player: str, prefix: list[Turn], tick: int, k: int
 ) -> list[TurnReport]:
-    """K moves of `decider` from the identical conversation at `tick`, each with its own sampling seed."""
+    """K moves of `decider` from the identical conversation at `tick`, each with its own sampling seed.
+
+    Candidates that would play out alike teach nothing: a draw whose move (action and arguments)
+    repeats an earlier candidate's is drawn again, up to RESAMPLES_PER_CANDIDATE extra draws per
+    candidate in all; when the model keeps repeating itself, the repeats are kept (K candidates)."""
     info = env.agent_info(player)
+    names = list(info.get("legal_actions") or [])
     reports: list[TurnReport] = []
+    seen: set[str] = set()
+    spare = RESAMPLES_PER_CANDIDATE * k
     base_seed = (decider.seed or 0) + 7919 * (tick + 1)
-    for i in range(k):
+    draw = 0
+    while len(reports) < k:
         decider.restore(prefix)
-        decider.seed = base_seed + 104_729 * i - decider.calls  # a distinct sampling seed per candidate
+        decider.seed = base_seed + 104_729 * draw - decider.calls  # a distinct sampling seed per draw
+        draw += 1
         await decider.act(env.observe(player), info)
-        reports.append(decider.last or TurnReport(raw=""))
+        rep = decider.last or TurnReport(raw="")
+        key = move_key(rep.raw, names) if rep.status == "ok" else f"failed:{draw}"
+        if key in seen and spare > 0:
+            spare -= 1
+            continue
+        seen.add(key)
+        reports.append(rep)
     return reports
 
 
