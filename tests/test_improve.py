@@ -5,7 +5,9 @@ resume check, the yield's call count, and the improvement curve (terminal and PN
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,3 +257,46 @@ def test_collect_counts_every_model_call_the_server_saw(tmp_path: Path) -> None:
     assert res.yield_per_1k_calls == pytest.approx(1000 * res.rows / served)
     assert [(r.opponent, r.sets > 0) for r in res.runs] == [("scripted", True), ("self", True)]
     assert res.sets_with_preference <= res.sets and res.rows >= res.sets_with_preference
+
+
+class StubbornDouble:
+    """Test double for the model: asked the same conversation again and again, it talks the first four
+    times (in words that change each time) and proposes the same split from the fifth on."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.asked: Counter[str] = Counter()
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        self.calls += 1
+        key = json.dumps(body["messages"])
+        self.asked[key] += 1
+        if self.asked[key] > 4:
+            return json.dumps({"action": "propose", "books": 1, "hats": 0, "balls": 0})
+        return json.dumps({"action": "say", "message": f"let us talk ({self.asked[key]})"})
+
+
+def test_branching_draws_again_until_the_candidates_moves_differ(tmp_path: Path) -> None:
+    """The decision's prompt was asked once in the episode; three plain draws would all talk (three
+    candidates that play out alike: no preference). Drawing again past repeated moves reaches the
+    proposal; the third candidate repeats a move once the extra draws (K) run out: 2K calls per set."""
+    from rsi_env.actions import parse_action
+    from rsi_env.prefs.__main__ import main as prefs_main
+    from rsi_env.prefs.candidates import read_sets
+    from rsi_env.testing.fault_server import FaultConfig, FaultServer
+
+    double = StubbornDouble()
+    with FaultServer(FaultConfig(seed=1), responder=double) as srv:
+        code = prefs_main([
+            "generate", "--game", "negotiation", "--agents", "local,scripted", "--episodes", "2",
+            "--branch", "3", "--decisions", "2", "--judges", "", "--meta-judge", "", "--rubric", "",
+            "--out", str(tmp_path), "--base-url", srv.base_url, "--model", "double", "--quiet",
+        ])  # fmt: skip
+    assert code == 0
+    sets = read_sets(tmp_path)
+    assert sets
+    for bs in sets:
+        moves = [parse_action(c.raw, ["say", "propose"]).name for c in bs.candidates]
+        assert len(moves) == 3 and set(moves) == {"say", "propose"}
+    for bs in sets:  # the decision's prompt: once in the episode, then 2K draws
+        assert double.asked[json.dumps([m.model_dump() for m in bs.prompt])] == 1 + 6
