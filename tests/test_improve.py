@@ -298,5 +298,5 @@ def test_branching_draws_again_until_the_candidates_moves_differ(tmp_path: Path)
     for bs in sets:
         moves = [parse_action(c.raw, ["say", "propose"]).name for c in bs.candidates]
         assert len(moves) == 3 and set(moves) == {"say", "propose"}
-    for bs in sets:  # the decision's prompt: once in the episode, then 2K draws
-        assert double.asked[json.dumps([m.model_dump() for m in bs.prompt])] == 1 + 6
+    for bs in sets:  # the decision's prompt: once in the episode, then 2K draws, all recorded
+        assert double.asked[json.dumps([m.model_dump() for m in bs.prompt])] == 1 + 6 == 1 + bs.draws

@@ -103,7 +103,7 @@ def count_model_calls(run_dir: Path) -> int:
         calls += sum(1 for v in ep.verdicts if v.kind == "llm")
     if (run_dir / BRANCHES).is_file():
         for bs in read_sets(run_dir):
-            calls += len(bs.candidates)  # the K samples at the decision
+            calls += max(bs.draws, len(bs.candidates))  # the samples at the decision, repeats included
             calls += sum(len(j.pairwise) or 1 for j in bs.judges)
     for line in _lines(run_dir / ROLLOUTS):
         ep = Episode.model_validate_json(line)

@@ -179,12 +179,13 @@ def move_key(raw: str, action_names: list[str]) -> str:
 
 async def sample_candidates(
     decider: LLMAgent, env: GameParallelEnv, player: str, prefix: list[Turn], tick: int, k: int
-) -> list[TurnReport]:
+) -> tuple[list[TurnReport], int]:
     """K moves of `decider` from the identical conversation at `tick`, each with its own sampling seed.
 
     Candidates that would play out alike teach nothing: a draw whose move (action and arguments)
     repeats an earlier candidate's is drawn again, up to RESAMPLES_PER_CANDIDATE extra draws per
-    candidate in all; when the model keeps repeating itself, the repeats are kept (K candidates)."""
+    candidate in all; when the model keeps repeating itself, the repeats are kept (K candidates).
+    Returns the candidates and the number of draws (model calls) they took."""
     info = env.agent_info(player)
     names = list(info.get("legal_actions") or [])
     reports: list[TurnReport] = []
@@ -204,7 +205,7 @@ async def sample_candidates(
             continue
         seen.add(key)
         reports.append(rep)
-    return reports
+    return reports, draw
 
 
 async def branch(
@@ -229,7 +230,7 @@ async def branch(
     if not isinstance(decider, LLMAgent):
         raise ValueError(f"{player} is not an LLM agent; branching needs a model to sample from")
     prompt, messages = decider.messages_for(env.agent_info(player))
-    reports = await sample_candidates(decider, env, player, prefix, tick, k)
+    reports, draws = await sample_candidates(decider, env, player, prefix, tick, k)
     others = {t.player: t for t in base.turns if t.tick == tick and t.player != player}
     sid = decision_id(base.episode_id, tick, player)
     candidates: list[BranchCandidate] = []
@@ -276,6 +277,7 @@ async def branch(
         turn=decision.turn,
         prompt=[Message(**m) for m in messages],  # type: ignore[arg-type]
         candidates=candidates,
+        draws=draws,
     )
     return record, rollouts
 

@@ -161,6 +161,7 @@ class BranchSet(CandidateSet):
     tick: int
     turn: int
     candidates: list[BranchCandidate]  # type: ignore[assignment]  # the game fields of each candidate
+    draws: int = 0  # model calls that sampled the candidates (repeated moves drawn again); 0: not recorded
 
     @model_validator(mode="before")
     @classmethod
