@@ -51,9 +51,11 @@ def load_game(game: str | Path | GameSpec) -> GameSpec:
     if isinstance(game, GameSpec):
         return game
     path = Path(game)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
+    if path.suffix in (".yaml", ".yml") or os.path.lexists(path) or os.sep in str(game):
+        if not os.path.lexists(path):
             raise SpecError(str(path), ["no such file"])
+        if not path.is_file():  # a device, a FIFO, a directory: one message, never read
+            return read_spec_file(path)
     else:
         files = game_files()
         if str(game) not in files:

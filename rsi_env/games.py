@@ -35,6 +35,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 when every file is a valid spec, else 2 (bad input), one message per bad file."""
     failed = 0
     for f in args.files:
         try:
@@ -44,7 +45,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             continue
         print(f"{f}: ok ({spec.id}, {len(spec.actions)} actions, {len(spec.phases)} phases)")
-    return 1 if failed else 0
+    return 2 if failed else 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

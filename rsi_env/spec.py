@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .untrusted import UntrustedTextError, check_yaml_shape, printable, read_text_file
 
 
 def _to_expr_source(value: Any) -> Any:
@@ -325,45 +328,109 @@ class SpecError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
+MAX_PROBLEMS_SHOWN = 40  # a file with thousands of wrong keys gets a readable message, not a wall
+
+
 def format_validation_error(exc: ValidationError) -> list[str]:
-    """pydantic errors as `path.to.field: message` lines (no traceback, one per problem)."""
+    """pydantic errors as `path.to.field: message` lines (no traceback, one per problem).
+
+    Keys come from the file: they are shown with control characters escaped and cut short, so a
+    key made of terminal escape codes cannot reach the terminal raw."""
     out = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        path = ".".join(printable(str(p), limit=60) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (typo?)"
-        out.append(f"{path}: {msg}")
+        out.append(f"{path}: {printable(msg, limit=300)}")
+    if len(out) > MAX_PROBLEMS_SHOWN:
+        out = [*out[:MAX_PROBLEMS_SHOWN], f"... and {len(out) - MAX_PROBLEMS_SHOWN} more problem(s)"]
     return out
 
 
+_SPEC_FIELDS = frozenset(
+    name for n, f in GameSpec.model_fields.items() for name in (n, f.alias) if name is not None
+)
+
+
 def parse_spec(data: Any, source: str = "<spec>") -> GameSpec:
-    """Validate a spec given as parsed YAML/JSON; raises SpecError with one line per problem."""
+    """Validate a spec given as parsed YAML/JSON; raises SpecError with one line per problem.
+
+    A mapping none of whose keys is a spec field is not a spec at all (`--game /etc/shadow`): it gets
+    one line that repeats nothing of it, since its keys may be the lines of a private file."""
     if not isinstance(data, dict):
         raise SpecError(source, [f"(top level): expected a mapping of fields, got {type(data).__name__}"])
+    if not _SPEC_FIELDS & {k for k in data if isinstance(k, str)}:
+        raise SpecError(
+            source,
+            [
+                f"(top level): not a game spec: none of its {len(data)} key(s) is a spec field "
+                "(id, name, rules, actions, phases, end, payoffs, ...)"
+            ],
+        )
+    if problems := _control_characters(data, ""):
+        raise SpecError(source, problems[:MAX_PROBLEMS_SHOWN])
     try:
         return GameSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(source, format_validation_error(exc)) from None
 
 
+# Characters that drive a terminal (ESC starts an escape sequence) or reorder text; newlines and tabs
+# are fine in rules and descriptions.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _control_characters(data: Any, path: str) -> list[str]:
+    """`path: ...` for every string (key or value) holding a terminal control character: spec text
+    reaches terminals (`games list`, transcripts), where an escape code would act, not show."""
+    out: list[str] = []
+    if isinstance(data, str):
+        if m := _CONTROL.search(data):
+            where = path or "(top level)"
+            out.append(
+                f"{where}: contains the control character {printable(m.group())} (not allowed in a spec)"
+            )
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            here = f"{path}.{printable(str(k), limit=60)}" if path else printable(str(k), limit=60)
+            if isinstance(k, str) and _CONTROL.search(k):
+                out.append(f"{here}: the key contains a control character (not allowed in a spec)")
+            out += _control_characters(v, here)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            out += _control_characters(v, f"{path}[{i}]")
+    return out
+
+
 def read_spec_file(path: str | Path) -> GameSpec:
-    """Read and schema-validate one YAML spec file.
+    """Read and schema-validate one YAML spec file: a regular file of at most `MAX_SPEC_BYTES`
+    (`rsi_env.untrusted`), whose YAML nests and expands within bounds.
 
     All the checks (`games validate`'s) are `spec_check.load_checked_spec`.
     """
-    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(str(path), [f"cannot read file: {exc.strerror or exc}"]) from None
+        text = read_text_file(path)
+    except UntrustedTextError as exc:
+        raise SpecError(str(path), [str(exc)]) from None
     return parse_spec(load_yaml(text, str(path)), str(path))
+
+
+# libyaml when present: it composes in C, and PyYAML's Python parser is quadratic in flow nesting.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_yaml(text: str, source: str = "<spec>") -> Any:
     """Parse YAML, rejecting duplicate keys (PyYAML silently keeps the last one, and a spec with two
-    `score:` entries would lose one without a word); raises SpecError naming the lines."""
-    loader = yaml.SafeLoader(text)
+    `score:` entries would lose one without a word); raises SpecError naming the lines.
+
+    The text is untrusted: its nesting depth and its size once aliases are expanded are checked
+    first (`untrusted.check_yaml_shape`), before any node is built."""
+    try:
+        check_yaml_shape(text)
+    except UntrustedTextError as exc:
+        raise SpecError(source, [str(exc)]) from None
+    loader = _LOADER(text)
     try:
         node = loader.get_single_node()
         problems = _duplicate_keys(node, "", set()) if node is not None else []
@@ -373,8 +440,8 @@ def load_yaml(text: str, source: str = "<spec>") -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(source, [f"{where}invalid YAML: {problem}"]) from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, [f"{where}invalid YAML: {printable(problem, limit=200)}"]) from None
     finally:
         loader.dispose()
 
@@ -389,7 +456,7 @@ def _duplicate_keys(node: yaml.Node, path: str, visited: set[int]) -> list[str]:
     if isinstance(node, yaml.MappingNode):
         first_line: dict[str, int] = {}
         for key, value in node.value:
-            name = str(key.value)
+            name = printable(str(key.value), limit=60)
             here = f"{path}.{name}" if path else name
             if isinstance(key, yaml.ScalarNode) and name != "<<":  # `<<` merges are not keys
                 if name in first_line:
