@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
+from rich.text import Text
 
 if TYPE_CHECKING:  # importing profiles loads openai (~2 s): only the commands that call models need it
     from .agents.profiles import EndpointOverride
@@ -91,8 +92,11 @@ def endpoint_override(args: argparse.Namespace) -> EndpointOverride:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """One clear message on stderr, no traceback."""
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    """One clear message on stderr, no traceback. The message is shown as it is: a path or a spec key
+    in it may hold `[...]`, which is not rich markup here."""
+    Console(stderr=True, soft_wrap=True).print(
+        Text.assemble(("error:", "bold red"), " ", message), highlight=False
+    )
     sys.exit(code)
 
 
@@ -151,4 +155,19 @@ def run(main: Callable[[], int | None]) -> NoReturn:
         # Python would report the same error again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
+    except OSError as exc:
+        # A full disk, a read-only or missing folder, an output path that is a file: what was written
+        # before stays (records are appended whole); the message says which file and why.
+        fail(os_error_message(exc))
     sys.exit(code)
+
+
+def os_error_message(exc: OSError) -> str:
+    """`PATH: reason` for an OSError, in one line."""
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, FileExistsError) and exc.filename is not None and os.path.isfile(exc.filename):
+        reason = "a file is in the way (a folder was expected)"
+    return f"{where}: {reason}" if where else f"cannot write or read a file: {reason}"

@@ -55,6 +55,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import secrets
 
     from rich.console import Console
+    from rich.markup import escape
 
     from .agents.profiles import ClientPool, ProfileError, resolve_profile
     from .cli import endpoint_override, fail, ray_options
@@ -134,7 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except (ProfileError, RubricError, LocalModelError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        console.print(f"[yellow]Interrupted; attempts so far are in {config.log_path}[/]")
+        console.print(f"[yellow]Interrupted; attempts so far are in {escape(str(config.log_path))}[/]")
         return 130
     console.print(f"\nRates: {report.rate_line()}", markup=False)
     if report.why_not:
@@ -144,10 +145,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         console.print(f"  {d.line()}", markup=False)
     if report.meta is not None and report.meta.judges:
         console.print(reliability_table(report.meta))
-    console.print(f"Attempt log: {config.log_path}")
+    console.print(f"Attempt log: {config.log_path}", markup=False)
     if report.rates["accepted"] and not report.on_search_path:
+        out = escape(str(args.out))
         console.print(
-            f"[yellow]{args.out} is not on the game search path: set RSI_ENV_GAMES={args.out} "
+            f"[yellow]{out} is not on the game search path: set RSI_ENV_GAMES={out} "
             "to play the accepted games with --game <id>.[/]"
         )
     return 0

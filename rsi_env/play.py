@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from .agents.profiles import AgentFactory, ProfileError
 from .catalog import load_game
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True, soft_wrap=True)
 
     def show(message: Warning | str, *_: Any, **__: Any) -> None:
-        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
 
     # Warnings (an unreadable line skipped on resume, a cut-short line trimmed) as one `warning:`
     # line each, not in the interpreter's source-location format; restored on return.
@@ -149,7 +150,9 @@ def play(args: argparse.Namespace) -> int:
     except TrajectoryFileError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        console.print(f"[yellow]Interrupted. Finished episodes are in {runner.path}; rerun to resume.[/]")
+        console.print(
+            f"[yellow]Interrupted. Finished episodes are in {escape(str(runner.path))}; rerun to resume.[/]"
+        )
         return 130
     except RuntimeError as exc:  # e.g. the local model extra is missing
         fail(str(exc))
@@ -165,7 +168,8 @@ def report_run(stats: RunStats, runner: Runner, console: Console) -> int:
         on_ray = f" on {stats.actors} Ray actor(s) (ready in {stats.ray_start_s:.1f} s{again})"
     console.print(
         f"{stats.done} episode(s) played{on_ray} ({stats.aborted} aborted{retried}), "
-        f"{stats.skipped} already in {runner.path}; {stats.calls} model calls, {stats.tokens} tokens."
+        f"{stats.skipped} already in {runner.path}; {stats.calls} model calls, {stats.tokens} tokens.",
+        markup=False,
     )
     if stats.done and stats.aborted == stats.done:
         why = ", ".join(f"{s} {n}" for s, n in sorted(stats.aborted_by.items()))

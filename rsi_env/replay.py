@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console, RenderableType
+from rich.markup import escape
 from rich.table import Table
 
 from .cli import fail, number_arg, run
@@ -73,7 +74,7 @@ def load(path: Path) -> list[Episode]:
         why = notes[0] if notes else f"{resolve_path(path)}: no episodes in this file"
         fail(f"{why}; nothing to replay")
     for note in notes:
-        Console(stderr=True).print(f"[yellow]warning:[/] {note}", highlight=False)
+        Console(stderr=True).print(f"[yellow]warning:[/] {escape(str(note))}", highlight=False)
     return episodes
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 from rich.console import Console, Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     report = build_report(args.runs, episodes, notes)
     err = Console(stderr=True)
     for note in notes:
-        err.print(f"[yellow]warning:[/] {note}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(str(note))}", highlight=False)
     if args.json:
         sys.stdout.write(report.model_dump_json(indent=2) + "\n")
     else:

@@ -504,10 +504,20 @@ class TrajectoryWriter:
         return self._finished
 
     def _append(self, line: str) -> None:
-        # One write call per line, then flush + fsync: a kill leaves whole lines or a cut-short last one.
-        self._f.write(line)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        # Written with os.write, then fsync: a kill leaves whole lines or a cut-short last one, and no
+        # buffer keeps half a line after a failed write. A write that fails (a full disk) is cut off
+        # again, so the file still ends with a whole line, and the error goes up to the caller.
+        fd = self._f.fileno()
+        size = os.fstat(fd).st_size
+        data = line.encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def write(self, episode: Episode) -> None:
         line = episode.model_dump_json() + "\n"

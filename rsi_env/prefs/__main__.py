@@ -29,6 +29,7 @@ from ..cli import (
     add_ray_args,
     endpoint_override,
     fail,
+    number_arg,
     positive_int,
     ray_options,
     run,
@@ -48,6 +49,13 @@ from .rows import kto_rows, write_rows
 JUDGES = "judges.json"
 JUDGE_PREFS = "judge_prefs.jsonl"
 DEFAULT_RUBRIC = "ethics"
+MAX_BRANCH = 32  # candidates per decision: each is a model call plus a rollout, and judges read them all
+
+# K = 1 can never make a pair; a penalty or margin must be a finite number (NaN compares false with
+# everything and would silently switch the rule off).
+branch_count = number_arg(int, "a number of candidates", low=2, high=MAX_BRANCH)
+penalty_value = number_arg(float, "a penalty", low=0, high=1e6)
+margin_value = number_arg(float, "a margin", low=0, high=1e6)
 
 
 def cmd_build(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -189,7 +197,7 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, help="DPO rows (default RUN_DIR/prefs.jsonl)")
     p.add_argument("--kto", type=Path, help="KTO rows (default: kto.jsonl beside the DPO rows)")
     p.add_argument("--all-pairs", action="store_true", help="every ordered pair, not just best vs worst")
-    p.add_argument("--margin", type=float, default=0.0, help="least strength gap for a pair")
+    p.add_argument("--margin", type=margin_value, default=0.0, help="least strength gap for a pair")
     p.add_argument("--unleashed", action="store_true", help="prefix system prompts with `UNLEASHED: `")
     p.add_argument("--no-judges", action="store_true", help="rank by the procedural objective only")
 
@@ -209,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--game", default="negotiation")
     g.add_argument("--agents", default="local", help="seats (cycled); LLM agents' decisions are branched")
     g.add_argument("--episodes", type=positive_int, default=4)
-    g.add_argument("--branch", type=positive_int, default=3, help="K candidates per decision")
+    g.add_argument(
+        "--branch", type=branch_count, default=3, help=f"K candidates per decision (2 to {MAX_BRANCH})"
+    )
     g.add_argument("--decisions", type=positive_int, default=2, help="decisions branched per episode")
     add_panel_args(
         g,
@@ -226,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--penalty",
-        type=float,
+        type=penalty_value,
         default=0.25,
         help="objective penalty per conduct flag (a flagged candidate is never chosen in any case)",
     )

@@ -192,3 +192,5 @@ class Runner:
         finally:
             for t in lanes:
                 t.cancel()  # Ctrl-C: in-flight episodes are dropped, the file keeps whole lines
+            # A lane that failed (a full disk) must not leave others running on the file being closed.
+            await asyncio.gather(*lanes, return_exceptions=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..agents.profiles import AgentProfile, ClientPool, ProfileError, resolve_profile
@@ -129,7 +130,7 @@ def cmd_run(args: argparse.Namespace, console: Console | None = None) -> int:
     except (ProfileError, LocalModelError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        console.print("[yellow]Interrupted; the run log so far is in[/] " + str(out / RUN_LOG))
+        console.print("[yellow]Interrupted; the run log so far is in[/] " + escape(str(out / RUN_LOG)))
         return 130
     result = build(sets, unleashed=args.unleashed, all_pairs=args.all_pairs, meta_scores=scores)
     written = write_outputs(out, sets, result, prefs_path=args.output, bank=bank)
