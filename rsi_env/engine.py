@@ -48,7 +48,6 @@ MAX_ERRORS_KEPT = 100
 @dataclass
 class SubmitResult:
     valid: bool
-    ignored: bool = False  # not this player's turn
     feedback: str | None = None
     action: str | None = None
     args: dict[str, Any] | None = None

@@ -16,11 +16,6 @@ from ..spec import GameSpec
 from ..trajectory import DimensionScore, Episode, Verdict
 from .base import ProceduralReferee, Scores
 
-DIMENSIONS = (
-    "payoff", "normalised_payoff", "lies", "broken_promises", "violations", "referee_manipulation",
-    "invalid_actions",
-)  # fmt: skip
-
 # Messages written to the evaluator rather than to the players. A player gains nothing from them:
 # each is a conduct flag, and a flagged candidate is never the chosen side of a preference pair.
 # The patterns look for the judging being addressed or told what to do, not for scoring words alone:
