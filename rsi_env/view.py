@@ -68,7 +68,8 @@ def visible_events(engine: GameEngine, player: str | None, last: int | None = No
 
 
 def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY) -> dict[str, Any]:
-    """The structured view of `player`: JSON-able, and the scope the scripted policy evaluates in."""
+    """The structured view of `player`: plain data but for `events` (typed records, `model_dump` for
+    JSON), and the scope the scripted policy evaluates in."""
     spec = engine.spec
     known = {p: _knows(engine, player, p) for p in engine.players}
     actors = engine.current_actors()
