@@ -166,6 +166,7 @@ class _CappedPipe(asyncio.Protocol):
 
 
 def _same(reader: _CappedPipe) -> _CappedPipe:
+    """A pipe transport's protocol factory that hands over an existing reader."""
     return reader
 
 
