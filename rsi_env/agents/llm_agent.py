@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..llm import ChatClient
+from ..llm import Chat
 from ..spec import GameSpec
 from ..view import render_observation
 from .base import TurnReport
@@ -43,7 +43,7 @@ def conversation(
 
 class LLMAgent:
     def __init__(
-        self, profile: AgentProfile, client: ChatClient, spec: GameSpec, player: str, seed: int | None = None
+        self, profile: AgentProfile, client: Chat, spec: GameSpec, player: str, seed: int | None = None
     ) -> None:
         self.name = profile.name
         self.profile = profile

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..agents.base import TurnReport
+from ..agents.factory import AgentFactory
 from ..agents.llm_agent import LLMAgent
-from ..agents.profiles import AgentFactory
 from ..env import GameParallelEnv
 from ..referees.meta import Ranker
 from ..referees.procedural import conduct_flags

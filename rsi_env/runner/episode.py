@@ -29,7 +29,7 @@ from ..spec import GameSpec
 from ..trajectory import FAILURE_STATUSES, CallInfo, Episode, PlayerInfo, Turn, Usage
 
 if TYPE_CHECKING:
-    from ..agents.profiles import AgentFactory
+    from ..agents.factory import AgentFactory
     from .plan import EpisodeJob
 
 TurnHook = Callable[[Episode, Turn], Awaitable[None] | None]

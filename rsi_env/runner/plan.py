@@ -27,7 +27,8 @@ from ..spec import GameSpec
 from ..trajectory_store import RecordLine, TrajectoryFileError, scan, set_aside
 
 if TYPE_CHECKING:
-    from ..agents.profiles import AgentFactory, AgentProfile
+    from ..agents.factory import AgentFactory
+    from ..agents.profiles import AgentProfile
 
 
 class EpisodeJob(BaseModel):
