@@ -43,7 +43,7 @@ def extract_json(
        closing brackets) on the bracketed span from each of the first starts, fenced block first.
        A well-formed value anywhere beats a broken one before it.
     `object_only`: only a JSON object counts (an action is one); otherwise any value does in 1-2
-    and a non-empty object or array in 3.
+    and a non-empty object or array, as its first bracket says, in 3.
     """
     s = text.strip()
     if not s:
@@ -78,7 +78,8 @@ def extract_json(
             starts = [i for i, ch in enumerate(cand) if ch in opening][:MAX_REPAIR_STARTS]
             for start in starts:
                 value = _repaired(cand, start, max_repair_chars)
-                if isinstance(value, dict if object_only else dict | list) and value:
+                # Of the same kind as its bracket: json_repair reads `{braces}` as ["braces}"].
+                if value and isinstance(value, dict if cand[start] == "{" else list):
                     return value
     raise ValueError(f"the reply is not valid JSON ({last_error})")
 
