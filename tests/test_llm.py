@@ -99,6 +99,27 @@ def test_plain_text_call_fills_the_record(server: FaultServer) -> None:
     assert "response_format" not in sent
 
 
+def test_cached_prompt_tokens_are_recorded_when_the_server_reports_them() -> None:
+    from openai.types.chat import ChatCompletion
+
+    from rsi_env.llm import CallRecord
+
+    def completion(usage: dict[str, Any]) -> ChatCompletion:
+        return ChatCompletion.model_validate(
+            {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": []}
+            | {"usage": usage}
+        )
+
+    tokens = {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}
+    record = CallRecord(status=CallStatus.OK)
+    ChatClient._account(record, completion({**tokens, "prompt_tokens_details": {"cached_tokens": 64}}))
+    ChatClient._account(record, completion({**tokens, "prompt_tokens_details": {"cached_tokens": 90}}))
+    assert record.prompt_tokens == 200 and record.cached_tokens == 154  # summed over attempts
+    silent = CallRecord(status=CallStatus.OK)
+    ChatClient._account(silent, completion(tokens))
+    assert silent.prompt_tokens == 100 and silent.cached_tokens is None  # not reported: unknown, not 0
+
+
 def test_structured_call_uses_json_schema_and_validates(server: FaultServer) -> None:
     res = call(endpoint(server), schema=ACTION_SCHEMA, schema_name="negotiation action")
     assert res.ok, res.record
@@ -409,6 +430,29 @@ def test_local_start_failure_is_a_recorded_failure(monkeypatch: pytest.MonkeyPat
 )
 def test_validate_action_schema(value: Any, ok: bool) -> None:
     assert (validate_json(value, ACTION_SCHEMA) is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"action": "propose", "books": 9}, "$.books: 9 is greater than the maximum of 3"),
+        ({"action": "propose"}, "$: 'books' is a required property"),
+        (
+            {"action": "accept", "books": 1},
+            "$: Additional properties are not allowed ('books' was unexpected)",
+        ),
+        ({"action": "reject"}, '$.action: "reject" is not one of "propose", "accept"'),
+        (["accept"], "$: ['accept'] is not of type 'object'"),
+    ],
+)
+def test_the_first_problem_is_named_with_its_path(value: Any, problem: str) -> None:
+    """Under anyOf the problem reported is the one of the alternative the reply came closest to."""
+    assert validate_json(value, ACTION_SCHEMA) == problem
+
+
+def test_problems_stay_short_whatever_the_value() -> None:
+    problem = validate_json({"action": "propose", "books": 1, "message": "x" * 5000}, ACTION_SCHEMA) or ""
+    assert problem.startswith("$.message: ") and "(maxLength 200)" in problem and len(problem) < 150
 
 
 def test_validate_other_keywords() -> None:

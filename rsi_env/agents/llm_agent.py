@@ -113,6 +113,7 @@ class LLMAgent:
             latency_s=rec.latency_s,
             prompt_tokens=rec.prompt_tokens or 0,
             completion_tokens=rec.completion_tokens or 0,
+            cached_tokens=rec.cached_tokens,
             retries=rec.retries,
             error=rec.error,
             attempts=[str(a) for a in rec.attempt_errors],

@@ -46,6 +46,7 @@ def _call_info(rep: TurnReport | None) -> CallInfo:
         latency_s=rep.latency_s,
         prompt_tokens=rep.prompt_tokens,
         completion_tokens=rep.completion_tokens,
+        cached_tokens=rep.cached_tokens,
         retries=rep.retries,
         attempts=list(rep.attempts),
         error=rep.error,
