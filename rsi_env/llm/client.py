@@ -123,6 +123,8 @@ class ChatClient:
             if self._resolved is not None:
                 return self._resolved
             ep = self.endpoint if self._resolver is None else await self._resolver(self.endpoint)
+            if ep.base_url is None:  # the openai client would quietly default to api.openai.com
+                raise ValueError("the endpoint resolver gave no base_url")
             client = self._make_client(ep)
             if ep.model is None:
                 ep = ep.model_copy(update={"model": await self._first_model(client)})
