@@ -164,3 +164,28 @@ def test_the_base_url_override_keeps_a_backend_of_your_own(tmp_path: Path) -> No
     assert profile.backend == "my_backend:FirstChoiceChat"
     assert profile.endpoint().base_url == "http://127.0.0.1:9/v1" and profile.endpoint().model == "other"
     assert resolve_profile("local", override).backend == "endpoint"  # the embedded model's move over
+
+
+def test_a_backends_options_are_part_of_episode_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Options change how a backend plays, so a rerun with other options plays its own episodes; the
+    built-in backends take none, and their ids do not change."""
+    from rsi_env.agents.factory import AgentFactory
+    from rsi_env.catalog import load_game
+    from rsi_env.runner import plan
+    from rsi_env.runner.plan import profile_identity
+
+    spec = load_game("negotiation")
+    ids = []
+    for folder, message in (("a", "fairly"), ("b", "evenly"), ("c", "fairly")):
+        (tmp_path / folder).mkdir()
+        write_readme_files(tmp_path / folder)
+        profile = tmp_path / folder / "my_agent.yaml"
+        profile.write_text(profile.read_text().replace("fairly", message))
+        monkeypatch.chdir(tmp_path / folder)  # the same seat name, `my_agent.yaml`, in each run
+        sys.modules.pop("my_backend", None)
+        try:
+            ids.append(plan(spec, AgentFactory(["my_agent.yaml", "random"], spec), 1)[0].episode_id)
+        finally:
+            sys.modules.pop("my_backend", None)
+    assert ids[0] != ids[1] and ids[0] == ids[2]
+    assert "options" not in profile_identity(load_profile("local"))
