@@ -18,7 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from .agents.profiles import AgentFactory, ProfileError
+from .agents.factory import AgentFactory
+from .agents.profiles import ProfileError
 from .catalog import load_game
 from .cli import add_endpoint_args, add_ray_args, endpoint_override, fail, positive_int, ray_options, run
 from .referees.base import RefereeError, load_referee

@@ -13,7 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..agents.profiles import ClientPool, EndpointOverride, ProfileError, resolve_profile
+from ..agents.factory import ClientPool
+from ..agents.profiles import EndpointOverride, ProfileError, resolve_profile
 from ..spec import GameSpec
 from ..trajectory import Episode, Verdict
 from .base import Referee

@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..agents.profiles import AgentProfile, ClientPool, ProfileError, resolve_profile
+from ..agents.factory import ClientPool
+from ..agents.profiles import AgentProfile, ProfileError, resolve_profile
 from ..cli import (
     add_endpoint_args,
     add_panel_args,
