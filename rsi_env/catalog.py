@@ -46,8 +46,19 @@ def _load_cached(path: str, mtime: float) -> GameSpec:
     return read_spec_file(path)
 
 
+@cache
+def _load_untrusted(path: str, mtime_ns: int, size: int) -> GameSpec:
+    from .spec_guard import load_untrusted_spec  # a child process checks it: see spec_guard
+
+    return load_untrusted_spec(path)
+
+
 def load_game(game: str | Path | GameSpec) -> GameSpec:
-    """A spec by id (`negotiation`), by path to a YAML file, or passed through."""
+    """A spec by id (`negotiation`), by path to a YAML file, or passed through.
+
+    A game named by id is content the user installed (the built-ins, RSI_ENV_GAMES, accepted generated
+    games). A file named by path is untrusted: it is checked, dry run included, in a child process under
+    CPU and memory limits (`spec_guard`), once per version of the file."""
     if isinstance(game, GameSpec):
         return game
     path = Path(game)
@@ -56,6 +67,8 @@ def load_game(game: str | Path | GameSpec) -> GameSpec:
             raise SpecError(str(path), ["no such file"])
         if not path.is_file():  # a device, a FIFO, a directory: one message, never read
             return read_spec_file(path)
+        st = path.stat()
+        return _load_untrusted(str(path.resolve()), st.st_mtime_ns, st.st_size)
     else:
         files = game_files()
         if str(game) not in files:

@@ -15,6 +15,7 @@ All state is plain data plus the numpy generator, so `snapshot()` / `restore()` 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +37,13 @@ from .events import (
     PhaseEvent,
     TellEvent,
 )
-from .expr import Expr, ExprError, Scope, SeededRandom, is_number, seeded_rng, select_functions
+from .expr import Expr, ExprError, OverBudget, Scope, SeededRandom, is_number, seeded_rng, select_functions
+from .expr_budget import BudgetExceeded, measure
 from .spec import GameSpec
 
 _ZERO = {"int": 0, "float": 0.0, "bool": False, "str": "", "player": None, "list": [], "map": {}, "any": None}
 MAX_SETUP_DRAWS = 2000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_EVENTS_KEPT = 5000
 MAX_ERRORS_KEPT = 100
 
@@ -73,6 +76,8 @@ class GameEngine:
         self.random = SeededRandom(np.random.default_rng(0))
         # One CEL context per engine, holding just the functions this spec calls.
         self._context = Scope({}, select_functions(self.game.function_names, self.random))
+        # The evaluation budget (`expr_budget`): its units start again at every tick; setup is one.
+        self.budget = self._context.budget
         self._scope: Scope | None = None
         self._actors: list[str] | None = None
         # Evaluated parameter bounds per (player, action) until the next change: a schema and the
@@ -84,6 +89,7 @@ class GameEngine:
     # --- setup -----------------------------------------------------------------------------------
 
     def reset(self, seed: int | None = None) -> None:
+        self.budget.start_tick()
         self.seed = seed
         self.random.rng = seeded_rng(seed)
         self.tick_no = 0
@@ -102,6 +108,7 @@ class GameEngine:
         self.flags: list[ConductFlag] = []
         self.feedback: dict[str, str | None] = dict.fromkeys(self.players, None)
         self.errors: list[str] = []
+        self.game_error: str | None = None  # why the game stopped on a spec error, if it did
         self.done = False
         self.truncated = False
         self.end_reason: str | None = None
@@ -115,6 +122,9 @@ class GameEngine:
         self._setup_vars()
         self._run_effects(self.game.setup, {})
         self._build_channels()
+        if self.errors and self.game_error is None:
+            # A setup that failed is no game to play: scores from a half-drawn state mean nothing.
+            self._abort(f"setup failed: {self.errors[0].split(': ', 1)[-1]}", record=False)
         self._enter_phase(self.phase)
         self._after_turn(count_turn=False)
 
@@ -166,7 +176,7 @@ class GameEngine:
                 return copy.deepcopy(_ZERO[vtype])
             if where is None or self._test(where, self._scoped(**bind, value=value), f"{path}.where"):
                 return value
-        self._error(f"{path}.where: no value satisfied the constraint in {MAX_SETUP_DRAWS} draws")
+        self._abort(f"{path}.where: no value satisfied the constraint in {MAX_SETUP_DRAWS} draws")
         return value
 
     def _build_channels(self) -> None:
@@ -224,10 +234,13 @@ class GameEngine:
     def _eval(self, expr: Expr | None, scope: Scope, default: Any = None, path: str = "") -> Any:
         """The value of `expr` here; `default` when it fails (the error is recorded) or is missing
         (None: it did not compile, which only a non-strict compile lets through)."""
-        if expr is None:
-            return default
+        if expr is None or self.game_error is not None:
+            return default  # a game stopped on a spec error evaluates nothing more
         try:
             return expr(scope)
+        except OverBudget as exc:
+            self._abort(f"{path or 'expression'}: {exc}")
+            return default
         except ExprError as exc:
             self._error(f"{path or 'expression'}: {exc}")
             return default
@@ -258,6 +271,23 @@ class GameEngine:
     def _error(self, message: str) -> None:
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(f"tick {self.tick_no}: {message}")
+
+    def _abort(self, message: str, record: bool = True) -> None:
+        """Stop the game on a spec error it cannot play on with: over the evaluation budget, a value
+        nested or grown past the limits, a setup that fails or cannot be satisfied. The game is done
+        with no payoffs (`end_reason` game_error); the runner records the episode as aborted."""
+        if self.game_error is not None:
+            return
+        if record:
+            self._error(message)
+        self.game_error = message
+        self.done = True
+        self.truncated = False
+        self.end_reason = "game_error"
+        self.payoffs = None
+        self.best = None
+        self._changed()
+        self._log(EndEvent(**self._stamp(), text=f"The game stopped on a spec error: {message}"))
 
     # --- effects ---------------------------------------------------------------------------------
 
@@ -299,13 +329,14 @@ class GameEngine:
 
     def _write(self, target: Target, op: str, value: Any, scope: Scope, bind: dict, path: str) -> None:
         if target.root == "state":
-            container: Any = self.state
+            variables: dict[str, Any] = self.state
         else:
             who = bind.get("me") if target.root == "my" else self._eval(target.player, scope, path=path)
             if who not in self.pstate:
                 self._error(f"{path}: {target.source}: {who!r} is not a player")
                 return
-            container = self.pstate[who]
+            variables = self.pstate[who]
+        container: Any = variables
         keys: list[Any] = [
             k if isinstance(k, str) else self._eval(k, scope, default=_FAILED, path=path) for k in target.keys
         ]
@@ -342,7 +373,21 @@ class GameEngine:
                 if not _fits(decl.type, value):
                     self._error(f"{path}: {target.source} is declared {decl.type}, got {_show(value)}")
                     return
+        had, old = (
+            (last in container, container.get(last))
+            if isinstance(container, dict)
+            else (True, container[last])
+        )
         container[last] = copy.deepcopy(value) if isinstance(value, dict | list) else value
+        try:  # the whole variable, as it is now: a value may grow by small writes into it
+            measure(variables[keys[0]], self.budget.limits, f"{target.source} would hold")
+        except BudgetExceeded as exc:
+            if had:
+                container[last] = old
+            else:
+                del container[last]
+            self._abort(f"{path}: {exc}")
+            return
         self._touch("state" if target.root == "state" else "P")
 
     # --- events ----------------------------------------------------------------------------------
@@ -483,6 +528,7 @@ class GameEngine:
 
     def tick(self, moves: dict[str, Any]) -> dict[str, SubmitResult]:
         """Advance one tick: each current actor's text is parsed and applied; others are ignored."""
+        self.budget.start_tick()
         results: dict[str, SubmitResult] = {}
         self.last_results = results
         if self.done:
@@ -661,8 +707,8 @@ class GameEngine:
         "seed", "tick_no", "turn", "phase", "phase_turn", "phase_turns", "last_actor", "pending",
         "round_actors", "invalid_streak", "invalid_total", "forfeited", "forfeit_payoffs",
         "feedback",
-        "errors", "done", "truncated", "end_reason", "payoffs", "best", "outcomes", "state", "pstate",
-        "role", "team",
+        "errors", "game_error", "done", "truncated", "end_reason", "payoffs", "best", "outcomes", "state",
+        "pstate", "role", "team",
     )  # fmt: skip
     _RECORD_LOGS = ("events", "flags")  # lists of immutable records: copying the lists is enough
 
@@ -814,10 +860,12 @@ def _coerce(prm: Any, b: dict[str, Any], value: Any, players: list[str]) -> tupl
         v = act.coerce_int(value)
         if v is None:
             return None, f"must be a whole number, got {str(value)[:40]!r}"
+        if not INT64_MIN <= v <= INT64_MAX:  # CEL's int is 64 bits: a bigger one cannot be computed with
+            return None, f"must be a whole number from {INT64_MIN} to {INT64_MAX}, got {str(value)[:40]}"
     elif t == "float":
         v = act.coerce_float(value)
-        if v is None:
-            return None, f"must be a number, got {str(value)[:40]!r}"
+        if v is None or not math.isfinite(v):
+            return None, f"must be a finite number, got {str(value)[:40]!r}"
     elif t == "bool":
         v = act.coerce_bool(value)
         return (v, None) if v is not None else (None, f"must be true or false, got {str(value)[:40]!r}")

@@ -24,9 +24,16 @@ import cel
 import numpy as np
 from cel import stdlib as cel_stdlib
 
+from .expr_budget import LIMITS, Budget, BudgetExceeded, instrument, measure
+
 
 class ExprError(Exception):
     """An expression failed to compile or to evaluate; the message names the expression."""
+
+
+class OverBudget(ExprError):
+    """An evaluation went over a limit of its budget (`expr_budget`): the spec asks for too much.
+    The engine ends the game on it (`game_error`) instead of recording it and going on."""
 
 
 # Comprehension macros bind a variable: `list.map(x, ...)`. Those names are local, not state names.
@@ -39,20 +46,39 @@ _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 
 
 class Expr:
-    """A compiled CEL expression plus what it reads (for static checks)."""
+    """A compiled CEL expression plus what it reads (for static checks).
 
-    __slots__ = ("fields", "functions", "player_fields", "program", "source", "variables")
+    The program that runs is the source with its comprehensions instrumented for the evaluation
+    budget (`expr_budget.instrument`); what it reads is taken from the source as written."""
+
+    __slots__ = ("fields", "functions", "player_fields", "program", "run", "source", "variables")
 
     def __init__(self, source: str | int | float | bool) -> None:
         # YAML turns `0` or `true` into numbers/bools; an expression is their CEL spelling.
         if isinstance(source, bool):
             source = "true" if source else "false"
         self.source = str(source)
+        if len(self.source) > LIMITS.max_source:
+            raise ExprError(
+                f"an expression of {len(self.source):,} characters; the limit is {LIMITS.max_source:,}"
+            )
         try:
             self.program = cel.compile(self.source)
             refs = self.program.references()
         except (ValueError, RuntimeError) as exc:
             raise ExprError(_first_line(str(exc))) from None
+        self.run = self.program
+        text = instrument(self.source)
+        try:
+            if text is None:
+                raise ValueError(text)
+            if text != self.source:
+                self.run = cel.compile(text)
+        except (ValueError, RuntimeError):
+            raise ExprError(
+                "its comprehensions cannot be measured: write them as `LIST.map(x, ...)`, with a name "
+                "for the element"
+            ) from None
         bound = set(_BOUND_VAR.findall(self.source))
         self.variables: frozenset[str] = frozenset(set(refs["variables"]) - bound)
         # Operators show up as `_+_`, `!_`, `@in`...; only named functions matter for checks.
@@ -62,13 +88,25 @@ class Expr:
         self.player_fields: frozenset[str] = frozenset(_PLAYER_FIELD_READ.findall(code))
 
     def __call__(self, scope: Scope) -> Any:
+        budget = scope.budget
         try:
-            result = self.program.execute(scope.context)
+            budget.start_eval()
+            result = self.run.execute(scope.context)
+            if isinstance(result, dict | list | str | bytes):
+                measure(result, budget.limits)
+        except BudgetExceeded as exc:
+            raise OverBudget(f"`{self.short()}`: {exc}") from None
         except Exception as exc:  # the cel package raises KeyError, TypeError, RuntimeError, ...
+            if budget.tripped is not None:  # a hook stopped it: its error, not the package's wording
+                raise OverBudget(f"`{self.short()}`: {budget.tripped}") from None
             detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             kind = "missing key" if isinstance(exc, KeyError) else type(exc).__name__
             raise ExprError(f"`{self.source}`: {kind}: {_first_line(str(detail))}") from None
         return normalize(result) if isinstance(result, dict | list) else result
+
+    def short(self, limit: int = 80) -> str:
+        src = " ".join(self.source.split())
+        return src if len(src) <= limit else src[: limit - 3] + "..."
 
     def __repr__(self) -> str:
         return f"Expr({self.source!r})"
@@ -294,15 +332,23 @@ class Scope:
     `bind` skips re-binding the very same object.
     """
 
-    __slots__ = ("bound", "context", "values")
+    __slots__ = ("bound", "budget", "context", "values")
 
     def __init__(
-        self, values: dict[str, Any], functions: dict[str, Callable[..., Any]] | None = None
+        self,
+        values: dict[str, Any],
+        functions: dict[str, Callable[..., Any]] | None = None,
+        budget: Budget | None = None,
     ) -> None:
+        """`budget` counts the work of every evaluation on this scope (a fresh one by default); the
+        functions are registered checked by it (`Budget.guard`), with its comprehension hooks."""
         self.values = values
         self.bound: dict[str, Any] = {}
+        self.budget = budget if budget is not None else Budget()
         self.context = cel.Context(values)
         for name, fn in (PURE_FUNCTIONS if functions is None else functions).items():
+            self.context.add_function(name, self.budget.guard(name, fn))
+        for name, fn in self.budget.hooks().items():
             self.context.add_function(name, fn)
 
     def reset(self, values: dict[str, Any]) -> Scope:

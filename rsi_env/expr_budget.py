@@ -19,8 +19,9 @@ wrapper around it, applied where Python gets control:
 - units are charged per evaluation and per tick (`Budget.start_tick`; setup is a tick too), so a
   `for_each` over a long list, or a `where` that is never true over a costly `init`, runs out.
 
-One unit is roughly one microsecond of work here. Exceeding a limit raises `BudgetExceeded` (an
-`ExprError`) with the number and the limit: `builds a list of 100,000,000 items; the limit is 1,000`.
+One unit is a fraction of a microsecond of work here (20M units of a busy spec: ~5 s of CPU).
+Exceeding a limit raises `BudgetExceeded` (from an evaluation: `expr.OverBudget`, an `ExprError`)
+with the number and the limit: `builds a list of 100,000,000 items; the limit is 1,000`.
 The spec checks report it as a problem of the field; the engine ends the game as `game_error`.
 What the wrapper cannot see (work inside one native step) is bounded by these limits on its inputs,
 and validation runs in a child process with CPU and memory limits besides (`spec_check`).
@@ -34,10 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-class BudgetError(Exception):
-    """Base of the budget's error (kept apart from `expr` to avoid an import cycle)."""
-
-
 @dataclass(frozen=True)
 class Limits:
     max_source: int = 4_000  # characters of one expression (the longest built-in one has ~1,300)
@@ -45,8 +42,8 @@ class Limits:
     max_string: int = 10_000  # characters of one string
     max_depth: int = 16  # nesting of lists and maps in one value
     max_nodes: int = 20_000  # items of one value, nested ones included
-    eval_units: int = 300_000  # the work of one evaluation (~0.3 s)
-    tick_units: int = 3_000_000  # the work of one tick, or of setup (~3 s)
+    eval_units: int = 100_000  # the work of one evaluation (~0.1 s; the built-in games need < 300)
+    tick_units: int = 1_000_000  # the work of one tick, or of setup (~1 s; the built-in games < 1,000)
 
 
 LIMITS = Limits()
@@ -54,7 +51,7 @@ LIMITS = Limits()
 WALK_UNITS = 3
 COPY_UNITS = 0.5
 # Hints and the scripted policy run on every observation: a tighter budget per evaluation.
-VIEW_LIMITS = Limits(eval_units=30_000, tick_units=300_000)
+VIEW_LIMITS = Limits(eval_units=20_000, tick_units=100_000)
 
 
 class Budget:
@@ -173,8 +170,9 @@ class Budget:
         return {WALK: self.walk, BUILD: self.build, ITEM: self.item, KEEP: self.keep, DONE: self.done}
 
 
-class BudgetExceeded(BudgetError):
-    """A spec expression over a limit of the budget; the message says which, with the number."""
+class BudgetExceeded(Exception):
+    """Over a limit of the budget; the message says which, with the number and the limit. (`expr`
+    reports it from an evaluation as `OverBudget`, an `ExprError` naming the expression.)"""
 
 
 # -- measuring values -------------------------------------------------------------------------------

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_checked(game: str) -> GameSpec:
-    """The game, through the same static checks as `games validate` (every problem, one per line)
-    before anything runs; the random-play dry run is left to `games validate`."""
+    """The game, through the static checks of `games validate` (every problem, one per line) before
+    anything runs. A spec file (untrusted) gets all of `games validate`, dry run included, in a child
+    process under CPU and memory limits (`catalog.load_game`, `spec_guard`)."""
     try:
         spec = load_game(game)
         check_spec(spec, game, dry_run=False)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -545,20 +545,35 @@ def _role_count_problem(
 
 
 _TICK = re.compile(r"^tick (\d+): ")
+DRY_RUN_MAX_TICKS = 2_000  # per episode: whether a game ends is the play-test's question, not this one's
+DRY_RUN_HINT_TICKS = 200  # ticks per episode at which the acting player's hints are evaluated too
+DRY_RUN_NO_VALID_TICKS = 200  # random play this long without one valid move: no move can be valid
+DRY_RUN_UNITS = 20_000_000  # the work of the whole dry run (~5 s here; the built-in games need < 100,000)
 
 
 def dry_run_errors(
-    spec: GameSpec, seeds: tuple[int, ...] = (0, 1, 2), episodes: int = 3, max_ticks: int | None = None
+    spec: GameSpec,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    episodes: int = 3,
+    max_ticks: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Reset and play a few random episodes; any runtime expression error is a problem.
 
     An error repeated at every tick is one problem: each distinct message is reported once, with
-    the episode it was first seen in, its ticks there and how often it came up. `max_ticks` caps each
-    episode (whether a game ends is a separate question from whether its expressions run).
+    the episode it was first seen in, its ticks there and how often it came up. Each episode stops
+    after `max_ticks` ticks, at most DRY_RUN_MAX_TICKS (a turn limit of 10,000 with an allowance of
+    100 would be a million ticks). The acting player's hints are evaluated on the first ticks too: a
+    hint over the evaluation budget is a problem (one that merely fails is not shown to players).
+    The whole dry run does at most DRY_RUN_UNITS units of work (`expr_budget`). `progress` is told
+    each episode as it starts (`spec_guard` reports it when a child process is stopped).
     """
     from .agents.baseline import RandomAgent  # the dry run plays; agents sit above the spec layer
     from .engine import MAX_ERRORS_KEPT, GameEngine
-    from .view import action_schema
+    from .view import _hints, action_schema, player_view
+
+    cap = DRY_RUN_MAX_TICKS if max_ticks is None else min(max_ticks, DRY_RUN_MAX_TICKS)
+    units = 0
 
     seen: dict[str, _Sighting] = {}
     for n in sorted({spec.players.min, spec.players.max}):
@@ -567,15 +582,35 @@ def dry_run_errors(
         except ValueError as exc:
             return [f"players: {exc}"]
         for seed in seeds[:episodes]:
+            if progress is not None:
+                progress(f"dry run n={n}, seed={seed}")
             engine.reset(seed)
+            units += engine.budget.tick_used
             agents = {p: RandomAgent(seed * 100 + i) for i, p in enumerate(engine.players)}
-            ticks = 0
-            while not engine.done and (max_ticks is None or ticks < max_ticks):
+            ticks = valid = 0
+            hints: list[str] = []
+            while not engine.done and ticks < cap:
                 ticks += 1
                 moves = {}
                 for p in engine.current_actors():
                     moves[p] = agents[p].choose({"action_schema": action_schema(engine, p)})
-                engine.tick(moves)
+                    if spec.hints and ticks <= DRY_RUN_HINT_TICKS and not hints:
+                        _hints(spec, player_view(engine, p), hints)
+                valid += sum(r.valid for r in engine.tick(moves).values())
+                units += engine.budget.tick_used
+                if units > DRY_RUN_UNITS:
+                    engine.errors.append(
+                        f"tick {engine.tick_no}: the dry run did more than {DRY_RUN_UNITS:,} units of work: "
+                        "the expressions cost too much for every tick to run them"
+                    )
+                    break
+            for h in hints:
+                engine.errors.append(f"tick {engine.tick_no}: {h}")
+            if not valid and ticks >= DRY_RUN_NO_VALID_TICKS and not engine.errors:
+                engine.errors.append(
+                    f"tick {engine.tick_no}: not one valid move in {ticks:,} ticks of random play: every "
+                    "action is refused (check the `valid_if` checks and the parameter bounds)"
+                )
             capped = len(engine.errors) >= MAX_ERRORS_KEPT
             for err in engine.errors:
                 m = _TICK.match(err)

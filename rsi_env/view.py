@@ -19,7 +19,8 @@ from . import actions as act
 from .compiled import compiled
 from .engine import GameEngine
 from .events import Event
-from .expr import ExprError, Scope, select_functions
+from .expr import ExprError, OverBudget, Scope, select_functions
+from .expr_budget import VIEW_LIMITS, Budget
 from .spec import GameSpec
 
 DEFAULT_HISTORY = 24
@@ -216,10 +217,12 @@ def view_scope(spec: GameSpec, view: dict[str, Any]) -> Scope:
     """A CEL scope over a player's view (for hints and the scripted policy); events are left out,
     as converting them costs more than everything else together and no expression needs them."""
     values = {k: v for k, v in view.items() if k != "events"}
-    return Scope(values, _functions(compiled(spec).view_function_names))
+    return Scope(values, _functions(compiled(spec).view_function_names), Budget(VIEW_LIMITS))
 
 
-def _hints(spec: GameSpec, view: dict[str, Any]) -> list[str]:
+def _hints(spec: GameSpec, view: dict[str, Any], over_budget: list[str] | None = None) -> list[str]:
+    """The hint lines of `view`. A hint that fails is not shown; one over the evaluation budget is
+    not shown either, and named in `over_budget` (the dry run reports it as a spec error)."""
     game = compiled(spec)
     hints = game.hints
     if not hints:
@@ -227,13 +230,18 @@ def _hints(spec: GameSpec, view: dict[str, Any]) -> list[str]:
     # Every observation and every LLM prompt renders the hints: converting only the view variables
     # they read (not all players' views, roles, ...) makes that 2-5x cheaper, with the same result.
     names = frozenset().union(*(e.variables for e in hints.values() if e is not None)) - {"events"}
-    scope = Scope({k: view[k] for k in names if k in view}, _functions(game.view_function_names))
+    scope = Scope(
+        {k: view[k] for k in names if k in view}, _functions(game.view_function_names), Budget(VIEW_LIMITS)
+    )
     out = []
     for label, expr in hints.items():
         if expr is None:
             continue
         try:
             out.append(f"- {label}: {fmt_value(expr(scope))}")
+        except OverBudget as exc:
+            if over_budget is not None:
+                over_budget.append(f"hints.{label}: {exc}")
         except ExprError:
             continue  # a hint that does not apply in this state is simply not shown
     return out

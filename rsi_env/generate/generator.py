@@ -30,6 +30,7 @@ failure gets one repair round in which the model sees its own reply and the exac
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import json
@@ -45,7 +46,8 @@ from pydantic import BaseModel, Field
 from ..catalog import content_dir
 from ..llm import Chat, Sampling, extract_json
 from ..spec import GameSpec, SpecError, parse_spec, spec_json_schema
-from ..spec_check import check_spec, dry_run_errors
+from ..spec_check import dry_run_errors
+from ..spec_guard import check_isolated
 from .playtest import MAX_TURNS
 
 THEMES: tuple[str, ...] = (
@@ -479,32 +481,33 @@ def generated_game_problems(spec: GameSpec) -> list[str]:
     return problems
 
 
-def dry_run(spec: GameSpec, seeds: tuple[int, ...] = (0, 1, 2)) -> list[str]:
-    """`spec_check.dry_run_errors`, with random play capped at MAX_TURNS (a huge turn limit must not
-    make validation run for minutes: whether the game ends is the play-test's question)."""
-    cap = min(
+def dry_run_cap(spec: GameSpec) -> int:
+    """Ticks per dry-run episode: random play capped at MAX_TURNS (a huge turn limit must not make
+    validation run for minutes: whether the game ends is the play-test's question)."""
+    return min(
         spec.end.turn_limit * (spec.invalid_actions.allowance + 1) + 10,
         MAX_TURNS * (spec.invalid_actions.allowance + 1) + 10,
     )
-    return dry_run_errors(spec, seeds, max_ticks=cap)
+
+
+def dry_run(spec: GameSpec, seeds: tuple[int, ...] = (0, 1, 2)) -> list[str]:
+    """`spec_check.dry_run_errors` capped at `dry_run_cap`, in this process (trusted specs only)."""
+    return dry_run_errors(spec, seeds, max_ticks=dry_run_cap(spec))
 
 
 def validate(data: Any, source: str = "<generated>") -> tuple[GameSpec | None, Validation]:
+    """Schema here; the static checks and the dry run in a child process under CPU and memory limits
+    (`spec_guard`: a generated spec is untrusted); then what every generated game needs."""
     try:
         spec = parse_spec(data, source)
     except SpecError as exc:
         return None, Validation(stage="schema", problems=exc.problems)
-    try:
-        check_spec(spec, source, dry_run=False)
-        problems = []
-    except SpecError as exc:
-        problems = list(exc.problems)
-    problems += generated_game_problems(spec)
-    if problems:
+    report = check_isolated(spec, source, dry_run=True, max_ticks=dry_run_cap(spec))
+    static = report.problems if report.stage == "static" else []
+    if problems := static + generated_game_problems(spec):
         return None, Validation(stage="static", problems=problems)
-    problems = dry_run(spec)
-    if problems:
-        return None, Validation(stage="dry_run", problems=problems)
+    if report.problems:
+        return None, Validation(stage="dry_run", problems=report.problems)
     return spec, Validation(stage="ok")
 
 
@@ -533,7 +536,8 @@ async def generate(llm: Chat, brief: Brief, config: GenerationConfig) -> Generat
             detail = f"{rec.status}" + (f": {rec.error}" if rec.error else "")
             spec, v = None, Validation(stage="llm", problems=[f"no reply from the model ({detail})"])
         else:
-            spec, v = validate_text(text, rec.finish_reason)
+            # In a thread: the checks wait on a child process, and the pipeline's other work goes on.
+            spec, v = await asyncio.to_thread(validate_text, text, rec.finish_reason)
         out.calls.append(
             CallLog(
                 round=round_no,

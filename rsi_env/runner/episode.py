@@ -247,8 +247,13 @@ async def continue_episode(
 def _close_finished(ep: Episode, env: GameParallelEnv) -> None:
     """Status and scores of an episode played to its end. A payoff that is not a finite number (its
     expression failed: the engine gives NaN) makes the episode `aborted` with `game_error` and the
-    engine's message: never a complete episode without scores."""
+    engine's message: never a complete episode without scores. So does a game the engine stopped on a
+    spec error (over the evaluation budget, a setup that failed: `GameEngine.game_error`)."""
     e = env.engine
+    if e.game_error is not None:
+        ep.status = "aborted"
+        ep.abort_reason = f"game_error: {e.game_error}"
+        return
     payoffs = dict(e.payoffs or {})
     broken = sorted(p for p, v in payoffs.items() if not math.isfinite(v))
     if broken:

@@ -58,6 +58,7 @@ supervise, collect), ``init_program`` (the init inside the sandbox, run as a scr
 from __future__ import annotations
 
 from .cli import main
+from .launch import resource_limits
 from .records import IsolationInfo, SandboxError, SandboxLimits, SandboxResult
 from .run import arun_python, isolation_level, run_python
 
@@ -69,5 +70,6 @@ __all__ = [
     "arun_python",
     "isolation_level",
     "main",
+    "resource_limits",
     "run_python",
 ]

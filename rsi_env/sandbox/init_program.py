@@ -284,6 +284,24 @@ def tree_memory_bytes(proc_root: str, pidns: bool, page: int) -> int:
     return sum(process_memory_bytes(proc_root, pid, page) for pid in tree_pids(proc_root, pidns))
 
 
+def tmpfs_paths(cfg: InitConfig) -> list[str]:
+    """The writable tmpfs mounts of the minimal root: what a program writes there lives in memory."""
+    root = cfg["newroot"]
+    return [root + "/tmp", root + "/dev/shm", root + cfg["workdir"]] if root else []
+
+
+def tmpfs_bytes(paths: list[str]) -> int:
+    """Bytes in use on these tmpfs mounts (files written to /tmp are memory, not disk)."""
+    used = 0
+    for path in paths:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        used += (st.f_blocks - st.f_bfree) * st.f_frsize
+    return used
+
+
 def kill_everything(cfg: InitConfig, child_pid: int) -> None:
     uid = cfg["uid"]
     if cfg["pidns"]:
@@ -350,6 +368,7 @@ def watch(cfg: InitConfig, child_pid: int, proc_root: str, host_pid: int) -> tup
     deadline = time.monotonic() + cfg["timeout_s"]
     mem_limit = cfg["memory_mb"] * 1024 * 1024
     page = os.sysconf("SC_PAGE_SIZE")
+    disks = tmpfs_paths(cfg)
     while True:
         while True:
             try:
@@ -363,7 +382,8 @@ def watch(cfg: InitConfig, child_pid: int, proc_root: str, host_pid: int) -> tup
         now = time.monotonic()
         if now >= deadline:
             return None, "timeout"
-        if tree_memory_bytes(proc_root, cfg["pidns"], page) > mem_limit:
+        # The tree's memory counts its files on the private tmpfs mounts too: they are RAM.
+        if tree_memory_bytes(proc_root, cfg["pidns"], page) + tmpfs_bytes(disks) > mem_limit:
             return None, "memory"
         if not cfg["pidns"] and os.getppid() != host_pid:
             return None, "parent-died"

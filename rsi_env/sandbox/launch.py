@@ -234,7 +234,7 @@ def prepare(source: str, *, stdin: str, files: dict[str, str], limits: SandboxLi
             "drop_caps": mode == "namespaces" and uid is None,
             "argv": [exe, "-s", "-P", f"{run.workdir}/{PROGRAM_NAME}"],
             "env": _child_env(run.workdir),
-            "rlimits": _rlimits(limits),
+            "rlimits": resource_limits(limits),
             "timeout_s": limits.timeout_s,
             "memory_mb": limits.memory_mb,
         }
@@ -245,7 +245,8 @@ def prepare(source: str, *, stdin: str, files: dict[str, str], limits: SandboxLi
     return run
 
 
-def _rlimits(limits: SandboxLimits) -> list[tuple[str, int, int]]:
+def resource_limits(limits: SandboxLimits) -> list[tuple[str, int, int]]:
+    """The rlimits a run gets, as (name, soft, hard); `spec_guard` puts its child under them too."""
     return [
         ("RLIMIT_CPU", limits.effective_cpu_s, limits.effective_cpu_s + 1),  # SIGXCPU, then SIGKILL
         ("RLIMIT_AS", limits.memory_mb << 20, limits.memory_mb << 20),

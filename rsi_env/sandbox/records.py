@@ -25,7 +25,8 @@ class SandboxLimits(BaseModel):
         512,
         ge=32,
         le=65536,
-        description="RLIMIT_AS per process and cap on the tree's total memory (summed Pss)",
+        description="RLIMIT_AS per process and cap on the tree's total memory (summed Pss, plus the files "
+        "on its private tmpfs mounts)",
     )
     cpu_s: float | None = Field(
         None,
