@@ -5,6 +5,8 @@ that wrong in many small ways, so the parser accepts near-JSON (code fences, sin
 keys, trailing commas, prose around the object, `{"propose": {...}}`, `{"action": ..., "args":
 {...}}`, a bare action name, `name key=value`) and never raises: it returns an error message that
 the player sees as feedback. Anything it cannot read is an invalid attempt, not an exception.
+The JSON itself is found by rsi_env's one extractor (`rsi_env.llm.jsonparse`), the same that reads
+model replies everywhere else; this module adds what is particular to actions.
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import json_repair
+from .llm.jsonparse import extract_json
 
 # Bounds that keep parsing cheap on adversarial input (huge or deeply nested strings).
 MAX_TEXT_CHARS = 20_000
-MAX_OBJECT_CHARS = 8_000
-MAX_NESTING = 64
 MAX_REPAIR_CHARS = 2_000  # json_repair is slow on long garbage; real actions are far shorter
 
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*")
@@ -38,47 +38,6 @@ class Parsed:
     error: str | None = None
 
 
-def _balanced_object(text: str, start: int) -> str:
-    """The `{...}` starting at `start`, honouring strings; the rest of the text if it never closes."""
-    depth = 0
-    in_str: str | None = None
-    escape = False
-    end = min(len(text), start + MAX_OBJECT_CHARS)
-    for i in range(start, end):
-        c = text[i]
-        if in_str:
-            if escape:
-                escape = False
-            elif c == "\\":
-                escape = True
-            elif c == in_str:
-                in_str = None
-        elif c in "\"'":
-            in_str = c
-        elif c == "{":
-            depth += 1
-            if depth > MAX_NESTING:
-                return ""
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return text[start:end]
-
-
-def _load_object(candidate: str) -> Any:
-    try:
-        return json.loads(candidate, strict=False)  # raw newlines inside a message are fine
-    except (ValueError, RecursionError):
-        pass
-    if candidate.count("{") + candidate.count("[") > MAX_NESTING:
-        return None
-    try:
-        return json_repair.loads(candidate[:MAX_REPAIR_CHARS])
-    except Exception:  # json_repair is best-effort; any failure means "not an object"
-        return None
-
-
 def _lookup_name(raw: Any, names: dict[str, str]) -> str | None:
     if not isinstance(raw, str):
         return None
@@ -94,14 +53,15 @@ def parse_action(text: Any, action_names: list[str]) -> Parsed:
     if not text:
         return Parsed(error='empty reply; answer with one JSON object like {"action": "...", ...}')
     names = {n.lower(): n for n in action_names}
-    cleaned = _FENCE.sub(" ", text)
-
-    start = cleaned.find("{")
-    obj = _load_object(_balanced_object(cleaned, start)) if start >= 0 else None
+    try:
+        obj = extract_json(text, lenient=True, object_only=True, max_repair_chars=MAX_REPAIR_CHARS)
+    except ValueError:
+        obj = None
     if isinstance(obj, dict) and obj:
         return _from_object(obj, names)
 
     # No usable object: `accept`, `propose books=1 hats=2`, `propose(books=1)`.
+    cleaned = _FENCE.sub(" ", text)
     head = re.match(r"\s*([A-Za-z_][\w-]*)", cleaned)
     if head and (name := _lookup_name(head.group(1), names)):
         args = {k: _scalar(v) for k, v in _KV.findall(cleaned[head.end() :])}

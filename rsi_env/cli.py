@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 
-if TYPE_CHECKING:  # importing profiles loads openai (~2 s): only the commands that call models need it
+if TYPE_CHECKING:  # profiles load pydantic, yaml and the spec model: only model-calling commands need them
     from .agents.profiles import EndpointOverride
 
 
@@ -133,7 +133,7 @@ temperature = number_arg(float, "a temperature", low=0, high=2)  # the OpenAI AP
 
 
 def http_url(text: str) -> str:
-    from .llm import check_http_url  # the profiles' own check; llm loads openai, so only when used
+    from .llm import check_http_url  # the profiles' own check (rsi_env.llm's light part: no openai)
 
     try:
         return check_http_url(text)

@@ -55,7 +55,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from .agents.profiles import ClientPool, ProfileError, resolve_profile
+    from .agents.factory import ClientPool
+    from .agents.profiles import ProfileError, resolve_profile
     from .cli import endpoint_override, fail, ray_options
     from .generate.generator import GenerationConfig
     from .generate.pipeline import RunConfig, run_generation

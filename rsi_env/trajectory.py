@@ -28,6 +28,7 @@ class CallInfo(BaseModel):
     latency_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens from the server's prompt cache (None: not reported)
     retries: int = 0
     attempts: list[str] = Field(default_factory=list)
     error: str | None = None

@@ -1,7 +1,10 @@
-"""Throughput of the bare openai client and of ChatClient against the fault server (no faults).
+"""Throughput of the bare openai client and of ChatClient against the fault server (no faults), and
+what validating a reply (the `jsonschema` package) costs beside a whole call.
 
 Ideal duration = calls x latency / concurrency; efficiency = ideal / achieved. The server runs in a
-child process so that it does not share the client's GIL. Prints figures; asserts nothing.
+child process so that it does not share the client's GIL. The validation rows time `validate_json`
+per reply (an action, a whole generated game spec) and give it as a share of ChatClient's client CPU
+per structured call, measured in the same run. Prints figures; asserts nothing.
 
     python scripts/bench_client.py [--calls 256] [--latency 0.1] [--concurrency 8 16 32 64]
 """
@@ -12,12 +15,13 @@ import argparse
 import asyncio
 import json
 import time
+import timeit
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import openai
 
-from rsi_env.llm import ChatClient, Endpoint, Sampling, _httpx
+from rsi_env.llm import ChatClient, Endpoint, Sampling, _httpx, validate_json
 from rsi_env.testing.fault_server import FaultConfig, FaultServerProcess
 
 MESSAGES = [
@@ -139,6 +143,24 @@ async def bench_chat_client(
         return await run_bounded(n_calls, concurrency, one)
 
 
+def validation_us(instance: Any, schema: dict[str, Any]) -> float:
+    """Microseconds per `validate_json` call (the validator is built per call, as ChatClient does)."""
+    number = 200
+    best = min(timeit.repeat(lambda: validate_json(instance, schema), number=number, repeat=5))
+    return best / number * 1e6
+
+
+def spec_case() -> tuple[Any, dict[str, Any]]:
+    """A whole game spec (negotiation) and the generator's structured-output schema for it."""
+    from rsi_env.catalog import load_game
+    from rsi_env.generate.generator import structured_schema
+
+    spec = load_game("negotiation").model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude={"provenance"}
+    )
+    return spec, structured_schema("full")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=256)
@@ -157,8 +179,10 @@ def main() -> None:
             ("ideal/s", 9),
             ("eff", 7),
             ("ok", 6),
+            ("cpu ms/call", 13),
         ]
         print(f"{'client':<22}" + "".join(f"{name:>{width}}" for name, width in cols))
+        call_cpu_ms: dict[str, float] = {}
         for name, fn, structured in [
             ("raw asyncio (schema)", bench_raw, True),
             ("bare openai (text)", bench_bare, False),
@@ -171,11 +195,28 @@ def main() -> None:
                 elapsed, n_ok = asyncio.run(fn(server.base_url, ns.calls, conc, structured))
                 # Client CPU per call (warm-up calls included): what caps throughput on a small box.
                 cpu_ms = (time.process_time() - cpu0) * 1000 / (ns.calls + conc)
+                call_cpu_ms[name] = min(cpu_ms, call_cpu_ms.get(name, cpu_ms))
                 ideal = ns.calls * ns.latency / conc
                 print(
                     f"{name:<22}{conc:>5}{ideal:>9.2f}{elapsed:>10.2f}{ns.calls / elapsed:>9.1f}"
                     f"{conc / ns.latency:>9.1f}{ideal / elapsed:>7.2f}{n_ok:>6}{cpu_ms:>13.2f}"
                 )
+
+        per_call_us = call_cpu_ms["ChatClient (schema)"] * 1000
+        wall_us = ns.latency * 1e6
+        spec, spec_schema = spec_case()
+        print(
+            f"\nvalidation (jsonschema), per reply; against ChatClient (schema): {per_call_us:.0f} µs client "
+            f"CPU per call, {wall_us:.0f} µs server latency per call"
+        )
+        print(f"{'reply':<30}{'µs':>10}{'of call CPU':>14}{'of call wall':>14}")
+        for label, instance, schema in [
+            ("action, valid", {"action": "propose", "books": 2, "message": "deal?"}, SCHEMA),
+            ("action, invalid", {"action": "propose", "books": 9}, SCHEMA),
+            ("game spec (negotiation)", spec, spec_schema),
+        ]:
+            us = validation_us(instance, schema)
+            print(f"{label:<30}{us:>10.0f}{us / per_call_us:>14.1%}{us / (wall_us + per_call_us):>14.1%}")
 
 
 if __name__ == "__main__":

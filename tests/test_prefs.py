@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from rsi_env.agents.factory import AgentFactory
 from rsi_env.agents.llm_agent import conversation
-from rsi_env.agents.profiles import AgentFactory
 from rsi_env.catalog import load_game
 from rsi_env.prefs.__main__ import main as prefs_main
 from rsi_env.prefs.branching import nothing_branched, objective

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from rsi_env import report
-from rsi_env.agents.profiles import AgentFactory
+from rsi_env.agents.factory import AgentFactory
 from rsi_env.catalog import load_game
 from rsi_env.ratings import Comparison, comparisons, fit, rate
 from rsi_env.runner import Runner, plan

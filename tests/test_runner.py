@@ -34,7 +34,8 @@ import yaml
 from rich.console import Console
 
 from rsi_env.agents.baseline import RandomAgent
-from rsi_env.agents.profiles import AgentFactory, EndpointOverride
+from rsi_env.agents.factory import AgentFactory
+from rsi_env.agents.profiles import EndpointOverride
 from rsi_env.catalog import load_game
 from rsi_env.compiled import compiled
 from rsi_env.env import GameParallelEnv

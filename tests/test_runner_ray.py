@@ -24,7 +24,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from rsi_env.agents.profiles import AgentFactory, EndpointOverride  # noqa: E402
+from rsi_env.agents.factory import AgentFactory  # noqa: E402
+from rsi_env.agents.profiles import EndpointOverride  # noqa: E402
 from rsi_env.catalog import load_game  # noqa: E402
 from rsi_env.runner import RunCallback, Runner, RunStats, plan  # noqa: E402
 from rsi_env.spec import GameSpec  # noqa: E402

@@ -14,7 +14,8 @@ ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from rsi_env.agents.profiles import AgentFactory, EndpointOverride  # noqa: E402
+from rsi_env.agents.factory import AgentFactory  # noqa: E402
+from rsi_env.agents.profiles import EndpointOverride  # noqa: E402
 from rsi_env.catalog import load_game  # noqa: E402
 from rsi_env.runner import RunCallback, Runner, RunStats, plan  # noqa: E402
 from rsi_env.testing.fault_server import FaultConfig, FaultServer  # noqa: E402

@@ -20,6 +20,7 @@ class TurnReport(BaseModel):
     latency_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens served from the server's cache, when it says
     retries: int = 0
     error: str | None = None
     attempts: list[str] = []  # statuses of failed attempts before the final one

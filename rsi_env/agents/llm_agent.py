@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..llm import ChatClient
+from ..llm import Chat
 from ..spec import GameSpec
 from ..view import render_observation
 from .base import TurnReport
@@ -43,7 +43,7 @@ def conversation(
 
 class LLMAgent:
     def __init__(
-        self, profile: AgentProfile, client: ChatClient, spec: GameSpec, player: str, seed: int | None = None
+        self, profile: AgentProfile, client: Chat, spec: GameSpec, player: str, seed: int | None = None
     ) -> None:
         self.name = profile.name
         self.profile = profile
@@ -113,6 +113,7 @@ class LLMAgent:
             latency_s=rec.latency_s,
             prompt_tokens=rec.prompt_tokens or 0,
             completion_tokens=rec.completion_tokens or 0,
+            cached_tokens=rec.cached_tokens,
             retries=rec.retries,
             error=rec.error,
             attempts=[str(a) for a in rec.attempt_errors],

@@ -1,9 +1,10 @@
-"""Agent profiles (`agents/*.yaml`) and turning `--agents` names into agents for one episode.
+"""Agent profiles (`agents/*.yaml`): configuration only, read and checked before a run starts.
 
-A profile names a backend (the embedded local model, or any OpenAI-compatible endpoint), the
-model, sampling, a persona and the structured-output dialect. `--agents` takes profile names,
-a path to a profile file, or `random`, `scripted`, `human`. `--base-url/--model/--api-key-env`
-override the endpoint of every LLM profile, so one endpoint serves a whole run.
+A profile names a backend (the embedded local model, any OpenAI-compatible endpoint, or one of your
+own: see `backends.py`), the model, sampling, a persona and the structured-output dialect.
+`--agents` takes profile names, a path to a profile file, or `random`, `scripted`, `human`.
+`--base-url/--model/--api-key-env` override the endpoint of every LLM profile, so one endpoint serves
+a whole run. Building agents and chat clients from profiles is `factory.py`'s job.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ..catalog import content_dir
-from ..llm import ChatClient, Endpoint, Sampling, check_http_url, is_loopback
-from ..spec import GameSpec, format_validation_error
-from .base import Agent
-from .baseline import RandomAgent, ScriptedAgent
+from ..llm import Dialect, Endpoint, Sampling, check_http_url, is_loopback
+from ..spec import format_validation_error
+from .backends import BackendError, check_options, find_backend
 
 BUILTIN_AGENTS = ("random", "scripted", "human")
 
@@ -36,11 +36,15 @@ class AgentProfile(BaseModel):
 
     name: str = ""
     description: str = ""
-    backend: Literal["local", "endpoint"] = "local"
+    backend: str = Field(
+        "local",
+        description="`local` (the embedded model), `endpoint` (an OpenAI-compatible server at base_url), "
+        "a registered backend name, or an import path `module:Class` (see rsi_env.agents.backends).",
+    )
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    dialect: Literal["auto", "json_schema", "json_object", "prompt"] = "auto"
+    dialect: Dialect = "auto"
     sampling: Sampling = Field(default_factory=Sampling)
     persona: str = ""
     window: int = Field(8, ge=1, le=200, description="Past exchanges kept in the prompt.")
@@ -49,6 +53,15 @@ class AgentProfile(BaseModel):
     max_parallel: int | None = Field(
         None, ge=1, description="Requests the endpoint's server runs at once; more wait in the client."
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the backend (backends of your own)."
+    )
+    # The folder of the profile's file: a backend module may sit beside it.
+    _folder: Path | None = PrivateAttr(None)
+
+    @property
+    def folder(self) -> Path | None:
+        return self._folder
 
     @field_validator("base_url")
     @classmethod
@@ -84,11 +97,15 @@ class EndpointOverride(BaseModel):
     def apply(self, profile: AgentProfile) -> AgentProfile:
         changes: dict[str, Any] = {}
         if self.base_url:
-            changes.update(backend="endpoint", base_url=self.base_url)
+            # The embedded model's profiles move to the endpoint; a backend of your own keeps its class
+            # and gets the URL (it is its business what it does with it).
+            changes["base_url"] = self.base_url
+            if profile.backend == "local":
+                changes["backend"] = "endpoint"
         if self.timeout_s is not None:
             changes["timeout_s"] = self.timeout_s
         # The embedded model has one model and needs no key: these would only mislabel the profile.
-        if changes.get("backend", profile.backend) == "endpoint":
+        if changes.get("backend", profile.backend) != "local":
             if self.model:
                 changes["model"] = self.model
             if self.api_key_env:
@@ -128,28 +145,15 @@ def load_profile(name: str, *, builtins: bool = True) -> AgentProfile:
         raise ProfileError(f"{path}: a profile is a mapping of fields")
     data.setdefault("name", path.stem)
     try:
-        return AgentProfile.model_validate(data)
+        profile = AgentProfile.model_validate(data)
     except ValidationError as exc:
         raise ProfileError(f"{path}: " + "; ".join(format_validation_error(exc))) from None
-
-
-class ClientPool:
-    """One chat client per distinct endpoint, shared by every agent and judge of a run."""
-
-    def __init__(self) -> None:
-        self._clients: dict[str, ChatClient] = {}
-
-    def client(self, profile: AgentProfile) -> ChatClient:
-        ep = profile.endpoint()
-        key = ep.model_dump_json()
-        if key not in self._clients:
-            self._clients[key] = ChatClient(ep)
-        return self._clients[key]
-
-    async def aclose(self) -> None:
-        for c in self._clients.values():
-            await c.aclose()
-        self._clients.clear()
+    profile._folder = path.parent
+    try:
+        check_options(profile.backend, find_backend(profile.backend, near=path.parent), profile.options)
+    except BackendError as exc:
+        raise ProfileError(f"{path}: backend: {exc}") from None
+    return profile
 
 
 def resolve_profile(
@@ -183,7 +187,7 @@ def check_api_key(profile: AgentProfile, *, explicit: bool = False) -> None:
     A server on this machine (llama.cpp, vLLM, Ollama) needs no key unless started with one, so an
     unset variable a profile names is fine there; one named on the command line (`explicit`) is not.
     """
-    if profile.backend == "local" or os.environ.get(profile.api_key_env):
+    if profile.backend == "local" or profile.base_url is None or os.environ.get(profile.api_key_env):
         return
     var = profile.api_key_env
     if explicit:
@@ -205,50 +209,3 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         _log.warning(message)
-
-
-class AgentFactory:
-    """Builds the agents of each episode; LLM agents of one endpoint share one chat client."""
-
-    def __init__(
-        self,
-        names: list[str],
-        spec: GameSpec,
-        override: EndpointOverride | None = None,
-        pool: ClientPool | None = None,
-    ) -> None:
-        self.names = names
-        self.spec = spec
-        self.override = override or EndpointOverride()
-        self.profiles: dict[str, AgentProfile] = {}
-        for n in names:
-            if n not in BUILTIN_AGENTS and n not in self.profiles:
-                self.profiles[n] = resolve_profile(n, self.override, needed_by=None)
-        self.pool = pool or ClientPool()
-
-    @property
-    def uses_models(self) -> bool:
-        return bool(self.profiles)
-
-    def client(self, profile: AgentProfile) -> ChatClient:
-        return self.pool.client(profile)
-
-    def seat_names(self, n_players: int) -> list[str]:
-        """Names cycle over the seats: `--agents local` fills every seat with `local`."""
-        return [self.names[i % len(self.names)] for i in range(n_players)]
-
-    def build(self, name: str, player: str, seed: int) -> Agent:
-        from .human import HumanAgent
-        from .llm_agent import LLMAgent
-
-        if name == "random":
-            return RandomAgent(seed)
-        if name == "scripted":
-            return ScriptedAgent(self.spec, seed)
-        if name == "human":
-            return HumanAgent(player)
-        profile = self.profiles[name]
-        return LLMAgent(profile, self.client(profile), self.spec, player, seed=seed)
-
-    async def aclose(self) -> None:
-        await self.pool.aclose()

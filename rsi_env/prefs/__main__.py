@@ -21,7 +21,8 @@ from typing import Any
 
 from rich.console import Console
 
-from ..agents.profiles import AgentFactory, ClientPool, ProfileError
+from ..agents.factory import AgentFactory, ClientPool
+from ..agents.profiles import ProfileError
 from ..catalog import load_game
 from ..cli import (
     add_endpoint_args,

@@ -25,8 +25,8 @@ from typing import Any
 
 from ..actions import parse_action
 from ..agents.base import TurnReport
+from ..agents.factory import AgentFactory
 from ..agents.llm_agent import LLMAgent
-from ..agents.profiles import AgentFactory
 from ..env import GameParallelEnv
 from ..referees.meta import Ranker
 from ..referees.procedural import conduct_flags

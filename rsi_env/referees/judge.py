@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..agents.profiles import AgentProfile
-from ..llm import ChatClient, Sampling
+from ..llm import Chat, Sampling
 from ..spec import GameSpec
 from ..trajectory import DimensionScore, Episode, Verdict
 from .rubric import HOLISTIC, REASONING_CHARS, Criteria, Rubric
@@ -65,7 +65,7 @@ class LLMJudge:
     def __init__(
         self,
         profile: AgentProfile,
-        client: ChatClient,
+        client: Chat,
         temperature: float | None = None,
         seed: int | None = None,
     ) -> None:

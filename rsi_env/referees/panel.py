@@ -10,7 +10,8 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-from ..agents.profiles import ClientPool, EndpointOverride, ProfileError, resolve_profile
+from ..agents.factory import ClientPool
+from ..agents.profiles import EndpointOverride, ProfileError, resolve_profile
 from ..spec import GameSpec
 from ..trajectory import Episode
 from .judge import LLMJudge

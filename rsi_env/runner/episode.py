@@ -29,7 +29,7 @@ from ..spec import GameSpec
 from ..trajectory import FAILURE_STATUSES, CallInfo, Episode, PlayerInfo, Turn, Usage
 
 if TYPE_CHECKING:
-    from ..agents.profiles import AgentFactory
+    from ..agents.factory import AgentFactory
     from .plan import EpisodeJob
 
 TurnHook = Callable[[Episode, Turn], Awaitable[None] | None]
@@ -46,6 +46,7 @@ def _call_info(rep: TurnReport | None) -> CallInfo:
         latency_s=rep.latency_s,
         prompt_tokens=rep.prompt_tokens,
         completion_tokens=rep.completion_tokens,
+        cached_tokens=rep.cached_tokens,
         retries=rep.retries,
         attempts=list(rep.attempts),
         error=rep.error,

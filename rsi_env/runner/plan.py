@@ -27,7 +27,8 @@ from ..spec import GameSpec
 from ..trajectory_store import RecordLine, TrajectoryFileError, scan, set_aside
 
 if TYPE_CHECKING:
-    from ..agents.profiles import AgentFactory, AgentProfile
+    from ..agents.factory import AgentFactory
+    from ..agents.profiles import AgentProfile
 
 
 class EpisodeJob(BaseModel):
@@ -46,7 +47,10 @@ PLAYING_FIELDS = frozenset({"backend", "base_url", "model", "sampling", "persona
 
 def profile_identity(profile: AgentProfile) -> dict[str, Any]:
     """What of a resolved profile goes into episode ids."""
-    return profile.model_dump(mode="json", include=set(PLAYING_FIELDS))
+    fields = set(PLAYING_FIELDS)
+    if profile.options:  # a backend of your own's settings (none for the built-in ones: their ids stay)
+        fields.add("options")
+    return profile.model_dump(mode="json", include=fields)
 
 
 def plan(

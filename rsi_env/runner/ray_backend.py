@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from ..agents.profiles import BUILTIN_AGENTS, AgentFactory, AgentProfile, EndpointOverride
+from ..agents.factory import AgentFactory
+from ..agents.profiles import BUILTIN_AGENTS, AgentProfile, EndpointOverride
 from ..compiled import compiled
 from ..env import GameParallelEnv
 from ..spec import GameSpec
@@ -260,7 +261,7 @@ def _limiters(ray: Any, factory: AgentFactory) -> dict[str, Any]:
     limits: dict[str, int] = {}
     for p in factory.profiles.values():
         if p.backend == "endpoint" and p.max_parallel:
-            # The first profile's limit is the server's, as in one process (`llm._server_slot`).
+            # The first profile's limit is the server's, as in one process (`llm.client._server_slot`).
             limits.setdefault(str(p.base_url), p.max_parallel)
     return {url: cls.options(num_cpus=0, scheduling_strategy=here).remote(n) for url, n in limits.items()}
 

@@ -34,7 +34,7 @@ from .episode import play_episode
 from .plan import EpisodeJob, resume
 
 if TYPE_CHECKING:
-    from ..agents.profiles import AgentFactory
+    from ..agents.factory import AgentFactory
 
 # Called on each finished episode before it is written (e.g. the procedural referee's verdict).
 EpisodeHook = Callable[[Episode], Awaitable[None]]

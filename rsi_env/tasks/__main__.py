@@ -24,7 +24,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..agents.profiles import AgentProfile, ClientPool, ProfileError, resolve_profile
+from ..agents.factory import ClientPool
+from ..agents.profiles import AgentProfile, ProfileError, resolve_profile
 from ..cli import add_endpoint_args, add_panel_args, endpoint_override, fail, positive_int, run, seconds
 from ..local_model import LocalModelError
 from ..prefs.candidates import CandidateSet
