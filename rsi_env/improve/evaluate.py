@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ..agents.profiles import AgentFactory
+from ..agents.factory import AgentFactory
 from ..catalog import load_game
 from ..ratings import Z95, RatingTable, comparisons, rate
 from ..referees.panel import score_episodes
