@@ -557,7 +557,8 @@ class SerialResponderDouble:
         return self.inner(body)
 
 
-WORK_S, CALL_TIMEOUT_S, N_CALLS = 0.3, 0.5, 4  # the timeout is above one call's work, below two
+# The timeout is above one call's work (with room for a busy machine), below two calls' work.
+WORK_S, CALL_TIMEOUT_S, N_CALLS = 1.0, 1.7, 4
 
 
 def _concurrent_calls(clients_eps: list[Endpoint], per_client: int) -> list[ChatResult]:
