@@ -23,6 +23,19 @@ import numpy as np
 
 from . import actions as act
 from .compiled import CEffect, CompiledGame, Target, compiled
+from .events import (
+    ActionEvent,
+    AnnounceEvent,
+    CommittedEvent,
+    ConductFlag,
+    EndEvent,
+    Event,
+    ForfeitEvent,
+    InvalidEvent,
+    PassEvent,
+    PhaseEvent,
+    TellEvent,
+)
 from .expr import Expr, ExprError, Scope, SeededRandom, is_number, seeded_rng, select_functions
 from .spec import GameSpec
 
@@ -35,7 +48,6 @@ MAX_ERRORS_KEPT = 100
 @dataclass
 class SubmitResult:
     valid: bool
-    ignored: bool = False  # not this player's turn
     feedback: str | None = None
     action: str | None = None
     args: dict[str, Any] | None = None
@@ -86,8 +98,8 @@ class GameEngine:
         self.invalid_total = dict.fromkeys(self.players, 0)
         self.forfeited: list[str] = []
         self.forfeit_payoffs: dict[str, float] = {}
-        self.events: list[dict[str, Any]] = []
-        self.flags: list[dict[str, Any]] = []
+        self.events: list[Event] = []
+        self.flags: list[ConductFlag] = []
         self.feedback: dict[str, str | None] = dict.fromkeys(self.players, None)
         self.errors: list[str] = []
         self.done = False
@@ -209,14 +221,18 @@ class GameEngine:
             else:
                 self._scope.refresh("P", self.pstate, stale=("my",))
 
-    def _eval(self, expr: Expr, scope: Scope, default: Any = None, path: str = "") -> Any:
+    def _eval(self, expr: Expr | None, scope: Scope, default: Any = None, path: str = "") -> Any:
+        """The value of `expr` here; `default` when it fails (the error is recorded) or is missing
+        (None: it did not compile, which only a non-strict compile lets through)."""
+        if expr is None:
+            return default
         try:
             return expr(scope)
         except ExprError as exc:
             self._error(f"{path or 'expression'}: {exc}")
             return default
 
-    def _test(self, expr: Expr, scope: Scope, path: str) -> bool:
+    def _test(self, expr: Expr | None, scope: Scope, path: str) -> bool:
         """A condition's value. CEL has no truthiness, so anything but true/false is a spec error
         (and counts as false, like a condition that fails to evaluate)."""
         value = self._eval(expr, scope, default=False, path=path)
@@ -269,12 +285,12 @@ class GameEngine:
             return  # the error is recorded; writing a stand-in value would only add a second one
         if eff.op == "announce":
             if value is not None:
-                self._event("announce", text=str(value))
+                self._log(AnnounceEvent(**self._stamp(), text=str(value)))
             return
         if eff.op == "tell":
             text = self._eval(eff.text, scope, path=f"{eff.path}.text")
             if value in self.seat and text is not None:
-                self._event("tell", text=str(text), visible_to=[value])
+                self._log(TellEvent(**self._stamp(), text=str(text), visible_to=[value]))
             else:
                 self._error(f"{eff.path}.tell: {value!r} is not a player")
             return
@@ -290,7 +306,7 @@ class GameEngine:
                 self._error(f"{path}: {target.source}: {who!r} is not a player")
                 return
             container = self.pstate[who]
-        keys = [
+        keys: list[Any] = [
             k if isinstance(k, str) else self._eval(k, scope, default=_FAILED, path=path) for k in target.keys
         ]
         if _FAILED in keys:
@@ -331,22 +347,13 @@ class GameEngine:
 
     # --- events ----------------------------------------------------------------------------------
 
-    def _event(
-        self, kind: str, player: str | None = None, visible_to: list[str] | None = None, **data: Any
-    ) -> None:
-        if len(self.events) >= MAX_EVENTS_KEPT:
-            return
-        self.events.append(
-            {
-                "tick": self.tick_no,
-                "turn": self.turn,
-                "phase": self.phase,
-                "kind": kind,
-                "player": player,
-                "visible_to": visible_to,
-                **data,
-            }
-        )
+    def _stamp(self) -> dict[str, Any]:
+        """Where in the game an event happens: its tick, turn and phase."""
+        return {"tick": self.tick_no, "turn": self.turn, "phase": self.phase}
+
+    def _log(self, event: Event) -> None:
+        if len(self.events) < MAX_EVENTS_KEPT:
+            self.events.append(event)
 
     # --- phases and turns ------------------------------------------------------------------------
 
@@ -372,7 +379,7 @@ class GameEngine:
         self.pending = {}
         self._dirty()
         cp = self.game.phases[name]
-        self._event("phase", text=f"Phase: {name}")
+        self._log(PhaseEvent(**self._stamp(), text=f"Phase: {name}"))
         self._run_effects(cp.on_enter, {})
         self.phase_turns = None
         if cp.turns is not None:
@@ -456,11 +463,12 @@ class GameEngine:
         self._dirty()
         payoffs: dict[str, float] = {}
         best: dict[str, float | None] = {}
+        flags = [f.model_dump() for f in self.flags]  # CEL reads plain maps
         for p in self.players:
             if p in self.forfeit_payoffs:
                 payoffs[p] = self.forfeit_payoffs[p]
                 continue
-            scope = self._scoped(p=p, flags=self.flags)
+            scope = self._scoped(p=p, flags=flags)
             payoffs[p] = self._payoff(self.game.payoff, scope, "payoffs.value")
             if self.game.payoff_best is not None:
                 best[p] = self._number(self.game.payoff_best, scope, "payoffs.best", nullable=True)
@@ -468,8 +476,8 @@ class GameEngine:
         self.best = best or None
         for k, e in self.game.outcomes.items():
             if e is not None:
-                self.outcomes[k] = self._eval(e, self._scoped(flags=self.flags), path=f"outcomes.{k}")
-        self._event("end", text=f"Game over ({reason}).", payoffs=payoffs)
+                self.outcomes[k] = self._eval(e, self._scoped(flags=flags), path=f"outcomes.{k}")
+        self._log(EndEvent(**self._stamp(), text=f"Game over ({reason}).", payoffs=payoffs))
 
     # --- acting ----------------------------------------------------------------------------------
 
@@ -510,13 +518,15 @@ class GameEngine:
         if self._phase_spec().mode == "simultaneous":
             self.pending[player] = {"action": parsed.name, "args": args}
             self._changed()
-            self._event(
-                "committed",
-                player,
-                visible_to=[player],
-                action=parsed.name,
-                args=args,
-                text=f"You committed: {_describe(parsed.name, args)} (hidden until all have moved).",
+            self._log(
+                CommittedEvent(
+                    **self._stamp(),
+                    player=player,
+                    visible_to=[player],
+                    action=parsed.name,
+                    args=args,
+                    text=f"You committed: {_describe(parsed.name, args)} (hidden until all have moved).",
+                )
             )
             self._maybe_resolve()
         else:
@@ -536,7 +546,11 @@ class GameEngine:
         if left > 0:
             msg += f" {left} attempt(s) left this turn."
         self.feedback[player] = msg
-        self._event("invalid", player, visible_to=[player], action=name, text=msg, raw=shown)
+        self._log(
+            InvalidEvent(
+                **self._stamp(), player=player, visible_to=[player], action=name, text=msg, raw=shown
+            )
+        )
         if left <= 0:
             self.invalid_streak[player] = 0
             if self.spec.invalid_actions.then == "forfeit":
@@ -557,7 +571,7 @@ class GameEngine:
                 for k, e in cp.default_args.items()
             }
             move = {"action": phase.default_move.action, "args": args}
-        self._event("pass", player, text=f"{player} passed (out of attempts).")
+        self._log(PassEvent(**self._stamp(), player=player, text=f"{player} passed (out of attempts)."))
         if phase.mode == "simultaneous":
             self.pending[player] = move
             self._changed()
@@ -574,7 +588,7 @@ class GameEngine:
         self.forfeit_payoffs[player] = v
         self.forfeited.append(player)
         self._dirty()
-        self._event("forfeit", player, text=f"{player} forfeits (out of attempts).")
+        self._log(ForfeitEvent(**self._stamp(), player=player, text=f"{player} forfeits (out of attempts)."))
         if self._phase_spec().mode == "simultaneous":
             self._maybe_resolve()
         else:
@@ -610,14 +624,16 @@ class GameEngine:
             ] or [player]
         elif spec_action.visibility == "recipient":
             visible = [player, args[spec_action.recipient]] if spec_action.recipient else [player]
-        self._event(
-            "action",
-            player,
-            visible_to=visible,
-            action=name,
-            args={k: v for k, v in args.items() if k != "message"},
-            message=args.get("message"),
-            text=str(text) if text is not None else None,
+        self._log(
+            ActionEvent(
+                **self._stamp(),
+                player=player,
+                visible_to=visible,
+                action=name,
+                args={k: v for k, v in args.items() if k != "message"},
+                message=args.get("message"),
+                text=str(text) if text is not None else None,
+            )
         )
         self._run_effects(ca.effects, bind)
 
@@ -626,43 +642,48 @@ class GameEngine:
             if c.action != name or expr is None:
                 continue
             if self._test(expr, self._scoped(me=player, args=args), f"conduct.{c.name}.when"):
-                flag = {
-                    "tick": self.tick_no,
-                    "turn": self.turn,
-                    "player": player,
-                    "name": c.name,
-                    "kind": c.kind,
-                    "action": name,
-                    "args": args,
-                    "description": c.description,
-                }
-                self.flags.append(flag)
+                self.flags.append(
+                    ConductFlag(
+                        tick=self.tick_no,
+                        turn=self.turn,
+                        player=player,
+                        name=c.name,
+                        kind=c.kind,
+                        action=name,
+                        args=args,
+                        description=c.description,
+                    )
+                )
 
     # --- snapshot / restore ----------------------------------------------------------------------
 
     _SNAPSHOT_FIELDS = (
         "seed", "tick_no", "turn", "phase", "phase_turn", "phase_turns", "last_actor", "pending",
-        "round_actors", "invalid_streak", "invalid_total", "forfeited", "forfeit_payoffs", "events", "flags",
+        "round_actors", "invalid_streak", "invalid_total", "forfeited", "forfeit_payoffs",
         "feedback",
         "errors", "done", "truncated", "end_reason", "payoffs", "best", "outcomes", "state", "pstate",
         "role", "team",
     )  # fmt: skip
+    _RECORD_LOGS = ("events", "flags")  # lists of immutable records: copying the lists is enough
 
     def snapshot(self) -> dict[str, Any]:
         """An exact, independent copy of the game state (plain data + the generator's state)."""
         snap = copy.deepcopy({k: getattr(self, k) for k in self._SNAPSHOT_FIELDS})
+        snap.update({k: list(getattr(self, k)) for k in self._RECORD_LOGS})
         snap["rng"] = copy.deepcopy(self.random.rng.bit_generator.state)
         snap["channels"] = sorted(self.channels.edges())
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
-        data = copy.deepcopy(snap)
+        data = copy.deepcopy({k: snap[k] for k in self._SNAPSHOT_FIELDS})
         for k in self._SNAPSHOT_FIELDS:
             setattr(self, k, data[k])
-        self.random.rng.bit_generator.state = data["rng"]
+        for k in self._RECORD_LOGS:
+            setattr(self, k, list(snap[k]))
+        self.random.rng.bit_generator.state = copy.deepcopy(snap["rng"])
         self.channels = nx.DiGraph()
         self.channels.add_nodes_from(self.players)
-        self.channels.add_edges_from(tuple(e) for e in data["channels"])
+        self.channels.add_edges_from(tuple(e) for e in snap["channels"])
         self._dirty()
 
     # --- validation of one action ----------------------------------------------------------------
@@ -788,6 +809,7 @@ def _param_hint(ptype: str, b: dict[str, Any]) -> str:
 
 def _coerce(prm: Any, b: dict[str, Any], value: Any, players: list[str]) -> tuple[Any, str | None]:
     t = prm.type
+    v: Any
     if t == "int":
         v = act.coerce_int(value)
         if v is None:

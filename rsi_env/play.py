@@ -21,6 +21,7 @@ from .agents.factory import AgentFactory
 from .agents.profiles import ProfileError
 from .catalog import load_game
 from .cli import add_endpoint_args, add_ray_args, endpoint_override, fail, positive_int, ray_options, run
+from .referees.base import RefereeError, load_referee
 from .referees.panel import score_episodes
 from .render import LiveView, print_episode
 from .runner import EpisodeJob, LiveCallback, RunCallback, Runner, RunStats, plan
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         "to failed_attempts.jsonl beside the trajectories); --no-retry-failed keeps them as they are",
     )  # fmt: skip
     ap.add_argument("--max-cycles", type=positive_int, help="hard cap on ticks per episode")
+    ap.add_argument(
+        "--referee", action="append", default=[], metavar="MODULE:CLASS",
+        help="another referee to score each finished episode, beside the procedural one (repeatable)",
+    )  # fmt: skip
     add_endpoint_args(ap)
     add_ray_args(ap)
     return ap
@@ -99,6 +104,10 @@ def play(args: argparse.Namespace) -> int:
     if not names:
         fail("--agents: give at least one agent")
     try:
+        referees = [load_referee(r) for r in args.referee]
+    except RefereeError as exc:
+        fail(str(exc))
+    try:
         factory = AgentFactory(names, spec, endpoint_override(args))
     except ProfileError as exc:
         fail(str(exc))
@@ -118,9 +127,10 @@ def play(args: argparse.Namespace) -> int:
 
     async def procedural_referee(ep: Episode) -> None:
         """The procedural referee's verdict (no model call) on each finished episode, attached as
-        `prefs generate` attaches it, so replay and report of a play run show referee scores."""
+        `prefs generate` attaches it, so replay and report of a play run show referee scores; and
+        the verdicts of the referees named with --referee."""
         if ep.finished:
-            await score_episodes([ep], spec, [], None)
+            await score_episodes([ep], spec, [], None, referees=referees)
 
     try:
         runner = Runner(

@@ -23,6 +23,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .events import TURN_KINDS, ConductFlag, Event
 from .trajectory import Episode, Turn, Verdict
 from .view import fmt_value
 
@@ -86,10 +87,10 @@ class _Builder:
         self.show_changes = show_changes and player is None  # hidden state is not the player's to see
         self.turns: dict[tuple[int, str], Turn] = {(t.tick, t.player): t for t in ep.turns}
         self.agent_of = {p.player: p.agent for p in ep.players}
-        self.flags: dict[tuple[int, str | None], list[dict[str, Any]]] = {}
+        self.flags: dict[tuple[int, str | None], list[ConductFlag]] = {}
         for f in ep.flags:
-            if isinstance(f.get("tick"), int) and self._mine(f.get("player")):
-                self.flags.setdefault((f["tick"], f.get("player")), []).append(f)
+            if self._mine(f.player):
+                self.flags.setdefault((f.tick, f.player), []).append(f)
         self.blocks: dict[int, Block] = {}
         self.covered: set[tuple[int, str]] = set()  # turns already shown through an event
         self.flagged: set[tuple[int, str | None]] = set()  # flag keys already shown
@@ -106,9 +107,7 @@ class _Builder:
 
     def build(self) -> list[Block]:
         for e in self.ep.events:
-            if not isinstance(e.get("tick"), int) or "kind" not in e:
-                continue  # not an engine event: nothing to place
-            if self.player is None or e.get("visible_to") is None or self.player in e["visible_to"]:
+            if e.seen_by(self.player):
                 self.event(e)
         for t in self.ep.turns:
             if not self._mine(t.player):
@@ -139,59 +138,56 @@ class _Builder:
                 self.flag_lines(self.block(tick), tick, who)
         return [self.blocks[k] for k in sorted(self.blocks)]
 
-    def event(self, e: dict[str, Any]) -> None:
-        kind = e["kind"]
-        b = self.block(e["tick"], e.get("turn"), e.get("phase"))
-        if b.split is None and b.turn is not None and isinstance(e.get("turn"), int) and e["turn"] > b.turn:
+    def event(self, e: Event) -> None:
+        b = self.block(e.tick, e.turn, e.phase)
+        if b.split is None and b.turn is not None and e.turn > b.turn:
             b.split = len(b.lines)
-        prefix = f"t{e.get('turn', '?')!s:<3} "
-        if kind in ("action", "invalid", "committed"):
+        prefix = f"t{e.turn!s:<3} "
+        if e.kind in TURN_KINDS:
             self.turn_event(b, e, prefix)
-        elif kind == "phase":
-            b.lines.append(Text(f"── {clean(e.get('text', ''))} ──", style="bold blue"))
-        elif kind == "tell":
-            to = (e.get("visible_to") or ["?"])[0]
+        elif e.kind == "phase":
+            b.lines.append(Text(f"── {clean(e.text)} ──", style="bold blue"))
+        elif e.kind == "tell":
+            to = (e.visible_to or ["?"])[0]
             where = "(private to you)" if self.player else f"(private to {to})"
-            b.lines.append(Text(f"{prefix}{where} {clean(e.get('text', ''))}", style="magenta"))
+            b.lines.append(Text(f"{prefix}{where} {clean(e.text)}", style="magenta"))
         else:
-            style = {"pass": "yellow", "forfeit": "bold yellow", "end": "bold"}.get(kind, "white")
-            b.lines.append(Text(f"{prefix}{clean(e.get('text', kind))}", style=style))
+            style = {"pass": "yellow", "forfeit": "bold yellow", "end": "bold"}.get(e.kind, "white")
+            b.lines.append(Text(f"{prefix}{clean(e.text or e.kind)}", style=style))
 
-    def turn_event(self, b: Block, e: dict[str, Any], prefix: str) -> None:
-        who = e.get("player") or "?"
-        key = (e["tick"], who)
+    def turn_event(self, b: Block, e: Event, prefix: str) -> None:
+        who = e.player or "?"
+        key = (e.tick, who)
         turn = self.turns.get(key)
         first = turn is not None and key not in self.covered
         if first and self.player is not None and who == self.player:
             assert turn is not None
             self.observation(b, turn)
         line = Text(prefix, style="dim")
-        if e["kind"] == "action":
-            _who(line, who, self.agent_of.get(who, "?"))
-            line.append_text(_move_text(e.get("action"), e.get("args"), e.get("text")))
-            if e.get("message"):
-                line.append(f'  "{clean(e["message"])}"', style="italic")
-            if e.get("visible_to") is not None:
-                line.append(f"  (seen by {', '.join(e['visible_to'])})", style="dim")
-        elif e["kind"] == "committed":
-            _who(line, who, self.agent_of.get(who, "?"))
+        _who(line, who, self.agent_of.get(who, "?"))
+        if e.kind == "action":
+            line.append_text(_move_text(e.action, e.args, e.text))
+            if e.message:
+                line.append(f'  "{clean(e.message)}"', style="italic")
+            if e.visible_to is not None:
+                line.append(f"  (seen by {', '.join(e.visible_to)})", style="dim")
+        elif e.kind == "committed":
             if turn is not None and turn.action:
                 line.append(f"commits {turn.action}({_args_text(turn.args)})", style="green")
                 line.append("  (sealed until all have moved)", style="dim")
             else:
-                line.append(clean(e.get("text", "committed a sealed move")), style="dim")
-        else:
-            _who(line, who, self.agent_of.get(who, "?"))
+                line.append(clean(e.text or "committed a sealed move"), style="dim")
+        elif e.kind == "invalid":
             line.append("✗ invalid: ", style="bold red")
-            line.append(clean(e.get("text", "")), style="red")
-            raw = turn.raw if turn is not None else e.get("raw", "")
+            line.append(clean(e.text), style="red")
+            raw = turn.raw if turn is not None else e.raw
             line.append(f"  raw: {clean(repr(raw or ''), RAW_CHARS)}", style="dim red")
         if first:
             assert turn is not None
             self.covered.add(key)
             _call_details(line, turn)
         b.lines.append(line)
-        if e["kind"] != "invalid" and key not in self.flagged:
+        if e.kind != "invalid" and key not in self.flagged:
             self.flag_lines(b, *key)
 
     def turn_only(self, b: Block, t: Turn) -> None:
@@ -216,8 +212,8 @@ class _Builder:
     def flag_lines(self, b: Block, tick: int, who: str | None) -> None:
         self.flagged.add((tick, who))
         for f in self.flags.get((tick, who), []):
-            label = f"{f.get('kind', 'flag')}: {f.get('name', '?')}"
-            desc = clean(f.get("description", ""))
+            label = f.label()
+            desc = clean(f.description)
             b.lines.append(Text(f"      ⚑ {who or ''} {label} — {desc}", style="bold magenta"))
             b.flags.append(f"{who} {label}" if who else label)
 
@@ -369,7 +365,7 @@ def summary(ep: Episode, player: str | None = None) -> RenderableType:
     parts.append(status)
     flags_of: dict[str, int] = {}
     for f in ep.flags:
-        flags_of[str(f.get("player"))] = flags_of.get(str(f.get("player")), 0) + 1
+        flags_of[f.player] = flags_of.get(f.player, 0) + 1
     t = Table(title="Payoffs", show_edge=False)
     for col in ("player", "agent", "payoff", "normalised", "invalid", "conduct flags"):
         t.add_column(col)
@@ -384,7 +380,7 @@ def summary(ep: Episode, player: str | None = None) -> RenderableType:
     parts.append(t)
     if ep.outcomes:
         parts.append(Text("outcomes: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in ep.outcomes.items())))
-    own = [f for f in ep.flags if player is None or f.get("player") == player]
+    own = [f for f in ep.flags if player is None or f.player == player]
     if own:
         parts.append(flags_list(own))
     others = {p.player for p in ep.players if player is not None and p.player != player}
@@ -400,15 +396,13 @@ def summary(ep: Episode, player: str | None = None) -> RenderableType:
     return Group(*parts)
 
 
-def flags_list(flags: list[dict[str, Any]]) -> RenderableType:
+def flags_list(flags: list[ConductFlag]) -> RenderableType:
     """Conduct flags with the turn that raised them (the same flags sit beside those turns above)."""
     t = Text("Conduct flags:", style="bold magenta")
     for f in flags:
-        where = f"t{f['turn']}" if "turn" in f else (f"tick {f['tick']}" if "tick" in f else "episode")
-        label = f"{f.get('kind', 'flag')}: {f.get('name', '?')}"
-        t.append(f"\n  ⚑ {where} {f.get('player') or ''} {label}", style="magenta")
-        if f.get("description"):
-            t.append(f" — {clean(f['description'], 200)}", style="dim")
+        t.append(f"\n  ⚑ t{f.turn} {f.player} {f.label()}", style="magenta")
+        if f.description:
+            t.append(f" — {clean(f.description, 200)}", style="dim")
     return t
 
 

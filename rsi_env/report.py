@@ -178,8 +178,8 @@ def agent_stats(eps: list[Episode]) -> list[AgentStats]:
                 if best:
                     norm[a].append(x / best)
         for f in ep.flags:
-            if f.get("player") in label:
-                flags[label[f["player"]]][str(f.get("kind", "flag"))] += 1
+            if f.player in label:
+                flags[label[f.player]][f.kind] += 1
         for v in ep.verdicts:
             for p, dims in v.scores.items():
                 if p not in label:

@@ -6,7 +6,7 @@
   `state.X` / `my.X` / `P[..].X` / `args.X` field is declared;
 - references between parts hold (phase actions, transitions, conduct, policy, default moves);
 - every action is allowed in some phase and every phase is reachable from the first (networkx);
-- expressions give the type their field needs where it can be inferred (`expr.infer_type`):
+- expressions give the type their field needs where it can be inferred (`expr_types.infer_type`):
   conditions give true/false, payoffs and bounds numbers, `init` and `set` the declared type;
 - parameters can take a value (min <= max when constant, an enum has values) and role counts fit
   every player count in the range;
@@ -30,27 +30,29 @@ import networkx as nx
 
 from .compiled import CEffect, CompiledGame
 from .expr import (
+    KNOWN_FUNCTIONS,
+    RANDOM_FUNCTION_NAMES,
+    STDLIB_NAMESPACES,
+    Expr,
+    ExprError,
+    Scope,
+    is_number,
+    select_functions,
+)
+from .expr_types import (
     BOOL,
     DOUBLE,
     INT,
-    KNOWN_FUNCTIONS,
     LIST,
     MAP,
     NULL,
     NUMBER,
-    RANDOM_FUNCTION_NAMES,
-    STDLIB_NAMESPACES,
     STRING,
     CelTypes,
-    Expr,
-    ExprError,
     MapOf,
     Record,
-    Scope,
     Shape,
     infer_type,
-    is_number,
-    select_functions,
 )
 from .spec import Action, GameSpec, SpecError, Var, read_spec_file
 
@@ -379,8 +381,8 @@ def _check_names(spec: GameSpec, game: CompiledGame, problems: list[str]) -> Non
     for k, e in game.outcomes.items():
         _check_expr(f"outcomes.{k}", e, BASE | {"flags"}, problems, spec)
     for c, e in game.conduct:
-        params = _arg_shapes(spec.actions[c.action]) if c.action in spec.actions else None
-        _check_expr(f"conduct.{c.name}.when", e, ACTION, problems, spec, params=params, expect=COND)
+        shapes = _arg_shapes(spec.actions[c.action]) if c.action in spec.actions else None
+        _check_expr(f"conduct.{c.name}.when", e, ACTION, problems, spec, params=shapes, expect=COND)
     for k, e in game.hints.items():
         _check_expr(f"hints.{k}", e, VIEW, problems, spec)
     for i, (_rule, when, args, message) in enumerate(game.policy):

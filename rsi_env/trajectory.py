@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .events import ConductFlag, Event
+
 SCHEMA_VERSION = 1
 
 # Statuses of a model call that say nothing about the model's play: the turn is retried and, if it
@@ -109,9 +111,9 @@ class Episode(BaseModel):
     best: dict[str, float | None] | None = None
     outcomes: dict[str, Any] = Field(default_factory=dict)
     initial_state: dict[str, Any] = Field(default_factory=dict)  # {"state": ..., "players": ...} after reset
-    flags: list[dict[str, Any]] = Field(default_factory=list)  # procedural conduct flags
+    flags: list[ConductFlag] = Field(default_factory=list)  # procedural conduct flags
     invalid_counts: dict[str, int] = Field(default_factory=dict)
-    events: list[dict[str, Any]] = Field(default_factory=list)  # the engine's full event log
+    events: list[Event] = Field(default_factory=list)  # the engine's full event log
     errors: list[str] = Field(default_factory=list)  # runtime errors in spec expressions
     verdicts: list[Verdict] = Field(default_factory=list)  # referee verdicts, added by `referees`
     usage: Usage = Field(default_factory=Usage)

@@ -4,7 +4,8 @@ Visibility rules (the spec declares them per variable, role and action):
 - state vars: `public` shown to all, `hidden` to none (referees read the trajectory instead);
 - player vars: `public` to all, `private` to the owner, `team` to the owner's team, `hidden` to none;
 - roles: your own; others' unless the role is `hidden` (team mates see it when the role `knows_team`);
-- events: to everyone unless the action's visibility limits them.
+- events: to everyone unless the action's visibility limits them; a player's view of a restricted
+  event names no one else who saw it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from . import actions as act
 from .compiled import compiled
 from .engine import GameEngine
+from .events import Event
 from .expr import ExprError, Scope, select_functions
 from .spec import GameSpec
 
@@ -47,15 +49,27 @@ def _sees_var(engine: GameEngine, viewer: str, owner: str, visibility: str) -> b
     return False
 
 
-def visible_events(engine: GameEngine, player: str | None) -> list[dict[str, Any]]:
-    """Events `player` may see (all of them for `None`, the omniscient spectator)."""
+def visible_events(engine: GameEngine, player: str | None, last: int | None = None) -> list[Event]:
+    """Events `player` may see (all of them for `None`, the omniscient spectator); with `last`, only
+    the last that many (found from the end: a view is rendered at every step of a long game)."""
+    events = engine.events
     if player is None:
-        return engine.events
-    return [e for e in engine.events if e["visible_to"] is None or player in e["visible_to"]]
+        return events if last is None else events[-last:] if last > 0 else []
+    if last is None:
+        return [e for e in events if e.visible_to is None or player in e.visible_to]
+    seen: list[Event] = []
+    for e in reversed(events):
+        if len(seen) >= last:
+            break
+        if e.visible_to is None or player in e.visible_to:
+            seen.append(e)
+    seen.reverse()
+    return seen
 
 
 def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY) -> dict[str, Any]:
-    """The structured view of `player`: JSON-able, and the scope the scripted policy evaluates in."""
+    """The structured view of `player`: plain data but for `events` (typed records, `model_dump` for
+    JSON), and the scope the scripted policy evaluates in."""
     spec = engine.spec
     known = {p: _knows(engine, player, p) for p in engine.players}
     actors = engine.current_actors()
@@ -81,14 +95,13 @@ def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY)
             }
             for p in engine.players
         },
-        "events": [_public_event(e) for e in visible_events(engine, player)[-history:]],
+        "events": [
+            e if e.visible_to is None else e.as_seen_by(player)
+            for e in visible_events(engine, player, history)
+        ],
         "done": engine.done,
         "payoffs": engine.payoffs,
     }
-
-
-def _public_event(e: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in e.items() if k != "visible_to"}
 
 
 def action_schema(engine: GameEngine, player: str) -> dict[str, Any] | None:
@@ -169,37 +182,28 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
-def event_line(e: dict[str, Any], viewer: str | None = None) -> str:
+def event_line(e: Event, viewer: str | None = None) -> str:
     """One transcript line for an event."""
-    who = e.get("player")
-    name = "you" if who is not None and who == viewer else who
-    kind = e["kind"]
-    prefix = f"[t{e['turn']}]"
-    if kind == "action":
-        body = (
-            e.get("text")
-            or f"{e['action']}({', '.join(f'{k}={fmt_value(v)}' for k, v in e['args'].items())})"
-        )
+    name = "you" if e.player is not None and e.player == viewer else e.player
+    prefix = f"[t{e.turn}]"
+    if e.kind == "action":
+        body = e.text or f"{e.action}({', '.join(f'{k}={fmt_value(v)}' for k, v in e.args.items())})"
         line = f"{prefix} {name}: {body}"
-        if e.get("message"):
-            line += f' — says: "{e["message"]}"'
-        if e.get("visible_to") is not None and viewer is None:
-            line += f"  (seen by {', '.join(e['visible_to'])})"
+        if e.message:
+            line += f' — says: "{e.message}"'
+        if e.visible_to is not None and viewer is None:
+            line += f"  (seen by {', '.join(e.visible_to)})"
         return line
-    if kind in ("announce", "phase", "end"):
-        return f"{prefix} {e['text']}"
-    if kind == "tell":
-        return (
-            f"{prefix} (private to {e['visible_to'][0]}) {e['text']}"
-            if viewer is None
-            else f"{prefix} (private) {e['text']}"
-        )
-    if kind in ("invalid", "committed"):
-        # The omniscient transcript quotes what an invalid move actually said (a committed move's
-        # text is its parsed action, already in `text`).
-        raw = e.get("raw") if viewer is None else None
-        return f"{prefix} {name} — {e['text']}" + (f"  raw: {raw[:80]!r}" if raw else "")
-    return f"{prefix} {e.get('text', kind)}"
+    if e.kind == "tell":
+        to = e.visible_to[0] if e.visible_to else "?"
+        return f"{prefix} (private to {to}) {e.text}" if viewer is None else f"{prefix} (private) {e.text}"
+    if e.kind == "invalid":
+        # The omniscient transcript quotes what an invalid move actually said.
+        raw = e.raw if viewer is None else ""
+        return f"{prefix} {name} — {e.text}" + (f"  raw: {raw[:80]!r}" if raw else "")
+    if e.kind == "committed":  # its text is the parsed move, already
+        return f"{prefix} {name} — {e.text}"
+    return f"{prefix} {e.text}"  # phase, announce, end; pass and forfeit name their player in the text
 
 
 @cache
@@ -280,7 +284,7 @@ def render_observation(
     hints = _hints(spec, view)
     if hints:
         lines += ["NOTES:", *hints]
-    events = view["events"] if since_tick is None else [e for e in view["events"] if e["tick"] >= since_tick]
+    events = view["events"] if since_tick is None else [e for e in view["events"] if e.tick >= since_tick]
     header = "EVENTS" if since_tick is None else "NEW EVENTS"
     lines.append(f"{header} (turn {view['turn']}, phase {view['phase']}):")
     lines += [event_line(e, me) for e in events] or ["(none)"]
@@ -331,7 +335,6 @@ def transcript(engine: GameEngine) -> str:
     lines += [event_line(e) for e in engine.events]
     if engine.flags:
         lines.append(
-            "Conduct flags: "
-            + "; ".join(f"t{f['turn']} {f['player']} {f['kind']}:{f['name']}" for f in engine.flags)
+            "Conduct flags: " + "; ".join(f"t{f.turn} {f.player} {f.kind}:{f.name}" for f in engine.flags)
         )
     return "\n".join(lines)

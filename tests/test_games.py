@@ -192,7 +192,7 @@ def test_hand_computed_payoffs(case_file: Path) -> None:
         assert env.engine.payoffs == pytest.approx(case["payoffs"]), f"case {i}"
         for k, v in case.get("outcomes", {}).items():
             assert env.engine.outcomes[k] == v, f"case {i}: outcome {k}"
-        flags = sorted((f["player"], f["name"]) for f in env.engine.flags)
+        flags = sorted((f.player, f.name) for f in env.engine.flags)
         assert flags == sorted((f["player"], f["name"]) for f in case.get("flags", [])), f"case {i}: flags"
 
 

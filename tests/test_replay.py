@@ -162,13 +162,13 @@ def test_flags_sit_beside_their_turn_and_mark_the_block(game_id: str, episodes: 
     failed = max(t.tick for t in ep.turns if t.failed_calls)
     assert blocks[failed].flagged
     for f in ep.flags:
-        b = blocks[f["tick"]]
+        b = blocks[f.tick]
         assert b.flagged
         plain = [ln.plain for ln in b.lines]
-        at = next(i for i, ln in enumerate(plain) if "⚑" in ln and f["name"] in ln and f["player"] in ln)
+        at = next(i for i, ln in enumerate(plain) if "⚑" in ln and f.name in ln and f.player in ln)
         before = [ln for ln in plain[:at] if "⚑" not in ln]
-        assert f["player"] in before[-1], "the flag follows the flagged player's move"
-    flagged_ticks = {f["tick"] for f in ep.flags} | {failed}
+        assert f.player in before[-1], "the flag follows the flagged player's move"
+    flagged_ticks = {f.tick for f in ep.flags} | {failed}
     assert {b.tick for b in blocks.values() if b.flagged} == flagged_ticks
 
 
@@ -176,10 +176,8 @@ def test_flags_render_in_a_game_that_raises_them() -> None:
     ep = next(ep for s in range(40) if (ep := play("negotiation", ["scripted", "random"], seed=s)).flags)
     lines = text_of(ep)
     for f in ep.flags:
-        assert any("⚑" in ln and f["name"] in ln and f["player"] in ln for ln in lines)
-        assert any(ln.strip().startswith(f"⚑ t{f['turn']} {f['player']}") for ln in lines), (
-            "listed in the summary"
-        )
+        assert any("⚑" in ln and f.name in ln and f.player in ln for ln in lines)
+        assert any(ln.strip().startswith(f"⚑ t{f.turn} {f.player}") for ln in lines), "listed in the summary"
 
 
 def test_private_view_shows_only_what_the_player_saw(game_id: str, episodes: dict) -> None:
@@ -192,8 +190,8 @@ def test_private_view_shows_only_what_the_player_saw(game_id: str, episodes: dic
         )
         assert not any(ln.strip().startswith("Δ") for ln in lines), "state changes include hidden state"
         for e in ep.events:
-            if e["kind"] == "action" and e.get("visible_to") and viewer not in e["visible_to"]:
-                assert not any(f"(seen by {', '.join(e['visible_to'])})" in ln for ln in lines)
+            if e.kind == "action" and e.visible_to and viewer not in e.visible_to:
+                assert not any(f"(seen by {', '.join(e.visible_to)})" in ln for ln in lines)
         own = [t for t in ep.turns if t.player == viewer]
         for t in own:
             what = t.action if t.valid else t.feedback
@@ -222,7 +220,7 @@ def test_live_view_prints_each_tick_once_in_order(capsys: pytest.CaptureFixture)
 
 def test_a_turn_missing_from_the_event_log_is_still_shown(episodes: dict) -> None:
     ep = played(episodes, "negotiation").model_copy(deep=True)
-    ep.events = [e for e in ep.events if e["kind"] not in ("action", "invalid", "committed")]
+    ep.events = [e for e in ep.events if e.kind not in ("action", "invalid", "committed")]
     lines = text_of(ep)
     for t in ep.turns:
         assert any(t.player in ln and (t.action if t.valid else t.feedback) in ln for ln in lines)
@@ -342,8 +340,8 @@ def flagged_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Episode
     (computed from the record, not from the renderer)."""
     for seed in range(200):
         ep = play("negotiation", ["scripted", "random"], seed=seed)
-        ticks = sorted({e["tick"] for e in ep.events} | {t.tick for t in ep.turns})
-        flagged = [ticks.index(t) for t in sorted({f["tick"] for f in ep.flags})]
+        ticks = sorted({e.tick for e in ep.events} | {t.tick for t in ep.turns})
+        flagged = [ticks.index(t) for t in sorted({f.tick for f in ep.flags})]
         if flagged and flagged[0] >= 2 and len(ticks) >= flagged[0] + 3:
             path = write_run(tmp_path_factory.mktemp("flagged"), [ep])
             return path, ep, flagged
@@ -533,7 +531,7 @@ def test_private_view_hides_the_roles_the_player_was_not_told(n: int) -> None:
         # and in the summary at the end: its own conduct flags only
         lines = text_of(ep, viewer)
         assert not any(
-            f"⚑ t{f['turn']} {f['player']}" in ln for f in ep.flags if f["player"] != viewer for ln in lines
+            f"⚑ t{f.turn} {f.player}" in ln for f in ep.flags if f.player != viewer for ln in lines
         )
     spectator = header_rows(ep, None)
     assert {p: r[1] for p, r in spectator.items()} == role

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rsi_env.engine import GameEngine
-from rsi_env.expr import BOOL, INT, LIST, STRING, MapOf, Record, infer_type
+from rsi_env.expr_types import BOOL, INT, LIST, STRING, MapOf, Record, infer_type
 from rsi_env.spec import SpecError, parse_spec
 from rsi_env.spec_check import check_spec, load_checked_spec
 

@@ -303,7 +303,7 @@ def judge_view(
             after = episode_text(ep, from_tick=record.tick).split("What happened:\n", 1)[-1]
             shown[c.id] = f"{record.player}'s move: {c.raw}\n{after}"
     history = episode_text(
-        base.model_copy(update={"events": [e for e in base.events if e["tick"] < record.tick]})
+        base.model_copy(update={"events": [e for e in base.events if e.tick < record.tick]})
     )
     context = f"{game_brief(spec)}\n\nTHE GAME UNTIL THE DECISION:\n{history.rsplit('Final payoffs', 1)[0]}"
     return shown, context

@@ -32,7 +32,7 @@ def episode_text(ep: Episode, *, from_tick: int = 0) -> str:
     lines.append("Roles: " + ", ".join(f"{p.player}={p.role}" for p in ep.players))
     lines.append("What happened:")
     for e in ep.events:
-        if e["tick"] < from_tick or e["kind"] in ("committed",):
+        if e.tick < from_tick or e.kind == "committed":
             continue
         lines.append(event_line(e))
     if ep.payoffs is not None:

@@ -1,4 +1,4 @@
-"""`python -m rsi_env.tasks {programming,predict,trivia}`: preference data from open-ended tasks.
+"""`python -m rsi_env.tasks [--import MODULE] FAMILY`: preference data from open-ended tasks.
 
 programming: N challenges, V validators and K solutions per challenge; the sandbox runs every validator on
              every solution and on deliberately broken ones; the panel ranks challenges, validators and
@@ -11,13 +11,17 @@ trivia:      N random encyclopedia pages, Q questions per page, K answers per gr
 Writes to --out: run.jsonl (every generated item, sandbox run, ranking and why items were dropped),
 sets.jsonl, prefs.jsonl (DPO, every level: see the `level` column), kto.jsonl, judges.json (the
 meta-referee's report) and bank.jsonl (tasks for the Gymnasium envs in rsi_env.tasks.envs).
+
+--import MODULE (before the family; repeatable) imports a module that registers more task families.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,16 @@ from rich.table import Table
 
 from ..agents.factory import ClientPool
 from ..agents.profiles import AgentProfile, ProfileError, resolve_profile
-from ..cli import add_endpoint_args, add_panel_args, endpoint_override, fail, positive_int, run, seconds
+from ..cli import (
+    add_endpoint_args,
+    add_panel_args,
+    endpoint_override,
+    fail,
+    number_arg,
+    positive_int,
+    run,
+    seconds,
+)
 from ..local_model import LocalModelError
 from ..prefs.candidates import CandidateSet
 from ..prefs.ranking import BuildResult, build
@@ -34,25 +47,20 @@ from ..referees.meta import reliability_table
 from ..referees.panel import parse_judges
 from ..referees.rubric import Rubric, RubricError, load_rubric
 from ..sandbox import SandboxError, SandboxLimits, isolation_level
-from . import FAMILIES, predict, programming, trivia
 from .common import RUN_LOG, RunLog, TaskContext, all_rows, check_rubric, meta_scores, write_outputs
-from .corpus import CorpusMissing, corpus_path
-
-_MODULES = {"programming": programming, "predict": predict, "trivia": trivia}
+from .registry import Option, TaskError, TaskFamily, families, get_family, import_families
 
 
-def _family_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The options a family's `run` takes."""
-    limits = SandboxLimits(timeout_s=args.sandbox_timeout, memory_mb=256)
-    if args.family == "programming":
-        return {"n": args.n, "k": args.k, "validators": args.validators, "limits": limits}
-    if args.family == "predict":
-        return {"n": args.n, "k": args.k, "limits": limits}
-    return {"n": args.n, "k": args.k, "questions": args.questions}
+def _run_options(fam: TaskFamily, args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of the family's `run`: its own options, and the sandbox's limits."""
+    options = {o.name: getattr(args, o.name) for o in fam.options}
+    if fam.sandbox:
+        options["limits"] = SandboxLimits(timeout_s=args.sandbox_timeout, memory_mb=256)
+    return options
 
 
 async def _generate(
-    args: argparse.Namespace, log: RunLog, profile: AgentProfile, rubric: Rubric
+    args: argparse.Namespace, log: RunLog, profile: AgentProfile, rubric: Rubric | None
 ) -> tuple[list[CandidateSet], list[Any], dict | None]:
     pool = ClientPool()
     override = endpoint_override(args)
@@ -70,13 +78,13 @@ async def _generate(
         concurrency=args.concurrency,
         rubric=rubric,
     )
-    module = _MODULES[args.family]
+    fam = get_family(args.family)
     try:
-        sets, bank = await module.run(ctx, **_family_args(args))
+        sets, bank = await fam.run(ctx, **_run_options(fam, args))
         scores = await meta_scores(ctx, sets)
     finally:
         await pool.aclose()
-    return sets, bank, scores
+    return sets, list(bank), scores
 
 
 def summary_table(family: str, log: RunLog, result: BuildResult) -> Table:
@@ -89,7 +97,7 @@ def summary_table(family: str, log: RunLog, result: BuildResult) -> Table:
         rows_by_level[r.level] = rows_by_level.get(r.level, 0) + 1
     outcomes = log.outcomes()
     for level in [*outcomes, *(lv for lv in rows_by_level if lv not in outcomes)]:
-        counts = outcomes.get(level, {})
+        counts: Counter[str] = outcomes.get(level, Counter())
         dropped = "; ".join(f"{n}× {why}" for why, n in counts.items() if why != "kept") or "—"
         t.add_row(level, str(counts.get("kept", 0)), dropped, str(rows_by_level.get(level, 0)))
     return t
@@ -104,19 +112,19 @@ def cmd_run(args: argparse.Namespace, console: Console | None = None) -> int:
         )
     except ProfileError as exc:
         fail(str(exc))
-    module = _MODULES[args.family]
-    try:  # the questions judges are asked, per level: from the rubric the run names
-        rubric = load_rubric(args.rubric or args.family)
-        check_rubric(rubric, args.family, module.LEVELS)
-    except RubricError as exc:
-        fail(str(exc))
-    if args.family == "trivia":
+    fam = get_family(args.family)
+    rubric = None
+    if args.rubric:  # the questions judges are asked, per level: from the rubric the run names
         try:
-            corpus_path()
-        except CorpusMissing as exc:
+            rubric = load_rubric(args.rubric)
+            check_rubric(rubric, fam.name, fam.levels)
+        except RubricError as exc:
             fail(str(exc))
+    problem = fam.check() if fam.check is not None else None
+    if problem:
+        fail(problem)
     isolation = None
-    if args.family in ("programming", "predict"):
+    if fam.sandbox:
         try:
             isolation = isolation_level()
         except SandboxError as exc:
@@ -154,29 +162,29 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(dest="family", required=True, metavar="{" + ",".join(FAMILIES) + "}")
-    helps = {
-        "programming": ("challenges", "solutions per challenge"),
-        "predict": ("programs", "predictions per kept program"),
-        "trivia": ("pages", "answers per kept question"),
-    }
-    for family in FAMILIES:
-        n_help, k_help = helps[family]
-        p = sub.add_parser(family, help=f"{family} tasks -> preference rows")
-        p.add_argument("--n", type=positive_int, default=2 if family == "programming" else 4, help=n_help)
-        p.add_argument("--k", type=positive_int, default=4, help=k_help)
-        if family == "programming":
-            p.add_argument("--validators", type=positive_int, default=3, help="validators per challenge")
-        if family == "trivia":
-            p.add_argument("--questions", type=positive_int, default=3, help="questions per page")
+    ap.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module that registers more task families (before FAMILY; repeatable)",
+    )
+    registered = families()
+    sub = ap.add_subparsers(dest="family", required=True, metavar="{" + ",".join(registered) + "}")
+    for name, fam in registered.items():
+        p = sub.add_parser(name, help=fam.summary, description=fam.summary)
+        for option in fam.options:
+            p.add_argument(option.flag, dest=option.name, type=_arg_type(option), default=option.default,
+                           help=f"{option.help} (default {option.default})")  # fmt: skip
         p.add_argument("--profile", default="local", help="agent profile that generates (agents/*.yaml)")
         add_panel_args(
             p,
-            rubric_default=family,
+            rubric_default=fam.rubric or "",
             rubric_help="rubric (id in referees/ or a YAML path) whose `ranking` block says what judges "
-            f"are asked about each level's candidates (default {family})",
+            f"are asked about each level's candidates (default {fam.rubric or 'none: the truth ranks'})",
         )
-        p.add_argument("--out", type=Path, help=f"run directory (default runs/tasks/{family})")
+        p.add_argument("--out", type=Path, help=f"run directory (default runs/tasks/{name})")
         p.add_argument(
             "-o", "--output", type=Path, help="DPO rows (default OUT/prefs.jsonl; KTO rows beside)"
         )
@@ -201,7 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _arg_type(option: Option) -> Any:
+    """The argparse type of an option: a number at or above its minimum gets one clear message."""
+    if option.minimum is not None and option.type in (int, float):
+        if (option.type, option.minimum) == (int, 1):
+            return positive_int
+        return number_arg(
+            option.type, "a whole number" if option.type is int else "a number", low=option.minimum
+        )
+    return option.type
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Families from --import must be registered before the parser lists them.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--import", dest="imports", action="append", default=[])
+    try:
+        import_families(pre.parse_known_args(argv)[0].imports)
+    except TaskError as exc:
+        fail(str(exc))
     args = build_parser().parse_args(argv)
     if args.timeout is not None:
         fail(

@@ -9,7 +9,8 @@ normalised exact match with the sandbox's stdout (1.0 / 0.0; the prediction is n
 judge's correctness score (0..1) given the page and the reference answer, or, without a judge or when its
 call fails, token F1 against the reference (1.0 for a normalised exact match). Any text is a valid action:
 nothing a model writes makes `step` raise. Tasks come from a run directory's `bank.jsonl` (what
-`python -m rsi_env.tasks` kept) or a small built-in bank.
+`python -m rsi_env.tasks` kept) or a small built-in bank. Each family's registration
+(`rsi_env.tasks.registry`) names its env here, so `gymnasium.make("rsi_env/Programming-v0")` works.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _json_field(text: str, key: str) -> str | None:
 class TaskEnv(gymnasium.Env[str, str], Generic[_TaskT]):
     """One task per episode, drawn with the reset seed; one step answers it."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    metadata: dict[str, Any] = {"render_modes": ["ansi"]}  # noqa: RUF012 (an instance variable in gymnasium)
     task_type: ClassVar[type[BaseModel]]
 
     def __init__(self, tasks: list[_TaskT] | None = None, render_mode: str | None = None) -> None:
@@ -362,14 +363,3 @@ def builtin_trivia() -> list[trivia.TriviaTask]:
                 )
             )
     return tasks
-
-
-def register() -> None:
-    """`gymnasium.make("rsi_env/Programming-v0")` etc."""
-    for name, cls in (("Programming", ProgrammingEnv), ("Predict", PredictEnv), ("Trivia", TriviaEnv)):
-        env_id = f"rsi_env/{name}-v0"
-        if env_id not in gymnasium.registry:
-            gymnasium.register(env_id, entry_point=f"{__name__}:{cls.__name__}")
-
-
-register()

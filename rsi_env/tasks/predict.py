@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from ..prefs.candidates import CandidateRecord, CandidateSet, set_id
 from ..sandbox import SandboxError, SandboxLimits, SandboxResult, arun_python
 from .common import TaskContext, as_messages, judge_set, sample_k, sandbox_summary
+from .registry import Option, TaskFamily, register
 
 SOURCE = "predict"
 LEVELS = ("program", "prediction")  # the kinds of candidate set it makes
@@ -412,3 +413,20 @@ def _unfence(source: str) -> str:
 
 def _shown(p: Program) -> str:
     return f"```python\n{p.source}\n```\nQUESTION: {p.question}"
+
+
+FAMILY = register(
+    TaskFamily(
+        name="predict",
+        summary="programs that pass the determinism filter; predictions of what they print, by exact match",
+        run=run,
+        levels=LEVELS,
+        rubric=SOURCE,
+        options=(
+            Option("n", 4, "programs", type=int, minimum=1),
+            Option("k", 4, "predictions per kept program", type=int, minimum=1),
+        ),
+        sandbox=True,
+        env="rsi_env.tasks.envs:PredictEnv",
+    )
+)

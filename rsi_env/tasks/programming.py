@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from ..prefs.candidates import CandidateRecord, CandidateSet, set_id
 from ..sandbox import SandboxLimits
 from .common import Sample, TaskContext, as_messages, extract_code, judge_set, sample_k
+from .registry import Option, TaskFamily, register
 from .validators import (
     UNUSABLE,
     CheckRun,
@@ -356,3 +357,21 @@ def _solution_shown(s: Solution, vals: list[Validator], runs: list[CheckRun]) ->
                 else f"- {v.id}: score {r.score:.2f}"
             )
     return "\n".join(lines)
+
+
+FAMILY = register(
+    TaskFamily(
+        name="programming",
+        summary="challenges, validators and solutions; the sandbox runs every validator on every solution",
+        run=run,
+        levels=LEVELS,
+        rubric=SOURCE,
+        options=(
+            Option("n", 2, "challenges", type=int, minimum=1),
+            Option("k", 4, "solutions per challenge", type=int, minimum=1),
+            Option("validators", 3, "validators per challenge", type=int, minimum=1),
+        ),
+        sandbox=True,
+        env="rsi_env.tasks.envs:ProgrammingEnv",
+    )
+)

@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from ..prefs.candidates import CandidateRecord, CandidateSet, set_id
 from ..referees.rubric import load_rubric
 from .common import TaskContext, as_messages, judge_set, sample_k
-from .corpus import Page, sample_pages
+from .corpus import CorpusMissing, Page, corpus_path, sample_pages
+from .registry import Option, TaskFamily, register
 
 SOURCE = "trivia"
 LEVELS = ("question", "answer")  # the kinds of candidate set it makes
@@ -274,3 +275,30 @@ async def _answers(
         candidates=[CandidateRecord(id=a.id, raw=a.raw, shown=a.answer) for a in answers],
         truth={a.id: a.f1 for a in answers},
     )
+
+
+def corpus_problem() -> str | None:
+    """Why trivia cannot run here (the encyclopedia is not installed), else None."""
+    try:
+        corpus_path()
+    except CorpusMissing as exc:
+        return str(exc)
+    return None
+
+
+FAMILY = register(
+    TaskFamily(
+        name="trivia",
+        summary="questions grounded in encyclopedia pages; answers without the page, scored with it",
+        run=run,
+        levels=LEVELS,
+        rubric=SOURCE,
+        options=(
+            Option("n", 4, "pages", type=int, minimum=1),
+            Option("k", 4, "answers per kept question", type=int, minimum=1),
+            Option("questions", 3, "questions per page", type=int, minimum=1),
+        ),
+        check=corpus_problem,
+        env="rsi_env.tasks.envs:TriviaEnv",
+    )
+)
