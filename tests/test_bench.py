@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rsi_env.agents.baseline import RandomAgent, ScriptedAgent
 from rsi_env.agents.profiles import AgentProfile
+from rsi_env.catalog import load_game
+from rsi_env.env import GameParallelEnv
 from rsi_env.llm import CallRecord, CallStatus, ChatResult, Sampling
 from rsi_env.referees.aggregate import consensus
 from rsi_env.referees.bench import ANSWERS, REPORT, BenchReport, build_report, read_report, run_bench, vote
@@ -31,6 +34,7 @@ from rsi_env.referees.bench_cases import (
     TAGS,
     BenchCase,
     BenchSetError,
+    cases_from_episodes,
     default_set_dir,
     load_cases,
     select,
@@ -38,6 +42,8 @@ from rsi_env.referees.bench_cases import (
 )
 from rsi_env.referees.bench_metrics import BenchScores, wilson
 from rsi_env.referees.judge import LLMJudge
+from rsi_env.runner import continue_episode, new_episode
+from rsi_env.trajectory import Episode
 
 from .fault_server import FaultConfig, FaultServer
 
@@ -387,6 +393,51 @@ def test_the_cli_benches_judges_behind_a_real_http_server(tmp_path: Path) -> Non
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert "Judge benchmark" in shown.stdout and "llamacpp@t0.2" in shown.stdout
+
+
+def _recorded_run(run: Path) -> list[Episode]:
+    """Ultimatum and trust episodes of a few seeds by scripted and random seats, written as a run."""
+    eps = []
+    for game in ("ultimatum", "trust"):
+        spec = load_game(game)
+        for seed in range(4):
+            for k, seats in enumerate(
+                [("scripted", "scripted"), ("random", "scripted"), ("random", "random")]
+            ):
+                env = GameParallelEnv(spec)
+                env.reset(seed=seed)
+                agents: dict[str, Any] = {
+                    p: ScriptedAgent(spec, seed) if kind == "scripted" else RandomAgent(seed * 10 + i)
+                    for i, (p, kind) in enumerate(zip(env.possible_agents, seats, strict=True))
+                }
+                ep = new_episode(f"{game}-{seed}-{k}", "rec", spec, env, list(seats), agents, seed)
+                eps.append(asyncio.run(continue_episode(ep, env, agents)))
+    run.mkdir()
+    (run / "trajectories.jsonl").write_text("".join(ep.model_dump_json() + "\n" for ep in eps))
+    return eps
+
+
+def test_cases_from_a_recorded_run_through_the_cli(tmp_path: Path) -> None:
+    eps = _recorded_run(tmp_path / "run")
+    cases = cases_from_episodes(eps)
+    assert {c.kind for c in cases} == {"payoff", "promise"}
+    by_id = {ep.episode_id: ep for ep in eps}
+    for c in cases:
+        if c.kind == "payoff":
+            assert c.values is not None and c.values[c.truth] == max(c.values.values())
+        else:  # the right record is the one without a broken promise
+            right, wrong = (by_id[x.split(" ")[0]] for x in c.source.split("; ")[::-1])
+            assert not any(f["kind"] == "broken_promise" for f in right.flags)
+            assert any(f["kind"] == "broken_promise" for f in wrong.flags)
+    with FaultServer(FaultConfig(seed=2)) as srv:  # random valid answers: a coin-flipping judge
+        done = _cli(
+            "bench", "--episodes", str(tmp_path / "run"), "--judges", "llamacpp", "--resamples", "0",
+            "--base-url", srv.base_url, "--out", str(tmp_path / "out"), "--quiet",
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = read_report(tmp_path / "out" / REPORT)
+    assert report.cases == len(cases) and report.sources == [str(tmp_path / "run")]
+    assert report.judges[0].answered == len(cases)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes",
         type=Path,
         action="append",
-        help="also make cases from a recorded run (a run folder or trajectories file; repeatable)",
+        help="ask cases made from a recorded run (a run folder or trajectories file; repeatable) instead "
+        "of the shipped set; with --cases, both",
     )
     b.add_argument(
         "--resamples",
@@ -159,7 +162,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..local_model import LocalModelMissing
 
     cases, sources = _cases(args)
-    console = Console()
+    # Piped into a file or a pager: wide tables rather than rich's 80-column default (as `report`).
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    console = Console(width=150 if wide else None)
     try:
         return asyncio.run(_bench(args, cases, sources, console))
     except LocalModelMissing as exc:

@@ -282,6 +282,10 @@ def build_report(
         report.notes.append("one judge: no panel to compare (name two or more with --judges)")
         return report
     folds = {f: [c for c in cases if fold_of(set_of(c)) == f] for f in (0, 1)}
+    if not folds[0] or not folds[1]:
+        report.notes.append(
+            "too few cases for two folds: panel weights and best judge chosen on the same cases"
+        )
     panel: dict[str, dict[str, CasePicks]] = {name: {} for name in PANELS}
     for f in (0, 1):
         other = folds[1 - f] or folds[f]  # a set too small for two folds is weighted on itself
@@ -333,8 +337,8 @@ def _corr(r: Rate) -> str:
 def bench_table(report: BenchReport) -> Table:
     t = Table(title=f"Judge benchmark: {report.cases} labelled cases (set {report.digest})")
     cols = (
-        "judge", "answered", "accuracy [95%]", "position consistent", "first shown", "self-consistent",
-        "cycles/triads", "length bias r", "injection resisted", "failed calls", "meta weight",
+        "judge", "answered", "accuracy [95%]", "same both orders", "took first", "same other seed",
+        "cycles/triads", "length r", "injection resisted", "failed calls", "weight",
     )  # fmt: skip
     for col in cols:
         t.add_column(col, justify="left" if col == "judge" else "right")
