@@ -4,7 +4,8 @@ Per game: episodes, how many completed, were truncated or aborted, failed model 
 tokens and latency; per agent: mean payoff ± standard error, normalised payoff, lies and invalid
 actions per episode, mean referee scores (over the scores that exist: a failed judge call is
 missing, never zero). Then a rating of the agents across every episode given (Bradley–Terry on
-within-episode payoff ranks, with 95% intervals; see `ratings`), overall and per game.
+within-episode payoff ranks, with 95% intervals; see `ratings`), overall and per game. A folder
+holding a judge benchmark (`python -m rsi_env.referees bench --out DIR`) adds its tables.
 
 Aborted episodes count in the failure rates but not in payoffs, conduct rates or ratings: an
 episode cut short by a failing server says nothing about how the agents play.

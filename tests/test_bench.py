@@ -393,6 +393,11 @@ def test_the_cli_benches_judges_behind_a_real_http_server(tmp_path: Path) -> Non
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert "Judge benchmark" in shown.stdout and "llamacpp@t0.2" in shown.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "rsi_env.report", str(tmp_path), "--json"], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert json.loads(as_json.stdout)["judge_bench"][str(tmp_path)]["digest"] == report.digest
 
 
 def _recorded_run(run: Path) -> list[Episode]:
@@ -458,10 +463,11 @@ def test_bad_input_is_one_clear_message_and_exit_2(tmp_path: Path, args: list[st
 
 @pytest.mark.slow
 def test_the_embedded_model_benches_end_to_end(tmp_path: Path) -> None:
-    """SmolLM2-135M as two judges on a few cases: any accuracy, but every figure exists."""
+    """SmolLM2-135M as two judges on three cases (one record each, the shortest prompts), asked in both
+    orders at two seeds: 24 calls. Any accuracy; every figure exists."""
     done = _cli(
-        "bench", "--judges", "local@0.2,local@1.0#7", "--n", "8", "--resamples", "1", "--out", str(tmp_path),
-        "--quiet", timeout=1800,
+        "bench", "--judges", "local@0.2,local@1.0#7", "--kinds", "addressed", "--n", "3", "--resamples", "1",
+        "--out", str(tmp_path), "--quiet", timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = read_report(tmp_path / REPORT)
