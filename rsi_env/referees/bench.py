@@ -135,12 +135,14 @@ async def run_bench(
     out.mkdir(parents=True, exist_ok=True)
     store = AnswerStore(out / ANSWERS)
     have = store.load()
+    # Asked seed by seed, case by case, every judge on each: a run stopped early (slow models) has
+    # every judge's first answers to the same first cases.
     todo = [
         (j, c, o, s)
-        for j in judges
+        for s in range(resamples + 1)
         for c in cases
         for o in (0, 1)
-        for s in range(resamples + 1)
+        for j in judges
         if (prev := have.get((j.id, c.id, case_key(c), o, s))) is None or prev.status != "ok"
     ]
     sem = asyncio.Semaphore(concurrency)
