@@ -33,7 +33,7 @@ from rich.text import Text
 
 from .aggregate import Scores
 from .bench_cases import BenchCase, case_key, describe_counts, set_digest
-from .bench_metrics import BenchScores, CasePicks, Pick, Rate, decision, score
+from .bench_metrics import BenchScores, CasePicks, Pick, Rate, agreement, decision, score
 from .judge import Candidate, LLMJudge, Ranking
 from .meta import assess
 
@@ -70,6 +70,7 @@ class BenchReport(BaseModel):
     panels: list[BenchScores] = Field(default_factory=list)
     best_judge: dict[str, str] = Field(default_factory=dict)  # fold -> judge chosen on the other fold
     fold_weights: dict[str, dict[str, float]] = Field(default_factory=dict)  # fold -> judge -> weight
+    agreement: dict[str, dict[str, Rate]] = Field(default_factory=dict)  # judge -> judge -> same answer
     notes: list[str] = Field(default_factory=list)
 
 
@@ -283,6 +284,9 @@ def build_report(
     if len(judge_ids) < 2:
         report.notes.append("one judge: no panel to compare (name two or more with --judges)")
         return report
+    for i, a in enumerate(judge_ids):
+        for b in judge_ids[i + 1 :]:
+            report.agreement.setdefault(a, {})[b] = agreement(cases, picks[a], picks[b])
     folds = {f: [c for c in cases if fold_of(set_of(c)) == f] for f in (0, 1)}
     if not folds[0] or not folds[1]:
         report.notes.append(
@@ -378,9 +382,27 @@ def kinds_table(report: BenchReport) -> Table:
     return t
 
 
+def agreement_table(report: BenchReport) -> Table:
+    """Judge by judge: how often two judges give the same answer to the same case in the same order
+    (for one model at several temperatures, its consistency across temperatures)."""
+    names = [s.name for s in report.judges]
+    t = Table(title="Same answer as another judge (same case and order)")
+    t.add_column("judge")
+    for n in names[1:]:
+        t.add_column(n, justify="right")
+    for i, a in enumerate(names[:-1]):
+        cells = [
+            "" if j <= i else _pct(report.agreement.get(a, {}).get(b, Rate())) for j, b in enumerate(names)
+        ]
+        t.add_row(a, *cells[1:])
+    return t
+
+
 def report_renderables(report: BenchReport) -> list[RenderableType]:
     """The tables and their notes, for `referees bench` and `report`."""
     out: list[RenderableType] = [bench_table(report), kinds_table(report)]
+    if report.agreement:
+        out.append(agreement_table(report))
     if report.best_judge:
         out.append(
             Text(

@@ -10,7 +10,7 @@ self-consistency, again at other seeds (sample 0 is its own seed). A pick is a c
 - position consistency: the share of cases whose two orders name the same candidate (MT-Bench's
   measure); `first shown`: the share of answers that took whichever candidate was shown first;
 - self-consistency: the share of answers at another seed equal to the same order's answer at the
-  judge's own seed;
+  judge's own seed (and `agreement` between two judges, e.g. one model at two temperatures);
 - transitivity: cycles in the strict per-case decisions over the three records of a triad;
 - length bias: Pearson r between a case's score and log(length of the right record / the wrong
   one), over record cases: a judge that ignores length scores the same whichever is longer;
@@ -146,6 +146,18 @@ def self_consistency(cases: Sequence[BenchCase], picks: Picks) -> Rate:
             if sample > 0 and p is not None and own is not None:
                 agree.append(float(p == own))
     return rate(agree)
+
+
+def agreement(cases: Sequence[BenchCase], a: Picks, b: Picks) -> Rate:
+    """The share of (case, order) at each one's own seed where two judges give the same answer: for
+    one model at two temperatures, its consistency across temperatures."""
+    same = []
+    for c in cases:
+        for order in (0, 1):
+            x, y = a.get(c.id, {}).get((order, 0)), b.get(c.id, {}).get((order, 0))
+            if x is not None and y is not None:
+                same.append(float(x == y))
+    return rate(same)
 
 
 def cycles(cases: Sequence[BenchCase], picks: Picks) -> tuple[int, int]:
