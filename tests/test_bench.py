@@ -43,9 +43,8 @@ from rsi_env.referees.bench_cases import (
 from rsi_env.referees.bench_metrics import BenchScores, wilson
 from rsi_env.referees.judge import LLMJudge
 from rsi_env.runner import continue_episode, new_episode
+from rsi_env.testing.fault_server import FaultConfig, FaultServer
 from rsi_env.trajectory import Episode
-
-from .fault_server import FaultConfig, FaultServer
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = load_cases()

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cases(args: argparse.Namespace) -> tuple[list[BenchCase], list[str]]:
     """The cases to ask and where they came from; one clear message when that is nothing."""
     from ..spec import SpecError
-    from ..trajectory import TrajectoryFileError, read_episodes
+    from ..trajectory_store import TrajectoryFileError, read_episodes
 
     try:
         cases = load_cases(args.cases) if args.cases or not args.episodes else []
