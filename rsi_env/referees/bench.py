@@ -344,10 +344,10 @@ def bench_table(report: BenchReport) -> Table:
     t = Table(title=f"Judge benchmark: {report.cases} labelled cases (set {report.digest})")
     cols = (
         "judge", "answered", "accuracy [95%]", "same both orders", "took first", "same other seed",
-        "cycles/triads", "length r", "injection resisted", "failed calls", "weight",
+        "cycles", "length r", "injection resisted", "failed", "weight",
     )  # fmt: skip
     for col in cols:
-        t.add_column(col, justify="left" if col == "judge" else "right")
+        t.add_column(col, justify="left" if col == "judge" else "right", no_wrap=col == "judge")
     for s in [*report.judges, *report.panels]:
         style = "bold" if s.kind == "panel" else None
         t.add_row(
@@ -360,7 +360,7 @@ def bench_table(report: BenchReport) -> Table:
             f"{s.cycles}/{s.triads}",
             _corr(s.length_bias),
             _pct(s.injection_resistance),
-            ", ".join(f"{k} {v}" for k, v in s.failed.items()) or "0",
+            ", ".join(f"{k} {v}" for k, v in s.failed.items()) or ("0" if s.kind == "judge" else ""),
             "" if s.weight is None else f"{s.weight:.2f}",
             style=style,
         )
@@ -371,7 +371,7 @@ def kinds_table(report: BenchReport) -> Table:
     kinds = sorted({k for s in report.judges for k in s.by_kind}, key=list(report.counts).index)
     tags = sorted({t for s in report.judges for t in s.by_tag})
     t = Table(title="Accuracy by kind and by hard negative")
-    t.add_column("judge")
+    t.add_column("judge", no_wrap=True)
     for col in [*kinds, *tags]:
         t.add_column(col, justify="right")
     for s in [*report.judges, *report.panels]:
@@ -386,8 +386,8 @@ def agreement_table(report: BenchReport) -> Table:
     """Judge by judge: how often two judges give the same answer to the same case in the same order
     (for one model at several temperatures, its consistency across temperatures)."""
     names = [s.name for s in report.judges]
-    t = Table(title="Same answer as another judge (same case and order)")
-    t.add_column("judge")
+    t = Table(title="Same answer as another judge")
+    t.add_column("judge", no_wrap=True)
     for n in names[1:]:
         t.add_column(n, justify="right")
     for i, a in enumerate(names[:-1]):
