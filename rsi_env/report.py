@@ -4,7 +4,8 @@ Per game: episodes, how many completed, were truncated or aborted, failed model 
 tokens and latency; per agent: mean payoff ± standard error, normalised payoff, lies and invalid
 actions per episode, mean referee scores (over the scores that exist: a failed judge call is
 missing, never zero). Then a rating of the agents across every episode given (Bradley–Terry on
-within-episode payoff ranks, with 95% intervals; see `ratings`), overall and per game.
+within-episode payoff ranks, with 95% intervals; see `ratings`), overall and per game. A folder
+holding a judge benchmark (`python -m rsi_env.referees bench --out DIR`) adds its tables.
 
 Aborted episodes count in the failure rates but not in payoffs, conduct rates or ratings: an
 episode cut short by a failing server says nothing about how the agents play.
@@ -17,6 +18,7 @@ episode cut short by a failing server says nothing about how the agents play.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -24,6 +26,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 from rich.console import Console, Group, RenderableType
@@ -345,23 +348,51 @@ def main(argv: list[str] | None = None) -> int:
         args.runs = show_improvement(args.runs)
         if not args.runs:
             return 0
-    episodes, notes = load_runs(args.runs)
+    benches = judge_benches(args.runs)
+    runs = [p for p in args.runs if p not in benches or resolve_path(p).exists()]
+    episodes, notes = load_runs(runs) if runs else ([], [])
     if args.game:
         episodes = [ep for ep in episodes if ep.game in args.game]
-    if not episodes:
+    if not episodes and not benches:
         why = f"; {notes[0]}" if notes else ""
         fail(f"no episodes to report in {', '.join(str(p) for p in args.runs)}{why}")
-    report = build_report(args.runs, episodes, notes)
+    report = build_report(runs, episodes, notes) if episodes else None
     err = Console(stderr=True)
     for note in notes:
         err.print(f"[yellow]warning:[/] {escape(str(note))}", highlight=False)
     if args.json:
-        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        data = report.model_dump(mode="json") if report else {}
+        if benches:
+            data["judge_bench"] = {str(p): b.model_dump(mode="json") for p, b in benches.items()}
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         # Piped into a file or a pager: wide tables rather than rich's 80-column default.
         wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-        print_report(report, Console(width=PIPED_WIDTH if wide else None))
+        console = Console(width=PIPED_WIDTH if wide else None)
+        if report is not None:
+            print_report(report, console)
+        for bench in benches.values():
+            from .referees.bench import report_renderables
+
+            for part in report_renderables(bench):
+                console.print()
+                console.print(part)
     return 0
+
+
+def judge_benches(paths: list[Path]) -> dict[Path, Any]:
+    """The judge benchmark (`referees bench --out DIR`) of each folder that has one, shown beside the
+    ratings; its module (and the model client it imports) loads only when there is one."""
+    found: dict[Path, Any] = {}
+    for p in paths:
+        if (p / "bench.json").is_file():
+            from .referees.bench import read_report
+
+            try:
+                found[p] = read_report(p / "bench.json")
+            except ValueError as exc:
+                fail(f"{p / 'bench.json'}: not a judge benchmark report: {str(exc).splitlines()[0]}")
+    return found
 
 
 if __name__ == "__main__":

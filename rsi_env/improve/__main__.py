@@ -155,7 +155,8 @@ def config_from(args: argparse.Namespace) -> LoopConfig:
 
 def check_agents(cfg: LoopConfig) -> None:
     """Opponents, judges and the base profile resolve now, not an hour into the run."""
-    from ..agents.profiles import ClientPool, load_profile, resolve_profile
+    from ..agents.factory import ClientPool
+    from ..agents.profiles import load_profile, resolve_profile
     from ..referees.panel import parse_judges
 
     load_profile(cfg.profile, builtins=False)

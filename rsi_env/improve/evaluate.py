@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ..agents.profiles import AgentFactory
+from ..agents.factory import AgentFactory
 from ..catalog import load_game
 from ..ratings import Z95, RatingTable, comparisons, rate
 from ..referees.panel import score_episodes
@@ -151,9 +151,9 @@ def model_stats(episodes: list[Episode], label: Callable[[PlayerInfo], str]) -> 
             if pay is not None and best and not math.isnan(pay):
                 norm[name].append(pay / best)
         for f in all_flags(ep):
-            name = by_player.get(f["player"], "")
-            if f["kind"] in CONDUCT_KINDS and name:
-                flags[name][f["kind"]] += 1
+            name = by_player.get(f.player, "")
+            if f.kind in CONDUCT_KINDS and name:
+                flags[name][f.kind] += 1
     out = {}
     for name, n in seats.items():
         per = {k: v / n for k, v in flags[name].items()}

@@ -177,7 +177,7 @@ class LLMJudge:
 
         Returns ("a" | "b" | "tie", the two raw answers' statuses)."""
         first, second = await asyncio.gather(
-            self._pair(question, a, b, context), self._pair(question, b, a, context)
+            self.pair(question, a, b, context), self.pair(question, b, a, context)
         )
         statuses = [first[1], second[1]]
         win1 = {"first": a.id, "second": b.id}.get(first[0])
@@ -186,9 +186,11 @@ class LLMJudge:
             return "tie", statuses
         return ("a" if win1 == a.id else "b"), statuses
 
-    async def _pair(
+    async def pair(
         self, question: str, x: Candidate, y: Candidate, context: str = ""
     ) -> tuple[str | None, str]:
+        """One order: `x` shown first. Returns ("first" | "second" | None, status); None with "ok" is
+        a tie, None with another status a failed call (the judge benchmark reads the orders apart)."""
         pair = f"FIRST (candidate {x.id}):\n{x.text}\n\nSECOND (candidate {y.id}):\n{y.text}"
         record, note = fence((context + "\n\n" if context else "") + pair)
         user = f"{question}\n\n{record}\n\nWhich is better: first, second, or tie?"

@@ -131,8 +131,12 @@ def assess(
 
 
 def weight(rel: JudgeReliability) -> float:
-    """Map a judge's measurements to a weight: agreement terms in [0, 1], penalties multiply."""
-    parts = [(1 + t) / 2 for t in (rel.tau_truth, rel.tau_consensus) if t is not None]
+    """Map a judge's measurements to a weight: agreement terms in [0, 1], penalties multiply.
+
+    Agreement counts above chance only (τ ≤ 0 earns nothing): mapping τ linearly to [0, 1] gave a
+    coin-flipping judge half a perfect judge's weight, so two of them outvoted one good judge (the
+    judge benchmark, `python -m rsi_env.referees bench`, measures the weighted panel against that)."""
+    parts = [max(0.0, t) for t in (rel.tau_truth, rel.tau_consensus) if t is not None]
     w = statistics.fmean(parts) if parts else 0.5
     if rel.cyclic:
         w *= 0.5
