@@ -22,6 +22,7 @@ from .events import Event
 from .expr import ExprError, OverBudget, Scope, select_functions
 from .expr_budget import VIEW_LIMITS, Budget
 from .spec import GameSpec
+from .untrusted import one_line
 
 DEFAULT_HISTORY = 24
 
@@ -188,10 +189,13 @@ def event_line(e: Event, viewer: str | None = None) -> str:
     name = "you" if e.player is not None and e.player == viewer else e.player
     prefix = f"[t{e.turn}]"
     if e.kind == "action":
+        # A player's text stays on its line: a message (or a text argument) with line breaks cannot
+        # add lines that look like other moves or final payoffs; the message is quoted with its
+        # quotes escaped, so it cannot end its quote either.
         body = e.text or f"{e.action}({', '.join(f'{k}={fmt_value(v)}' for k, v in e.args.items())})"
-        line = f"{prefix} {name}: {body}"
+        line = f"{prefix} {name}: {one_line(body)}"
         if e.message:
-            line += f' — says: "{e.message}"'
+            line += f" — says: {one_line(json.dumps(e.message, ensure_ascii=False))}"
         if e.visible_to is not None and viewer is None:
             line += f"  (seen by {', '.join(e.visible_to)})"
         return line
@@ -201,7 +205,7 @@ def event_line(e: Event, viewer: str | None = None) -> str:
     if e.kind == "invalid":
         # The omniscient transcript quotes what an invalid move actually said.
         raw = e.raw if viewer is None else ""
-        return f"{prefix} {name} — {e.text}" + (f"  raw: {raw[:80]!r}" if raw else "")
+        return f"{prefix} {name} — {one_line(e.text)}" + (f"  raw: {one_line(repr(raw[:80]))}" if raw else "")
     if e.kind == "committed":  # its text is the parsed move, already
         return f"{prefix} {name} — {e.text}"
     return f"{prefix} {e.text}"  # phase, announce, end; pass and forfeit name their player in the text

@@ -171,7 +171,8 @@ def test_the_shipped_set_covers_every_kind_and_hard_negative() -> None:
             assert c.values is not None and c.values[c.truth] == max(c.values.values())
         if c.kind == "addressed":
             assert c.detected is not None
-    assert not any(c.detected for c in CASES if "paraphrase" in c.tags and "injection" not in c.tags)
+    # the judges addressed in other words: the manipulation check reads them too (issue 17)
+    assert all(c.detected for c in CASES if "paraphrase" in c.tags)
 
 
 def test_the_set_is_rebuilt_identically_from_its_seeds(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from ..llm import Chat, Sampling, extract_json
 from ..spec import GameSpec, SpecError, parse_spec, spec_json_schema
 from ..spec_check import dry_run_errors
 from ..spec_guard import check_isolated
+from ..untrusted import MAX_JSON_DEPTH, UntrustedTextError, check_yaml_shape, json_depth
 from .playtest import MAX_TURNS
 
 THEMES: tuple[str, ...] = (
@@ -441,17 +442,28 @@ def parse_reply(text: str | None, finish_reason: str | None = None) -> tuple[Any
     if m := _FENCE.match(body):
         body = m.group(1)
     cut = " It was cut off at the max_tokens limit." if finish_reason == "length" else ""
+    # The reply is untrusted: its nesting is bounded before a recursive parser sees it.
+    if (depth := json_depth(body)) > MAX_JSON_DEPTH:
+        return None, [f"the reply nests brackets {depth} levels deep; the limit is {MAX_JSON_DEPTH}.{cut}"]
+    try:
+        check_yaml_shape(body)
+    except UntrustedTextError as exc:
+        return None, [f"the reply is not a usable spec: {exc}.{cut}"]
     try:
         # strict=False: raw newlines inside strings are fine (llama.cpp's JSON grammar emits them).
         data = json.loads(body, strict=False)
-    except json.JSONDecodeError as exc:
-        err = f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except (json.JSONDecodeError, RecursionError) as exc:
+        err = (
+            f"{exc.msg} (line {exc.lineno}, column {exc.colno})"
+            if isinstance(exc, json.JSONDecodeError)
+            else "nested too deeply"
+        )
         data = None
         if not body.lstrip().startswith(("{", "[")):
             # Not JSON from the first character: YAML, or JSON after some prose.
             try:
                 data = yaml.safe_load(body)
-            except yaml.YAMLError:
+            except (yaml.YAMLError, RecursionError):
                 data = None
             if not isinstance(data, dict):
                 try:
