@@ -8,6 +8,7 @@ live — the locked, append-only JSONL file, its readers, writer and compaction 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -36,6 +37,17 @@ class CallInfo(BaseModel):
     error: str | None = None
 
 
+# Replies are untrusted: a 5 MB reply must not make a 150 MB trajectory file. What is stored of one
+# reply (the game parsed it whole); set RSI_ENV_MAX_REPLY_CHARS to change it.
+MAX_STORED_REPLY_CHARS = int(os.environ.get("RSI_ENV_MAX_REPLY_CHARS", "20000"))
+
+
+def cap_reply(text: str, limit: int | None = None) -> tuple[str, int]:
+    """`text` cut to `limit` characters (default MAX_STORED_REPLY_CHARS) and how many were cut."""
+    limit = MAX_STORED_REPLY_CHARS if limit is None else limit
+    return (text, 0) if len(text) <= limit else (text[:limit], len(text) - limit)
+
+
 class Turn(BaseModel):
     """One acting player at one tick."""
 
@@ -45,7 +57,8 @@ class Turn(BaseModel):
     player: str
     observation: str
     prompt: str | None = None  # the user message an LLM agent sent for this turn (None for others)
-    raw: str
+    raw: str  # the reply, at most MAX_STORED_REPLY_CHARS of it (`cap_reply`)
+    raw_dropped: int = 0  # characters of the reply past that cap, counted, not stored
     action: str | None = None  # parsed action name, when valid
     args: dict[str, Any] | None = None
     valid: bool

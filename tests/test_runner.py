@@ -42,7 +42,7 @@ from rsi_env.env import GameParallelEnv
 from rsi_env.expr import ExprError
 from rsi_env.llm import CallStatus
 from rsi_env.runner import EpisodeJob, Runner, RunStats, plan, play_episode
-from rsi_env.spec import GameSpec
+from rsi_env.spec import GameSpec, read_spec_file
 from rsi_env.testing.fault_server import FaultConfig, FaultServer, random_instance, schema_of_request
 from rsi_env.trajectory import FAILURE_STATUSES, Episode
 from rsi_env.trajectory_store import (
@@ -384,7 +384,9 @@ ethics: {fair_play: [x], violations: [y]}
 def test_a_payoff_error_aborts_the_episode_with_the_engines_message(tmp_path: Path) -> None:
     spec_file = tmp_path / "divzero.yaml"
     spec_file.write_text(DIVZERO_SPEC, encoding="utf-8")
-    spec = load_game(spec_file)
+    # Read only (`load_game` would refuse it: the dry run finds the error), as a caller holding the
+    # spec passes it to the runner.
+    spec = read_spec_file(spec_file)
     factory = AgentFactory(["random"], spec)
     stats = run(Runner(spec, factory, tmp_path, progress=False), plan(spec, factory, 2))
     assert stats.aborted == 2 and stats.aborted_by == {"game_error": 2}

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..llm import Chat
 from ..spec import GameSpec
+from ..trajectory import cap_reply
 from ..view import render_observation
 from .base import TurnReport
 from .profiles import AgentProfile
@@ -122,6 +123,7 @@ class LLMAgent:
             self.resolved_model = rec.model
         if result.ok or self.last.status in ("invalid_output", "refused"):
             # The model answered (well or badly): that answer is part of its history.
-            self.exchanges.append((prompt, raw))
+            # Capped as the record is: a huge reply would otherwise ride along in every later prompt.
+            self.exchanges.append((prompt, cap_reply(raw)[0]))
             self.last_tick = info.get("tick")
         return raw

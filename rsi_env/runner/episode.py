@@ -26,7 +26,7 @@ from ..agents.base import CANCELLED, Agent, TurnReport
 from ..compiled import compiled
 from ..env import GameParallelEnv
 from ..spec import GameSpec
-from ..trajectory import FAILURE_STATUSES, CallInfo, Episode, PlayerInfo, Turn, Usage
+from ..trajectory import FAILURE_STATUSES, CallInfo, Episode, PlayerInfo, Turn, Usage, cap_reply
 
 if TYPE_CHECKING:
     from ..agents.factory import AgentFactory
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 TurnHook = Callable[[Episode, Turn], Awaitable[None] | None]
 
 # Statuses that end an episode at once: retrying the turn cannot help.
+EMPTY_REPLY = "the reply was empty"  # the client's error for a reply with no content (`llm.client`)
 _FINAL_STATUSES = frozenset({"context_exceeded", "client_error", CANCELLED})
 
 
@@ -207,6 +208,7 @@ async def continue_episode(
             for i, p in enumerate(actors):
                 res = e.last_results.get(p)
                 rep = reports[p]
+                raw, dropped = cap_reply(rep.raw)
                 t = Turn(
                     tick=tick,
                     turn=turn,
@@ -214,7 +216,8 @@ async def continue_episode(
                     player=p,
                     observation=obs_before[p],
                     prompt=rep.prompt,
-                    raw=rep.raw,
+                    raw=raw,
+                    raw_dropped=dropped,
                     action=res.action if res and res.valid else None,
                     args=res.args if res and res.valid else None,
                     valid=bool(res and res.valid),
@@ -244,12 +247,26 @@ async def continue_episode(
     return ep
 
 
+def _every_call_empty(ep: Episode) -> bool:
+    """Whether the episode had model calls and each one got an empty reply after its retries: a
+    server that answers with nothing is an infrastructure failure, not a player making invalid moves
+    (its turns stay recorded, with their status and error)."""
+    calls = [t.call for t in ep.turns if t.prompt is not None]
+    return bool(calls) and all(
+        c.status == "invalid_output" and (c.error or "").startswith(EMPTY_REPLY) for c in calls
+    )
+
+
 def _close_finished(ep: Episode, env: GameParallelEnv) -> None:
     """Status and scores of an episode played to its end. A payoff that is not a finite number (its
     expression failed: the engine gives NaN) makes the episode `aborted` with `game_error` and the
     engine's message: never a complete episode without scores. So does a game the engine stopped on a
     spec error (over the evaluation budget, a setup that failed: `GameEngine.game_error`)."""
     e = env.engine
+    if _every_call_empty(ep):
+        ep.status = "aborted"
+        ep.abort_reason = "empty_reply: every model call got an empty reply (after its retries)"
+        return
     if e.game_error is not None:
         ep.status = "aborted"
         ep.abort_reason = f"game_error: {e.game_error}"

@@ -8,18 +8,23 @@ referee manipulation like a message. The generator's parsing of a whole reply is
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import yaml
 
+from rsi_env.agents.base import TurnReport
 from rsi_env.agents.factory import AgentFactory
+from rsi_env.env import GameParallelEnv
 from rsi_env.events import ActionEvent, InvalidEvent
 from rsi_env.generate.generator import parse_reply
 from rsi_env.referees.procedural import procedural_verdict, referee_manipulation_flags
 from rsi_env.referees.transcript import episode_text
-from rsi_env.runner import plan
+from rsi_env.runner import continue_episode, new_episode, plan
 from rsi_env.runner.episode import play_episode
 from rsi_env.spec import parse_spec
-from rsi_env.trajectory import Episode
+from rsi_env.testing.fault_server import FaultConfig, FaultServer
+from rsi_env.trajectory import MAX_STORED_REPLY_CHARS, Episode
 
 from .cases import BASE_YAML
 
@@ -87,3 +92,51 @@ def test_the_generator_refuses_a_reply_nested_too_deep_in_one_problem() -> None:
     ):
         data, problems = parse_reply(reply)
         assert data is None and len(problems) == 1, (reply[:20], problems)
+
+
+class HugeReplyDouble:
+    """Test double for an agent whose every reply is a valid move followed by 5 MB of text."""
+
+    name = "huge"
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.last: TurnReport | None = None
+
+    async def act(self, observation: Any, info: dict[str, Any]) -> str:
+        raw = '{"action": "go", "n": 3}' + "x" * self.size
+        self.last = TurnReport(raw=raw)
+        return raw
+
+
+def test_a_huge_reply_is_stored_capped_and_the_rest_counted() -> None:
+    spec = parse_spec(yaml.safe_load(BASE_YAML.format(id="base", name="Base")))
+    env = GameParallelEnv(spec)
+    env.reset(seed=0)
+    agents: dict[str, Any] = {p: HugeReplyDouble(5_000_000) for p in env.possible_agents}
+    ep = new_episode("huge-0", "test", spec, env, ["huge"] * len(agents), agents, 0)
+    ep = asyncio.run(continue_episode(ep, env, agents))
+    assert ep.status == "complete" and ep.turns and all(t.valid for t in ep.turns)
+    for t in ep.turns:
+        assert len(t.raw) == MAX_STORED_REPLY_CHARS and t.raw_dropped == 5_000_024 - MAX_STORED_REPLY_CHARS
+    assert len(ep.model_dump_json()) < 2 * MAX_STORED_REPLY_CHARS * len(ep.turns) + 200_000
+
+
+def test_a_server_that_answers_with_nothing_aborts_the_episode(tmp_path: Path) -> None:
+    """Every call gets empty content: the turns are recorded with their status, and the episode is
+    aborted (before: complete, 0/0, every move an invalid move charged to the player)."""
+    spec = parse_spec(yaml.safe_load(BASE_YAML.format(id="base", name="Base")))
+    with FaultServer(FaultConfig(rate_empty=1.0, seed=1)) as srv:
+        profile = tmp_path / "empty.yaml"
+        profile.write_text(
+            yaml.safe_dump(
+                {"backend": "endpoint", "base_url": srv.base_url, "model": srv.config.model, "timeout_s": 5.0}
+            )
+        )
+        factory = AgentFactory([str(profile), "random"], spec)
+        [job] = plan(spec, factory, 1, 0, None)
+        ep = asyncio.run(play_episode(job, spec, factory))
+    assert ep.status == "aborted" and ep.payoffs is None, (ep.status, ep.abort_reason)
+    assert (ep.abort_reason or "").startswith("empty_reply")
+    mine = [t for t in ep.turns if t.prompt is not None]
+    assert mine and all(t.call.status == "invalid_output" and t.call.error for t in mine)
