@@ -140,3 +140,32 @@ def test_a_server_that_answers_with_nothing_aborts_the_episode(tmp_path: Path) -
     assert (ep.abort_reason or "").startswith("empty_reply")
     mine = [t for t in ep.turns if t.prompt is not None]
     assert mine and all(t.call.status == "invalid_output" and t.call.error for t in mine)
+
+
+class ReplyDouble:
+    """Test double for an agent that sends the same reply every turn."""
+
+    name = "fixed"
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+        self.last: TurnReport | None = None
+
+    async def act(self, observation: Any, info: dict[str, Any]) -> str:
+        self.last = TurnReport(raw=self.raw)
+        return self.raw
+
+
+def test_a_reply_of_nested_brackets_is_an_invalid_move_recorded_not_a_crash() -> None:
+    """1,000 (or 100,000) nested brackets once raised RecursionError out of the JSON extractor and
+    ended the whole `play` run with nothing recorded."""
+    spec = parse_spec(yaml.safe_load(BASE_YAML.format(id="base", name="Base")))
+    for depth in (1_000, 100_000):
+        env = GameParallelEnv(spec)
+        env.reset(seed=0)
+        agents: dict[str, Any] = {p: ReplyDouble("[" * depth + "]" * depth) for p in env.possible_agents}
+        ep = new_episode(f"deep-{depth}", "test", spec, env, ["fixed"] * len(agents), agents, 0)
+        ep = asyncio.run(continue_episode(ep, env, agents))
+        assert ep.turns and not any(t.valid for t in ep.turns), depth
+        assert all(t.feedback and "invalid" in t.feedback for t in ep.turns)
+        assert ep.invalid_counts and sum(ep.invalid_counts.values()) == len(ep.turns)
