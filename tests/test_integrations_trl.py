@@ -4,7 +4,6 @@ with a tiny model built here (in the `trl` extra)."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -27,21 +26,13 @@ from rsi_env.prefs.__main__ import build_parser
 from rsi_env.prefs.__main__ import main as prefs_main
 from rsi_env.prefs.branching import objective
 from rsi_env.prefs.build import ROLLOUTS, read_sets
+from rsi_env.testing.tiny_lm import env_tools as tools_of
 from rsi_env.trajectory import Episode, read_episodes
 
 from .conftest import all_game_ids, play_episode
 from .fault_server import FaultConfig, FaultServer
 
 transformers_utils = pytest.importorskip("transformers.utils")
-
-
-def tools_of(env: Any) -> dict[str, Any]:
-    """What TRL exposes as tools: the public functions of the class but `reset` and `get_reward`."""
-    return {
-        name: getattr(env, name)
-        for name, _ in inspect.getmembers(type(env), predicate=inspect.isfunction)
-        if name not in ("reset", "get_reward") and not name.startswith("_")
-    }
 
 
 def call(env: Any, move: str) -> str:
@@ -304,7 +295,7 @@ def test_grpo_trains_two_steps_on_two_games_through_the_tools(tmp_path: Path) ->
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    from rsi_env.testing.tiny_lm import teach, tiny_llama, tiny_tokenizer
+    from rsi_env.testing.tiny_lm import tool_calling_model
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     torch.set_num_threads(2)
@@ -314,19 +305,7 @@ def test_grpo_trains_two_steps_on_two_games_through_the_tools(tmp_path: Path) ->
         {"name": "say", "arguments": {"message": "hello"}},
         {"name": "propose", "arguments": {"books": 1, "hats": 1, "balls": 1}},
     ]
-    examples, texts = [], []
-    for game in games:
-        env = factories[game]()
-        schemas = [transformers_utils.get_json_schema(t) for t in tools_of(env).values()]
-        row = dataset(game, 1, seed=100)[0]
-        prompt = [row["prompt"][0], {"role": "user", "content": env.reset(**row)}]
-        texts += [prompt[1]["content"], json.dumps(schemas)]
-        for r in replies:
-            reply = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": r}]}
-            examples.append((prompt, reply, schemas))
-    tok = tiny_tokenizer(texts, phrases=[json.dumps(r) for r in replies])
-    model = tiny_llama(tok)
-    teach(model, tok, examples, steps=80)
+    model, tok = tool_calling_model([(factories[g](), dataset(g, 1, seed=100)[0]) for g in games], replies)
 
     rows = [r for pair in zip(dataset(games[0], 2), dataset(games[1], 2), strict=True) for r in pair]
     args = GRPOConfig(

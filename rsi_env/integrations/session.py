@@ -140,6 +140,9 @@ class SeatTurn(BaseModel):
     role: str
     action_schema: dict[str, Any] | None = Field(None, description="JSON Schema of the legal moves now")
     legal_actions: list[str] = Field(default_factory=list)
+    view: dict[str, Any] | None = Field(
+        None, description="what the text says, as data: the seat's structured view (for non-LLM players)"
+    )
     feedback: str | None = Field(None, description="why the previous move was not accepted")
     phase: str = ""
     turn: int = 0
@@ -259,6 +262,10 @@ class SeatSession:
         self.spec = load_game(game)
         self.seat = seat
         self.opponents = [opponents] if isinstance(opponents, str) else list(opponents or [])
+        if "human" in self.opponents:
+            raise ValueError(
+                "a human cannot sit inside a session: the seat driven from outside is the player"
+            )
         self.n_players = n_players or self.spec.players.default or self.spec.players.min
         self.max_cycles = max_cycles
         self.override = override
@@ -457,6 +464,7 @@ class SeatSession:
             role=e.role[self.player],
             action_schema=info["action_schema"],
             legal_actions=list(info["legal_actions"]),
+            view=info["view"],
             feedback=info.get("feedback"),
             phase=str(info["phase"]),
             turn=int(info["turn"]),
@@ -472,11 +480,12 @@ class SeatSession:
     def _final(self) -> SeatTurn:
         assert self.env is not None and self.episode is not None and self._learner is not None
         ep, e, p = self.episode, self.env.engine, self.player
+        view = None
         if ep.status == "aborted":
             text = f"The episode was aborted ({ep.abort_reason}); it has no score."
         else:
             info = self.env.agent_info(p)
-            text = self._learner.render(info)
+            text, view = self._learner.render(info), info["view"]
         flags = self._flags()
         return SeatTurn(
             text=text,
@@ -488,6 +497,7 @@ class SeatSession:
             phase=str(e.phase),
             turn=e.turn,
             tick=e.tick_no,
+            view=view,
             payoff=(ep.payoffs or {}).get(p),
             best=(ep.best or {}).get(p),
             payoffs=ep.payoffs,

@@ -111,7 +111,7 @@ class GameEnvironment:
 
     def get_reward(self) -> float | None:
         """The episode's reward; a rollout that stopped early is played out first (see the module)."""
-        if self.session.episode is None:
+        if self.session.last is None:
             return None
         if not self.session.done:
             self.session.finish()

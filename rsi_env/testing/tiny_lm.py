@@ -127,3 +127,41 @@ def teach(
         opt.zero_grad()
     model.eval()
     return float(loss.detach())
+
+
+def env_tools(env: Any) -> dict[str, Any]:
+    """The tools TRL makes of an environment instance: its public functions but `reset`/`get_reward`."""
+    import inspect
+
+    return {
+        name: getattr(env, name)
+        for name, _ in inspect.getmembers(type(env), predicate=inspect.isfunction)
+        if name not in ("reset", "get_reward") and not name.startswith("_")
+    }
+
+
+def tool_calling_model(
+    starts: Sequence[tuple[Any, dict[str, Any]]], replies: Sequence[dict[str, Any]], *, steps: int = 80
+) -> tuple[Any, Any]:
+    """A tiny model and tokenizer taught to answer each (environment instance, dataset row)'s first
+    observation with any of `replies` (`{"name": tool, "arguments": {...}}`), as TRL would prompt it."""
+    import json
+
+    from transformers.utils import get_json_schema
+
+    examples: list[tuple[list[dict[str, Any]], dict[str, Any], list[Any] | None]] = []
+    texts: list[str] = []
+    for env, row in starts:
+        schemas = [get_json_schema(t) for t in env_tools(env).values()]
+        prompt = [
+            *row["prompt"][:-1],
+            {"role": "user", "content": row["prompt"][-1]["content"] + env.reset(**row)},
+        ]
+        texts += [m["content"] for m in prompt] + [json.dumps(schemas)]
+        for r in replies:
+            call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": r}]}
+            examples.append((prompt, call, schemas))
+    tok = tiny_tokenizer(texts, phrases=[json.dumps(r) for r in replies])
+    model = tiny_llama(tok)
+    teach(model, tok, examples, steps=steps)
+    return model, tok
