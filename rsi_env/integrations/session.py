@@ -200,6 +200,19 @@ def recorded_episode(run_dir: str | Path, episode_id: str) -> Episode:
     return ep
 
 
+def seat_prompt(spec: GameSpec, info: dict[str, Any], last_tick: int | None) -> str:
+    """A seat's observation as an LLM agent's prompt (as `LLMAgent` renders it): the rules on its
+    first turn (`last_tick` None), then only what happened since its previous turn."""
+    return render_observation(
+        spec,
+        info["view"],
+        info["action_schema"],
+        info.get("feedback"),
+        include_rules=last_tick is None,
+        since_tick=last_tick,
+    )
+
+
 # --- the outside seat as an agent -------------------------------------------------------------------
 
 
@@ -217,15 +230,7 @@ class LearnerSeat:
         self.last_tick: int | None = None  # its previous turn's tick; None until it has moved
 
     def render(self, info: dict[str, Any]) -> str:
-        """Its observation as an LLM agent's prompt: rules first, then only what happened since."""
-        return render_observation(
-            self.spec,
-            info["view"],
-            info["action_schema"],
-            info.get("feedback"),
-            include_rules=self.last_tick is None,
-            since_tick=self.last_tick,
-        )
+        return seat_prompt(self.spec, info, self.last_tick)
 
     async def act(self, observation: Any, info: dict[str, Any]) -> str:
         if info.get("action_schema") is None:
