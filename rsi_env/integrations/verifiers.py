@@ -102,8 +102,11 @@ class GamesTaskset(vf.Taskset[GameTask, GamesConfig]):
 
 
 class GamesEnvConfig(vf.EnvConfig):
-    # A seat is a plain chat (the tool-less `null` harness runs no code), so a local process serves it.
-    player: vf.AgentConfig = vf.AgentConfig(harness={"id": "null"}, runtime={"type": "subprocess"})
+    # A seat is a plain chat (the tool-less `null` harness runs no code), so a local process serves it;
+    # a move is one JSON object, so a reply is capped (a small model may otherwise ramble to its context).
+    player: vf.AgentConfig = vf.AgentConfig(
+        harness={"id": "null"}, runtime={"type": "subprocess"}, sampling={"max_tokens": 256}
+    )
     """Plays every seat (shared-policy self-play; the run's model unless pinned)."""
     reward: Literal["payoff", "normalised", "objective"] = "objective"
     penalty: float = Field(DEFAULT_PENALTY, ge=0)
