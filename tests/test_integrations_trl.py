@@ -25,12 +25,13 @@ from rsi_env.integrations.trl import (
 from rsi_env.prefs.__main__ import build_parser
 from rsi_env.prefs.__main__ import main as prefs_main
 from rsi_env.prefs.branching import objective
-from rsi_env.prefs.build import ROLLOUTS, read_sets
+from rsi_env.prefs.candidates import ROLLOUTS, read_sets
+from rsi_env.testing.fault_server import FaultConfig, FaultServer
 from rsi_env.testing.tiny_lm import env_tools as tools_of
-from rsi_env.trajectory import Episode, read_episodes
+from rsi_env.trajectory import Episode
+from rsi_env.trajectory_store import read_episodes
 
 from .conftest import all_game_ids, play_episode
-from .fault_server import FaultConfig, FaultServer
 
 transformers_utils = pytest.importorskip("transformers.utils")
 

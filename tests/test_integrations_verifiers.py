@@ -27,9 +27,9 @@ from rsi_env.catalog import load_game  # noqa: E402
 from rsi_env.env import make_parallel  # noqa: E402
 from rsi_env.integrations.session import DEFAULT_PENALTY  # noqa: E402
 from rsi_env.prefs.branching import objective  # noqa: E402
+from rsi_env.testing.fault_server import FaultConfig, FaultServer  # noqa: E402
 
 from .conftest import all_game_ids  # noqa: E402
-from .fault_server import FaultConfig, FaultServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "environments" / "rsi_games"))  # the installable environment

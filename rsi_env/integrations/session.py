@@ -39,7 +39,8 @@ from ..prefs.branching import objective, replay_to
 from ..referees.procedural import all_flags
 from ..runner import build_agents, continue_episode, new_episode
 from ..spec import GameSpec
-from ..trajectory import Episode, Turn, read_episodes, resolve_path
+from ..trajectory import Episode, Turn
+from ..trajectory_store import read_episodes, resolve_path
 from ..view import render_observation
 
 T = TypeVar("T")

@@ -413,7 +413,7 @@ def decision_dataset(run_dir: str | Path, *, tools: ToolStyle = "typed") -> Data
     """One row per branching decision of a `prefs generate` run: `reset` rebuilds the exact state
     `prefs generate` branched (seed, then the recorded replies), with that decision's player on
     turn; every generation of a GRPO group starts there."""
-    from ..prefs.build import read_sets
+    from ..prefs.candidates import read_sets
 
     run = Path(run_dir).resolve()
     sets = sorted(read_sets(run), key=lambda bs: bs.set_id)
