@@ -7,7 +7,7 @@ Clients play the seat over `/ws` (`rsi_env.integrations.openenv.GameClient`, or 
 `random` or LLM profiles such as `local`). `/schema` gives the action, observation and state JSON
 Schemas, `/health` the server's health. For `uvicorn rsi_env.serve:app` (OpenEnv's
 `openenv.yaml`, the Dockerfile) the same options come from `RSI_ENV_GAME`, `RSI_ENV_SEAT`,
-`RSI_ENV_OPPONENTS`, `RSI_ENV_REWARD`, `RSI_ENV_N_PLAYERS` and `RSI_ENV_MAX_SESSIONS`.
+`RSI_ENV_OPPONENTS`, `RSI_ENV_REWARD`, `RSI_ENV_N_PLAYERS`, `RSI_ENV_MAX_SESSIONS` and `RSI_ENV_RUNS`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reward", choices=REWARDS, default="objective", help="the reward at the end")
     ap.add_argument("--n-players", type=int, help="players (within the spec's range)")
     ap.add_argument("--max-sessions", type=int, default=8, help="WebSocket sessions served at once")
+    ap.add_argument("--runs", help="a directory of recorded runs clients may start from a decision of")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     return ap
@@ -44,6 +45,7 @@ def make_app(
     reward: str = "objective",
     n_players: int | None = None,
     max_sessions: int = 8,
+    runs: str | None = None,
 ) -> Any:
     from .integrations.openenv import create_app
 
@@ -55,6 +57,7 @@ def make_app(
         reward=reward,  # type: ignore[arg-type]
         n_players=n_players,
         max_sessions=max_sessions,
+        runs=runs,
     )
 
 
@@ -69,6 +72,7 @@ def app_from_environment() -> Any:
         reward=env.get("RSI_ENV_REWARD", "objective"),
         n_players=int(n) if n else None,
         max_sessions=int(env.get("RSI_ENV_MAX_SESSIONS", "8")),
+        runs=env.get("RSI_ENV_RUNS") or None,
     )
 
 
@@ -92,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvicorn
 
-        app = make_app(args.game, args.seat, args.opponents, args.reward, args.n_players, args.max_sessions)
+        app = make_app(
+            args.game, args.seat, args.opponents, args.reward, args.n_players, args.max_sessions, args.runs
+        )
     except ImportError as exc:
         print(f"error: the OpenEnv server needs the `openenv` extra ({exc.name} is missing): "
               "pip install 'rsi_env[openenv]'", file=sys.stderr)  # fmt: skip

@@ -234,3 +234,37 @@ def test_a_trl_environment_over_the_openenv_client_trains_one_step(tmp_path: Pat
         assert all(env.session.done for env in pool)
         rewards = [env.get_reward() for env in pool]
         assert log["rewards/RemoteNegotiationEnv/mean"] == pytest.approx(sum(rewards) / len(rewards))
+
+
+def test_decision_starts_read_only_under_the_servers_runs_directory(tmp_path: Path) -> None:
+    """A client may start from a decision of a recorded `prefs generate` run, and only under `--runs`."""
+    from rsi_env.prefs.__main__ import main as prefs_main
+    from rsi_env.prefs.candidates import read_sets
+    from rsi_env.testing.fault_server import FaultConfig, FaultServer
+    from rsi_env.trajectory_store import read_episodes
+
+    run = tmp_path / "runs" / "prefs"
+    with FaultServer(FaultConfig(seed=3)) as srv:
+        code = prefs_main(
+            [
+                "generate", "--game", "negotiation", "--agents", "local,scripted", "--episodes", "1",
+                "--branch", "2", "--decisions", "1", "--judges", "", "--meta-judge", "", "--rubric", "",
+                "--out", str(run), "--base-url", srv.base_url, "--model", "double", "--quiet",
+            ]
+        )  # fmt: skip
+    assert code == 0
+    bs = read_sets(run)[0]
+    decision = next(
+        t for ep in read_episodes(run) for t in ep.turns if t.tick == bs.tick and t.player == bs.player
+    )
+    start = {"run_dir": "prefs", "episode_id": bs.base_episode, "tick": bs.tick, "player": bs.player}
+    with serving(create_app("negotiation", runs=tmp_path / "runs")) as url:
+        with GameClient(base_url=url).sync() as env:
+            result = env.reset(start=start)
+            assert result.observation.text == decision.observation and result.observation.player == bs.player
+            with pytest.raises(Exception, match="outside the server's runs directory"):
+                env.reset(start={**start, "run_dir": str(tmp_path)})
+    with serving(create_app("negotiation")) as url:
+        with GameClient(base_url=url).sync() as env:
+            with pytest.raises(Exception, match="decision starts are off"):
+                env.reset(start=start)

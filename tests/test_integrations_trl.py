@@ -348,3 +348,23 @@ def test_grpo_trains_two_steps_on_two_games_through_the_tools(tmp_path: Path) ->
 def test_sessions_reject_a_bad_seat() -> None:
     with pytest.raises(ValueError, match="not a seat"):
         SeatSession("negotiation", seat="player_9").reset(seed=0)
+
+
+@pytest.mark.trl
+@pytest.mark.slow
+def test_bench_grpo_runs_and_prints_its_figures() -> None:
+    """The benchmark script works (tiny settings, scripted opponents; the figures are not asserted)."""
+    pytest.importorskip("trl")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    args = ["--opponents", "scripted", "--steps", "1", "--batch", "2", "--generations", "2"]
+    done = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "bench_grpo.py"), *args, "--session-episodes", "2"],
+        cwd=repo, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "grpo/play: rollouts/s" in done.stdout and "learner tool calls in GRPO" in done.stdout
+    assert "session:" in done.stdout

@@ -99,6 +99,7 @@ class GameEnvironment(Environment[GameAction, GameObservation, GameState]):
     session_options: ClassVar[dict[str, Any]]
     reward_kind: ClassVar[RewardKind]
     penalty: ClassVar[float]
+    runs: ClassVar[Path | None] = None  # where decision starts may read recorded runs (None: refused)
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,8 +116,7 @@ class GameEnvironment(Environment[GameAction, GameObservation, GameState]):
         start: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> GameObservation:
-        point = DecisionPoint.model_validate(start) if start is not None else None
-        return self._begun(self.session.reset(seed, seat=seat, start=point), seed, episode_id)
+        return self._begun(self.session.reset(seed, seat=seat, start=self._start(start)), seed, episode_id)
 
     async def reset_async(
         self,
@@ -126,7 +126,7 @@ class GameEnvironment(Environment[GameAction, GameObservation, GameState]):
         start: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> GameObservation:
-        point = DecisionPoint.model_validate(start) if start is not None else None
+        point = self._start(start)
         return self._begun(await self.session.areset(seed, seat=seat, start=point), seed, episode_id)
 
     def step(self, action: GameAction, timeout_s: float | None = None, **kwargs: Any) -> GameObservation:
@@ -155,6 +155,20 @@ class GameEnvironment(Environment[GameAction, GameObservation, GameState]):
             self.session.close()
 
     # -- internals --
+
+    def _start(self, start: dict[str, Any] | None) -> DecisionPoint | None:
+        """A client's decision start, read only from under the server's `--runs` directory: a client
+        must not make the server read files wherever it names."""
+        if start is None:
+            return None
+        if self.runs is None:
+            raise ValueError("decision starts are off on this server (start it with --runs DIR)")
+        point = DecisionPoint.model_validate(start)
+        root = self.runs.resolve()
+        run_dir = (root / point.run_dir).resolve()
+        if not run_dir.is_relative_to(root):
+            raise ValueError(f"run_dir {point.run_dir!r} is outside the server's runs directory")
+        return point.model_copy(update={"run_dir": str(run_dir)})
 
     def _begun(self, turn: SeatTurn, seed: int | None, episode_id: str | None) -> GameObservation:
         ep = self.session.episode
@@ -191,8 +205,10 @@ def environment_class(
     penalty: float = DEFAULT_PENALTY,
     n_players: int | None = None,
     max_cycles: int | None = None,
+    runs: str | Path | None = None,
 ) -> type[GameEnvironment]:
-    """The `Environment` class for one game and seat (checked now: game, seat, opponents)."""
+    """The `Environment` class for one game and seat (checked now: game, seat, opponents). `runs`: the
+    directory whose recorded runs clients may start from a decision of (`reset(start=...)`)."""
     if reward not in REWARD_KINDS:
         raise ValueError(f"reward must be one of {', '.join(REWARD_KINDS)}, got {reward!r}")
     spec = load_game(game)
@@ -204,7 +220,13 @@ def environment_class(
     }
     SeatSession(spec, **options)
     name = "".join(p.capitalize() for p in spec.id.split("_")) + "Environment"
-    members = {"game": spec, "session_options": options, "reward_kind": reward, "penalty": penalty}
+    members = {
+        "game": spec,
+        "session_options": options,
+        "reward_kind": reward,
+        "penalty": penalty,
+        "runs": None if runs is None else Path(runs),
+    }
     return type(name, (GameEnvironment,), {**members, "__module__": __name__})
 
 
