@@ -5,7 +5,8 @@ The learner is a tiny Llama built here and taught to call a tool (`rsi_env.testi
 other seats are `--opponents` (default `local`: the embedded SmolLM2-135M on llama.cpp). Measured:
 
     grpo      GRPOTrainer.train() for --steps steps: rollouts (episodes) and environment steps (engine
-              ticks, every seat's) per second of training, and the learner's tool calls
+              ticks, every seat's) per second of training, the time spent inside the environment
+              (reset, tool calls, get_reward: where the opponents play), the learner's tool calls
     play      the same seeds played by the runner with the learner's seat `scripted` and the same
               opponents: episodes and ticks per second (the reference: what the opponents cost alone)
     session   the learner's seat driven through SeatSession by a scripted policy (no learner model),
@@ -49,22 +50,36 @@ class Counts:
     rollouts = 0
     ticks = 0
     tool_calls = 0
+    env_s = 0.0  # time inside the environment: reset, tool calls, get_reward (the opponents' turns)
 
 
 def counted(base: type) -> type:
-    """The environment class with counters (TRL takes the class as the factory)."""
+    """The environment class with counters and timers (TRL takes the class as the factory)."""
+
+    def reset(self: Any, **row: Any) -> str:
+        t0 = time.perf_counter()
+        try:
+            return base.reset(self, **row)
+        finally:
+            Counts.env_s += time.perf_counter() - t0
 
     def _play(self: Any, move: Any) -> str:
         Counts.tool_calls += 1
-        return base._play(self, move)
+        t0 = time.perf_counter()
+        try:
+            return base._play(self, move)
+        finally:
+            Counts.env_s += time.perf_counter() - t0
 
     def get_reward(self: Any) -> float | None:
+        t0 = time.perf_counter()
         reward = base.get_reward(self)
+        Counts.env_s += time.perf_counter() - t0
         Counts.rollouts += 1
         Counts.ticks += self.session.env.engine.tick_no
         return reward
 
-    return type(base.__name__, (base,), {"_play": _play, "get_reward": get_reward})
+    return type(base.__name__, (base,), {"reset": reset, "_play": _play, "get_reward": get_reward})
 
 
 def bench_grpo(args: argparse.Namespace, out: Path) -> dict[str, float]:
@@ -93,6 +108,7 @@ def bench_grpo(args: argparse.Namespace, out: Path) -> dict[str, float]:
         "rollouts": Counts.rollouts,
         "ticks": Counts.ticks,
         "tool_calls": Counts.tool_calls,
+        "env_s": Counts.env_s,
         "seeds": sorted(set(rows["seed"])),
     }
 
@@ -174,21 +190,28 @@ def main(argv: list[str] | None = None) -> int:
         return d[key] / d["seconds"] if d["seconds"] > 0 else float("nan")
 
     print(f"game {args.game}, opponents {args.opponents}, {args.steps} GRPO steps x {args.batch} rollouts")
-    print(f"{'':10} {'seconds':>8} {'rollouts':>9} {'rollouts/s':>11} {'env steps':>10} {'steps/s':>9}")
+    print(f"{'':6} {'seconds':>8} {'rollouts':>9} {'rollouts/s':>11} {'env steps':>10} {'steps/s':>8}")
     for name, d in (("grpo", grpo), ("play", play)):
         print(
-            f"{name:10} {d['seconds']:8.2f} {d['rollouts']:9d} {rate(d, 'rollouts'):11.3f} "
-            f"{d['ticks']:10d} {rate(d, 'ticks'):9.2f}"
+            f"{name:6} {d['seconds']:8.2f} {d['rollouts']:9d} {rate(d, 'rollouts'):11.3f} "
+            f"{d['ticks']:10d} {rate(d, 'ticks'):8.2f}"
         )
-    print(f"learner tool calls in GRPO: {grpo['tool_calls']} ({grpo['tool_calls'] / grpo['seconds']:.2f}/s)")
+    in_env = grpo["ticks"] / grpo["env_s"] if grpo["env_s"] else float("nan")
     print(
-        f"grpo/play: rollouts/s {rate(grpo, 'rollouts') / rate(play, 'rollouts'):.2f}, "
-        f"env steps/s {rate(grpo, 'ticks') / rate(play, 'ticks'):.2f}"
+        f"grpo: {grpo['env_s']:.1f} s of {grpo['seconds']:.1f} s inside the environment "
+        f"({grpo['env_s'] / grpo['seconds']:.0%}); {in_env:.2f} env steps/s there; "
+        f"learner tool calls {grpo['tool_calls']}"
+    )
+    print(
+        f"grpo/play: env steps/s inside the environment {in_env / rate(play, 'ticks'):.2f} "
+        f"(the tool path against plain play, the opponents' turns dominating both); "
+        f"rollouts/s {rate(grpo, 'rollouts') / rate(play, 'rollouts'):.2f} (GRPO's episodes run longer "
+        "when the learner stops early: its silent turns are played out)"
     )
     s = session
     print(
         f"session: {s['moves'] / s['session_s']:.0f} learner moves/s (scripted opponents) vs "
-        f"env.step {s['env_steps'] / s['env_s']:.0f} steps/s; session/env.step time per episode "
+        f"env.step {s['env_steps'] / s['env_s']:.0f} steps/s; time per episode session/env.step "
         f"{s['session_s'] / s['env_s']:.2f}x"
     )
     if args.json:

@@ -117,6 +117,16 @@ async def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 _POOL: ClientPool | None = None
+# Episodes in play: asyncio holds only weak references to tasks, and one waiting for a move would
+# otherwise be collected with an abandoned session (and warned about) instead of cancelled.
+_RUNNING: set[asyncio.Task[Episode]] = set()
+
+
+def _play(coro: Coroutine[Any, Any, Episode]) -> asyncio.Task[Episode]:
+    task = asyncio.create_task(coro)
+    _RUNNING.add(task)
+    task.add_done_callback(_RUNNING.discard)
+    return task
 
 
 def _pool() -> ClientPool:
@@ -325,6 +335,12 @@ class SeatSession:
     def done(self) -> bool:
         return self.last is not None and self.last.done
 
+    def __del__(self) -> None:
+        # An abandoned session's episode waits for a move that never comes: end it.
+        task, loop = getattr(self, "_task", None), _LOOP
+        if task is not None and not task.done() and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+
     def reward(self, kind: RewardKind = "objective", penalty: float = DEFAULT_PENALTY) -> float | None:
         """The seat's reward (see `seat_reward`); None until the game has ended."""
         return seat_reward(self.last, kind, penalty) if self.last is not None else None
@@ -407,7 +423,7 @@ class SeatSession:
                 raise ValueError(f"{start.episode_id}: {player} is not on turn at tick {start.tick}")
             self.last = self._turn(learner.render(self.info), self.info)
             return self.last
-        self._task = asyncio.create_task(continue_episode(ep, env, agents))
+        self._task = _play(continue_episode(ep, env, agents))
         return await self._next()
 
     async def _move(self, raw: str) -> SeatTurn:
@@ -439,9 +455,7 @@ class SeatSession:
         first = dict(self._first or {})
         first[self.player] = TurnReport(raw=raw, prompt=self.last.text if self.last and raw else None)
         self._learner.last_tick = self.env.engine.tick_no
-        self._task = asyncio.create_task(
-            continue_episode(self.episode, self.env, self._agents, first_moves=first)
-        )
+        self._task = _play(continue_episode(self.episode, self.env, self._agents, first_moves=first))
 
     async def _next(self) -> SeatTurn:
         """Wait for the seat's next turn, or the end of the episode."""
