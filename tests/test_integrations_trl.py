@@ -368,3 +368,28 @@ def test_bench_grpo_runs_and_prints_its_figures() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "grpo/play: env steps/s" in done.stdout and "learner tool calls" in done.stdout
     assert "session:" in done.stdout
+
+
+def test_model_opponents_play_inside_and_a_failed_call_leaves_no_reward() -> None:
+    """An LLM profile at the other seat (served by the fault server, a test double of a model) plays
+    through the runner with its own model calls; when its calls keep failing the episode aborts and the
+    rollout has no reward (None: TRL leaves it out), never a zero."""
+    from rsi_env.agents.profiles import EndpointOverride
+
+    with FaultServer(FaultConfig(seed=2)) as srv:
+        override = EndpointOverride(base_url=srv.base_url, model="double")
+        env = environment("ultimatum", opponents="local", override=override, reward="payoff")()
+        env.reset(seed=1)
+        reward = env.get_reward()
+        ep = env.session.episode
+        assert ep.status in ("complete", "truncated") and reward == ep.payoffs["player_0"]
+        opponent = [t for t in ep.turns if t.player == "player_1"]
+        assert opponent and all(t.prompt is not None and t.call.status == "ok" for t in opponent)
+    with FaultServer(FaultConfig(seed=2, rate_500=1.0)) as srv:
+        override = EndpointOverride(base_url=srv.base_url, model="double", timeout_s=5)
+        env = environment("ultimatum", seat=1, opponents="local", override=override)()
+        env.reset(seed=1)
+        assert env.get_reward() is None
+        assert env.session.episode.status == "aborted" and "server_error" in env.session.episode.abort_reason
+        with pytest.raises(GameOver, match="aborted"):
+            env.say(message="hello")
