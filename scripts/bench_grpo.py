@@ -7,8 +7,9 @@ other seats are `--opponents` (default `local`: the embedded SmolLM2-135M on lla
     grpo      GRPOTrainer.train() for --steps steps: rollouts (episodes) and environment steps (engine
               ticks, every seat's) per second of training, the time spent inside the environment
               (reset, tool calls, get_reward: where the opponents play), the learner's tool calls
-    play      the same seeds played by the runner with the learner's seat `scripted` and the same
-              opponents: episodes and ticks per second (the reference: what the opponents cost alone)
+    replay    the same episodes again by the runner alone (the learner's recorded moves replayed, the
+              opponents rebuilt with the same seeds): what the game and the opponents cost without
+              TRL and the session; GRPO's time inside the environment against it is the tool path's
     session   the learner's seat driven through SeatSession by a scripted policy (no learner model),
               beside the same games through PettingZoo's env.step: the session machinery's overhead
 
@@ -26,19 +27,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+from rsi_env.agents.base import TurnReport
 from rsi_env.agents.baseline import ScriptedAgent
 from rsi_env.agents.profiles import AgentFactory
 from rsi_env.catalog import load_game
-from rsi_env.env import make_parallel
+from rsi_env.env import GameParallelEnv, make_parallel
 from rsi_env.integrations.session import SeatSession
 from rsi_env.integrations.trl import dataset, environment
-from rsi_env.runner import EpisodeJob, play_episode
+from rsi_env.runner import build_agents, continue_episode, new_episode
 from rsi_env.testing.tiny_lm import tool_calling_model
+from rsi_env.trajectory import Episode
 
 REPLIES = {
     "negotiation": [{"name": "propose", "arguments": {"books": 1, "hats": 1, "balls": 1}}],
@@ -51,6 +54,7 @@ class Counts:
     ticks = 0
     tool_calls = 0
     env_s = 0.0  # time inside the environment: reset, tool calls, get_reward (the opponents' turns)
+    episodes: ClassVar[list[Episode]] = []
 
 
 def counted(base: type) -> type:
@@ -75,6 +79,7 @@ def counted(base: type) -> type:
         t0 = time.perf_counter()
         reward = base.get_reward(self)
         Counts.env_s += time.perf_counter() - t0
+        Counts.episodes.append(self.session.episode)
         Counts.rollouts += 1
         Counts.ticks += self.session.env.engine.tick_no
         return reward
@@ -109,33 +114,49 @@ def bench_grpo(args: argparse.Namespace, out: Path) -> dict[str, float]:
         "ticks": Counts.ticks,
         "tool_calls": Counts.tool_calls,
         "env_s": Counts.env_s,
-        "seeds": sorted(set(rows["seed"])),
     }
 
 
-def bench_play(args: argparse.Namespace, seeds: list[int], repeat: int) -> dict[str, float]:
-    """The same seeds (each `repeat` times, as GRPO plays each row `generations` times) by the runner."""
+class ReplayAgent:
+    """Replies with one seat's recorded moves, in order (the learner's, taken from a GRPO rollout)."""
+
+    def __init__(self, raws: list[str]) -> None:
+        self.name = "replay"
+        self.raws = list(raws)
+        self.last: TurnReport | None = None
+
+    async def act(self, observation: Any, info: dict[str, Any]) -> str:
+        raw = self.raws.pop(0) if self.raws else ""
+        self.last = TurnReport(raw=raw)
+        return raw
+
+
+def bench_replay(args: argparse.Namespace, episodes: list[Episode]) -> dict[str, Any]:
+    """The GRPO rollouts' very episodes again, by the runner alone: the learner's seat replays its
+    recorded moves, the opponents are rebuilt with the same seeds (an LLM samples the same calls)."""
     spec = load_game(args.game)
-    n = spec.players.default or spec.players.min
-    names = ["scripted", *([args.opponents] * (n - 1))]
-    factory = AgentFactory(sorted(set(names)), spec)
 
     async def run() -> tuple[int, int]:
-        episodes = ticks = 0
-        for seed in seeds:
-            for _ in range(repeat):
-                job = EpisodeJob(
-                    episode_id=f"bench-{seed}", game=spec.id, seed=seed, n_players=n, agents=names
-                )
-                ep = await play_episode(job, spec, factory)
-                episodes += 1
-                ticks += max((t.tick for t in ep.turns), default=-1) + 1
-        await factory.aclose()
-        return episodes, ticks
+        ticks = same = 0
+        for ep in episodes:
+            names = [p.agent for p in ep.players]
+            learner = next(p.player for p in ep.players if p.agent == "learner")
+            factory = AgentFactory(sorted({n for n in names if n != "learner"}), spec)
+            env = GameParallelEnv(spec, n_players=ep.n_players)
+            env.restart(ep.seed)
+            build = ["random" if n == "learner" else n for n in names]
+            agents = build_agents(factory, env, build, ep.seed)
+            agents[learner] = ReplayAgent([t.raw for t in ep.turns if t.player == learner])
+            again = new_episode(f"replay-{ep.episode_id}", "", spec, env, names, agents, ep.seed)
+            again = await continue_episode(again, env, agents)
+            ticks += env.engine.tick_no
+            same += again.payoffs == ep.payoffs and [t.raw for t in again.turns] == [t.raw for t in ep.turns]
+            await factory.aclose()
+        return ticks, same
 
     t0 = time.perf_counter()
-    episodes, ticks = asyncio.run(run())
-    return {"seconds": time.perf_counter() - t0, "rollouts": episodes, "ticks": ticks}
+    ticks, same = asyncio.run(run())
+    return {"seconds": time.perf_counter() - t0, "rollouts": len(episodes), "ticks": ticks, "identical": same}
 
 
 def bench_session(game: str, episodes: int) -> dict[str, float]:
@@ -183,30 +204,29 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         grpo = bench_grpo(args, Path(tmp))
-    play = bench_play(args, grpo["seeds"], args.generations)  # as many episodes as GRPO's rollouts
+    play = bench_replay(args, Counts.episodes)
     session = bench_session(args.game, args.session_episodes)
 
     def rate(d: dict[str, Any], key: str) -> float:
         return d[key] / d["seconds"] if d["seconds"] > 0 else float("nan")
 
     print(f"game {args.game}, opponents {args.opponents}, {args.steps} GRPO steps x {args.batch} rollouts")
-    print(f"{'':6} {'seconds':>8} {'rollouts':>9} {'rollouts/s':>11} {'env steps':>10} {'steps/s':>8}")
-    for name, d in (("grpo", grpo), ("play", play)):
+    print(f"{'':7} {'seconds':>8} {'rollouts':>9} {'rollouts/s':>11} {'env steps':>10} {'steps/s':>8}")
+    for name, d in (("grpo", grpo), ("replay", play)):
         print(
-            f"{name:6} {d['seconds']:8.2f} {d['rollouts']:9d} {rate(d, 'rollouts'):11.3f} "
+            f"{name:7} {d['seconds']:8.2f} {d['rollouts']:9d} {rate(d, 'rollouts'):11.3f} "
             f"{d['ticks']:10d} {rate(d, 'ticks'):8.2f}"
         )
     in_env = grpo["ticks"] / grpo["env_s"] if grpo["env_s"] else float("nan")
     print(
         f"grpo: {grpo['env_s']:.1f} s of {grpo['seconds']:.1f} s inside the environment "
-        f"({grpo['env_s'] / grpo['seconds']:.0%}); {in_env:.2f} env steps/s there; "
+        f"({grpo['env_s'] / grpo['seconds']:.0%}), {in_env:.2f} env steps/s there; "
         f"learner tool calls {grpo['tool_calls']}"
     )
     print(
-        f"grpo/play: env steps/s inside the environment {in_env / rate(play, 'ticks'):.2f} "
-        f"(the tool path against plain play, the opponents' turns dominating both); "
-        f"rollouts/s {rate(grpo, 'rollouts') / rate(play, 'rollouts'):.2f} (GRPO's episodes run longer "
-        "when the learner stops early: its silent turns are played out)"
+        f"replay: the same {play['rollouts']} episodes by the runner alone ({play['identical']} identical "
+        f"move for move); grpo env time / replay time {grpo['env_s'] / play['seconds']:.2f}, "
+        f"grpo/replay rollouts/s {rate(grpo, 'rollouts') / rate(play, 'rollouts'):.2f}"
     )
     s = session
     print(

@@ -366,7 +366,7 @@ def test_bench_grpo_runs_and_prints_its_figures() -> None:
         cwd=repo, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "grpo/play: env steps/s" in done.stdout and "learner tool calls" in done.stdout
+    assert "grpo/replay rollouts/s" in done.stdout and "learner tool calls" in done.stdout
     assert "session:" in done.stdout
 
 
