@@ -304,7 +304,7 @@ class GameAECEnv(_GameEnvBase, AECEnv):
     ) -> None:
         super().__init__()
         self._init_game(spec, n_players, max_cycles, render_mode, history)
-        self.agents = []
+        self.agents: list[str] = []
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> None:
         self.engine.reset(seed)

@@ -121,10 +121,10 @@ def rate(
         return table
     theta, se = fit(comps, names)
     record = {a: [0.0, 0.0, 0.0] for a in names}  # wins, ties, losses
-    for c in comps:
-        k = 0 if c.score == 1 else 1 if c.score == 0.5 else 2
-        record[c.a][k] += 1
-        record[c.b][2 - k] += 1
+    for cmp in comps:
+        k = 0 if cmp.score == 1 else 1 if cmp.score == 0.5 else 2
+        record[cmp.a][k] += 1
+        record[cmp.b][2 - k] += 1
     order = sorted(range(len(names)), key=lambda i: -theta[i])
     for rank, i in enumerate(order, 1):
         a, t, e = names[i], float(theta[i]), float(se[i])

@@ -22,7 +22,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from rich.console import Console, RenderableType
 from rich.markup import escape
@@ -34,6 +34,9 @@ from .trajectory import Episode
 from .trajectory_store import TrajectoryFileError, read_episodes, resolve_path
 
 HELP = "n/→ next  p/← back  f/F next/prev flag  g/G start/end  u/d scroll  [/] episode  space play  q quit"
+
+# The names rich accepts for `Console(color_system=...)` (its property returns a plain str).
+ColorSystem = Literal["auto", "standard", "256", "truecolor", "windows"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +219,10 @@ class Pager:
     def _render(self, width: int, renderable: RenderableType) -> list[str]:
         buf = io.StringIO()
         c = Console(
-            file=buf, width=width, force_terminal=True, color_system=self.console.color_system or "standard"
+            file=buf,
+            width=width,
+            force_terminal=True,
+            color_system=cast(ColorSystem, self.console.color_system or "standard"),
         )
         c.print(renderable)
         return buf.getvalue().rstrip("\n").split("\n")

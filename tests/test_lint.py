@@ -19,3 +19,40 @@ def test_ruff(command: list[str]) -> None:
         pytest.skip("ruff is not installed (it comes with the test extra)")
     done = subprocess.run([ruff, *command, "."], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (it comes with the test extra)")
+    return found
+
+
+def test_mypy() -> None:
+    """Type hints everywhere, checked: `mypy rsi_env` with the configuration in pyproject.toml."""
+    done = subprocess.run(
+        [_tool("mypy"), "rsi_env"], cwd=REPO, capture_output=True, text=True, timeout=900
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_import_layers() -> None:
+    """The layer contracts in pyproject.toml: each layer imports only the ones below it, no cycles
+    between layers, and only `rsi_env.llm` imports the OpenAI client."""
+    done = subprocess.run([_tool("lint-imports")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_playing_loads_no_heavy_extra() -> None:
+    """A run without --ray, training or an RL library loads none of them: importing the modules
+    that play, judge and build preference data leaves ray, torch and the adapters' libraries unloaded
+    (they are imported lazily, where used)."""
+    heavy = ["ray", "torch", "transformers", "trl", "peft", "openenv", "verifiers", "textarena"]
+    code = (
+        "import sys, rsi_env, rsi_env.play, rsi_env.prefs.__main__, rsi_env.referees.__main__, "
+        "rsi_env.tasks.__main__, rsi_env.report, rsi_env.replay, rsi_env.games\n"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "", f"loaded at import: {done.stdout.strip()}"

@@ -21,9 +21,10 @@ from rsi_env.catalog import game_files, load_game
 from rsi_env.env import GameParallelEnv
 from rsi_env.events import ActionEvent
 from rsi_env.llm import ChatClient, Endpoint
+from rsi_env.prefs.ranking import judge_pairs
 from rsi_env.referees.aggregate import bradley_terry, consensus, mean_agreement, preference_cycles, tau
 from rsi_env.referees.judge import Candidate, LLMJudge, Ranking
-from rsi_env.referees.meta import assess, judge_pairs, reliability_table
+from rsi_env.referees.meta import assess, reliability_table
 from rsi_env.referees.panel import missing_verdicts
 from rsi_env.referees.procedural import procedural_verdict, referee_manipulation_flags
 from rsi_env.referees.rubric import Rubric, RubricError, load_rubric

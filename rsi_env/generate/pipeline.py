@@ -29,7 +29,7 @@ from ..referees.rubric import Rubric
 from ..spec import GameSpec, SpecError, read_spec_file
 from .diversity import NEAR_DUPLICATE, DiversityReport, NearDuplicate, diversity, near_duplicates
 from .generator import CallLog, Generation, GenerationConfig, generate, sample_brief
-from .playtest import EPISODES, SKILL_SEEDS, PlaytestResult, playtest
+from .playtest import EPISODES, SKILL_SEEDS, PlaytestResult, ProceduralMetrics, playtest
 from .rank import RankEntry, rank_games
 
 Stage = Literal[
@@ -287,8 +287,11 @@ async def run_generation(
     meta = None
     if passing:
         echo(f"… ranking {len(passing)} game(s) with {len(judges or [])} judge(s)")
-        games = {a: (g.spec, r.playtest.metrics) for a, (r, g) in passing.items()}  # type: ignore[misc]
-        ranked = await rank_games(games, judges or [], rubric, meta_judge)  # type: ignore[arg-type]
+        games: dict[str, tuple[GameSpec, ProceduralMetrics]] = {}
+        for a, (r, g) in passing.items():
+            assert g.spec is not None and r.playtest is not None and r.playtest.metrics is not None
+            games[a] = (g.spec, r.playtest.metrics)
+        ranked = await rank_games(games, judges or [], rubric, meta_judge)
         meta = ranked.meta
         taken = set(pool)
         for a in sorted(passing, key=lambda a: ranked.entries[a].rank):

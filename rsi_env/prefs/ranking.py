@@ -27,20 +27,19 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from ..referees.aggregate import Scores, consensus, mean_agreement
+from ..referees.aggregate import Scores, consensus, mean_agreement, tau
 from ..referees.judge import Candidate, Ranking
 from ..referees.meta import (
     JudgeReliability,
     MetaReport,
     Ranker,
     assess,
-    judge_pairs,
     meta_judge_scores,
     weight,
 )
 from ..referees.rubric import HOLISTIC, Criteria
 from .candidates import CandidateSet, JudgeRecord
-from .rows import DPORow, ranked_pairs, unleash
+from .rows import DPORow, Message, ranked_pairs, unleash
 
 META = "meta_judge.json"  # the meta-judge's mean score per judge, beside a run's sets
 PROCEDURAL_WEIGHT = 1.0  # the procedural truth's weight in the consensus (a judge's is at most 1)
@@ -214,3 +213,51 @@ def set_rows(
         margin=margin,
         unchoosable=set(cs.invalid),
     )
+
+
+def judge_pairs(
+    rankings: dict[str, list[Ranking]], truth: dict[str, Scores] | None, task: str
+) -> list[DPORow]:
+    """Better vs worse judgement of the same set, as a pair on the better judge's prompt.
+
+    Listwise judges see the candidates in their own shuffled orders, so their prompts differ in
+    order only; answers are keyed by candidate id in one fixed schema order, so the worse judge's
+    answer is just as much an answer to the better judge's prompt (same question, same candidates)."""
+    truth = truth or {}
+    rows = []
+    for set_id, rs in rankings.items():
+        ok = [r for r in rs if r.ok and r.response and r.prompt]
+        if len(ok) < 2:
+            continue
+        ref = truth.get(set_id)
+        scored = []
+        for r in ok:
+            target = ref if ref is not None else consensus([o.scores for o in ok if o.judge != r.judge])
+            t = tau(r.scores, target)
+            if t is not None:
+                scored.append((t, r))
+        if len(scored) < 2:
+            continue
+        scored.sort(key=lambda x: -x[0])
+        (best_t, best), (worst_t, worst) = scored[0], scored[-1]
+        if best_t <= worst_t or set(best.scores) != set(worst.scores) or best.response == worst.response:
+            continue
+        rows.append(
+            DPORow(
+                prompt=[Message(**m) for m in best.prompt],
+                chosen=[Message(role="assistant", content=best.response)],
+                rejected=[Message(role="assistant", content=worst.response)],
+                source="judge",
+                task=task,
+                level="judgement",
+                episode_id=set_id,
+                chosen_rank=0,
+                rejected_rank=len(scored) - 1,
+                n_candidates=len(scored),
+                chosen_score=best_t,
+                rejected_score=worst_t,
+                margin=best_t - worst_t,
+                judge_agreement=mean_agreement([r.scores for r in ok]),
+            )
+        )
+    return rows

@@ -180,8 +180,8 @@ class LLMJudge:
             self.pair(question, a, b, context), self.pair(question, b, a, context)
         )
         statuses = [first[1], second[1]]
-        win1 = {"first": a.id, "second": b.id}.get(first[0])
-        win2 = {"first": b.id, "second": a.id}.get(second[0])
+        win1 = {"first": a.id, "second": b.id}.get(first[0] or "")
+        win2 = {"first": b.id, "second": a.id}.get(second[0] or "")
         if win1 is None or win2 is None or win1 != win2:
             return "tie", statuses
         return ("a" if win1 == a.id else "b"), statuses
@@ -261,10 +261,10 @@ def _verdict(judge_id: str, rubric: Rubric, subjects: list[str], result: Any) ->
         scores[s] = {}
         for d in rubric.dimensions:
             item = got.get(d.name) if isinstance(got, dict) else None
-            score = item.get("score") if isinstance(item, dict) else None
-            ok = isinstance(score, int | float) and d.range[0] <= score <= d.range[1]
+            raw = item.get("score") if isinstance(item, dict) else None
+            in_range = isinstance(raw, int | float) and d.range[0] <= raw <= d.range[1]
             scores[s][d.name] = DimensionScore(
-                score=float(score) if ok else None,
+                score=float(raw) if in_range and raw is not None else None,
                 reasoning=str(item.get("reasoning", ""))[: REASONING_CHARS * 2]
                 if isinstance(item, dict)
                 else "",

@@ -19,8 +19,7 @@ from typing import Protocol
 from pydantic import BaseModel
 from rich.table import Table
 
-from ..prefs.rows import DPORow, Message
-from .aggregate import Scores, consensus, mean_agreement, preference_cycles, tau
+from .aggregate import Scores, consensus, preference_cycles, tau
 from .judge import Candidate, Ranking
 from .rubric import HOLISTIC, Criteria
 
@@ -164,54 +163,6 @@ async def meta_judge_scores(
     return {
         r.judge: s for r, s in zip(rankings, (got.scores[c.id] for c in cands), strict=True) if s is not None
     }
-
-
-def judge_pairs(
-    rankings: dict[str, list[Ranking]], truth: dict[str, Scores] | None, task: str
-) -> list[DPORow]:
-    """Better vs worse judgement of the same set, as a pair on the better judge's prompt.
-
-    Listwise judges see the candidates in their own shuffled orders, so their prompts differ in
-    order only; answers are keyed by candidate id in one fixed schema order, so the worse judge's
-    answer is just as much an answer to the better judge's prompt (same question, same candidates)."""
-    truth = truth or {}
-    rows = []
-    for set_id, rs in rankings.items():
-        ok = [r for r in rs if r.ok and r.response and r.prompt]
-        if len(ok) < 2:
-            continue
-        ref = truth.get(set_id)
-        scored = []
-        for r in ok:
-            target = ref if ref is not None else consensus([o.scores for o in ok if o.judge != r.judge])
-            t = tau(r.scores, target)
-            if t is not None:
-                scored.append((t, r))
-        if len(scored) < 2:
-            continue
-        scored.sort(key=lambda x: -x[0])
-        (best_t, best), (worst_t, worst) = scored[0], scored[-1]
-        if best_t <= worst_t or set(best.scores) != set(worst.scores) or best.response == worst.response:
-            continue
-        rows.append(
-            DPORow(
-                prompt=[Message(**m) for m in best.prompt],
-                chosen=[Message(role="assistant", content=best.response)],
-                rejected=[Message(role="assistant", content=worst.response)],
-                source="judge",
-                task=task,
-                level="judgement",
-                episode_id=set_id,
-                chosen_rank=0,
-                rejected_rank=len(scored) - 1,
-                n_candidates=len(scored),
-                chosen_score=best_t,
-                rejected_score=worst_t,
-                margin=best_t - worst_t,
-                judge_agreement=mean_agreement([r.scores for r in ok]),
-            )
-        )
-    return rows
 
 
 def reliability_table(report: MetaReport) -> Table:

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -39,12 +39,35 @@ from ..agents.profiles import BUILTIN_AGENTS, AgentProfile, EndpointOverride
 from ..compiled import compiled
 from ..env import GameParallelEnv
 from ..spec import GameSpec
-from ..trajectory import Episode
+from ..trajectory import Episode, Turn
+from .callbacks import RunStats
 from .episode import play_episode
 from .plan import EpisodeJob
 
-if TYPE_CHECKING:
-    from .run import Runner
+
+class Driver(Protocol):
+    """What this backend needs of the run that drives it (`runner.run.Runner` is one): the plan's
+    inputs, and the calls that claim, follow and record episodes in the driver's process. A protocol,
+    so that the driver imports this module (lazily, with `ray=`) and not the other way round."""
+
+    spec: GameSpec
+    factory: AgentFactory
+    concurrency: int
+    max_cycles: int | None
+    workers: int | None
+    ray: str | None
+    run_id: str
+    stats: RunStats
+
+    @property
+    def follows_turns(self) -> bool: ...
+
+    def claim(self, job: EpisodeJob) -> bool: ...
+
+    def turn(self, ep: Episode, turn: Turn) -> None: ...
+
+    async def record(self, ep: Episode) -> None: ...
+
 
 # An actor lost this many times more than there are workers ends the run: something kills every actor.
 MAX_REPLACEMENTS_PER_WORKER = 5
@@ -75,7 +98,7 @@ def connect(address: str = "auto") -> float:
     return time.perf_counter() - t0
 
 
-def check_playable(runner: Runner) -> None:
+def check_playable(runner: Driver) -> None:
     """What Ray actors cannot do, as one ValueError each (before anything runs)."""
     ray_module()
     f = runner.factory
@@ -434,7 +457,7 @@ class RayPool:
         self.actors, self.limiters = [], {}
 
 
-async def play_on_ray(runner: Runner, todo: list[EpisodeJob]) -> None:
+async def play_on_ray(runner: Driver, todo: list[EpisodeJob]) -> None:
     """Play `todo` on `runner.workers` Ray actors; every record is written by `runner` here. A callback
     that follows turns gets those of one episode at a time, streamed from its actor."""
     stats = runner.stats

@@ -295,15 +295,16 @@ async def _challenge(
     seps = {v.id: v.separation for v in vals}
     scores = solution_scores(runs, [s.id for s in sols], seps)
     unusable: list[str] = []
-    for s in sols:
-        s.score = scores[s.id]
+    for sol in sols:
+        sol.score = scores[sol.id]
         # A solution that does not even define the function stays a candidate (a fine "rejected" side).
-        problem = code_problem(s.code, needs=c.entry_point)
+        problem = code_problem(sol.code, needs=c.entry_point)
         if problem:
-            unusable.append(s.id)
+            unusable.append(sol.id)
         log.item(
-            "solution", s.id, not problem, problem, challenge_id=c.id, score=s.score, tamper=s.tamper_signs
-        )
+            "solution", sol.id, not problem, problem, challenge_id=c.id, score=sol.score,
+            tamper=sol.tamper_signs,
+        )  # fmt: skip
     sets = [
         CandidateSet(
             set_id=set_id(c.id, "validators"),
