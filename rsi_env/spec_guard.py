@@ -3,7 +3,7 @@
 A spec written by a model may be built to exhaust whoever reads it. The evaluation budget
 (`expr_budget`) bounds what Python can see of its expressions; what it cannot see (work inside one
 native call of the CEL runtime, memory the runtime allocates, a bug of ours a spec happens to hit) is
-bounded here: the static checks and the dry run run in `python -m rsi_env.spec_guard`, a fresh
+bounded here: the static checks and the dry run run in `python -m rsi_env.spec_guard_child`, a fresh
 interpreter with the sandbox's resource limits (`sandbox.SandboxLimits`, applied as rlimits by
 `sandbox.resource_limits`: CPU time, address space, file size, open files, no core dumps) and a
 wall-clock backstop that kills its process group. A runaway costs the caller those limits, never its
@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -36,7 +36,7 @@ from .spec import GameSpec, SpecError, read_spec_file
 
 # The checks of a normal spec take ~1 s of CPU; the dry run stops itself at DRY_RUN_UNITS (~5 s here).
 GUARD_LIMITS = SandboxLimits(timeout_s=180, cpu_s=40, memory_mb=1536, fsize_mb=1, nofile=64)
-_PROGRESS = "progress: "
+PROGRESS = "progress: "  # the child reports each stage it starts on stderr
 
 
 class GuardReport(BaseModel):
@@ -70,7 +70,7 @@ def check_isolated(
             resource.setrlimit(getattr(resource, name), (soft, hard))
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rsi_env.spec_guard"],
+        [sys.executable, "-m", "rsi_env.spec_guard_child"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -100,9 +100,9 @@ def check_isolated(
 def _where(stderr: bytes) -> str:
     """` (in the dry run n=2, seed=0)`: the last stage the child reported."""
     stages = [
-        ln[len(_PROGRESS) :]
+        ln[len(PROGRESS) :]
         for ln in stderr.decode("utf-8", "replace").splitlines()
-        if ln.startswith(_PROGRESS)
+        if ln.startswith(PROGRESS)
     ]
     return f" (in the {stages[-1]})" if stages else ""
 
@@ -115,7 +115,7 @@ def _why_stopped(code: int, stderr: bytes, limits: SandboxLimits) -> str:
         return f"the checks used more than {cpu} s of CPU time{where}: the spec costs too much"
     if "MemoryError" in text or "memory allocation" in text or code == -signal.SIGABRT:
         return f"the checks needed more than {limits.memory_mb} MB of memory{where}: the spec builds too much"
-    last = next((ln for ln in reversed(text.splitlines()) if ln.strip() and not ln.startswith(_PROGRESS)), "")
+    last = next((ln for ln in reversed(text.splitlines()) if ln.strip() and not ln.startswith(PROGRESS)), "")
     return f"the checks stopped (exit {code}){where}: {last[:200] or 'no message'}"
 
 
@@ -132,46 +132,3 @@ def load_untrusted_spec(path: str | Path, *, dry_run: bool = True) -> GameSpec:
     spec = read_spec_file(path)
     check_spec_isolated(spec, str(path), dry_run=dry_run)
     return spec
-
-
-# --- the child ---------------------------------------------------------------------------------------
-
-
-def _progress(stage: str) -> None:
-    print(_PROGRESS + stage, file=sys.stderr, flush=True)
-
-
-def _check(request: dict[str, Any]) -> GuardReport:
-    from .spec import parse_spec
-    from .spec_check import check_spec, dry_run_errors
-
-    source = str(request.get("source", "<spec>"))
-    spec = parse_spec(request["spec"], source)
-    _progress("static checks")
-    try:
-        check_spec(spec, source, dry_run=False)
-    except SpecError as exc:
-        return GuardReport(stage="static", problems=exc.problems)
-    if request.get("dry_run", True):
-        problems = dry_run_errors(spec, max_ticks=request.get("max_ticks"), progress=_progress)
-        if problems:
-            return GuardReport(stage="dry_run", problems=problems)
-    return GuardReport(stage="ok")
-
-
-def main() -> None:
-    request = json.loads(sys.stdin.buffer.read())
-    try:
-        report = _check(request)
-    except SpecError as exc:
-        report = GuardReport(stage="static", problems=exc.problems)
-    except (MemoryError, RecursionError) as exc:
-        # Past the limits: say so in the report rather than with a traceback.
-        report = GuardReport(
-            stage="guard", problems=[f"the checks ran out of {type(exc).__name__[:-5].lower()}"]
-        )
-    sys.stdout.write(report.model_dump_json())
-
-
-if __name__ == "__main__":
-    main()
