@@ -148,6 +148,20 @@ def _raw_lines(f: BinaryIO, size: int, start: int = 0) -> Iterator[tuple[int, by
         pos += len(raw)
 
 
+def _record_lines(p: Path, f: BinaryIO, size: int) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, offset, bytes) of each whole, non-blank line; an incomplete last line (an
+    interrupted run) is skipped with a warning, the one rule every reader of the file follows."""
+    no = 0
+    for offset, raw, whole in _raw_lines(f, size):
+        no += 1
+        if not whole:
+            # stacklevel 3: the warning names the caller of the reader, not the reader.
+            warnings.warn(f"{p}: last line is incomplete (a run was interrupted); skipped", stacklevel=3)
+            return
+        if raw.strip():
+            yield no, offset, raw
+
+
 class _Problems:
     """Unreadable lines of one file, warned about as `read_lines` promises: none at all when the
     file turns out foreign (then one TrajectoryFileError), the first few by name, the rest counted."""
@@ -200,14 +214,7 @@ def scan(path: str | Path, *, strict: bool = False) -> Iterator[RecordLine]:
     p = resolve_path(path)
     problems = _Problems(p, strict)
     with _snapshot(p) as (f, size):
-        no = 0
-        for _, raw, whole in _raw_lines(f, size):
-            no += 1
-            if not whole:
-                warnings.warn(f"{p}: last line is incomplete (a run was interrupted); skipped", stacklevel=2)
-                break
-            if not raw.strip():
-                continue
+        for no, _, raw in _record_lines(p, f, size):
             line = parse_line(p, no, raw)
             problems.see(line)
             yield line
@@ -258,14 +265,7 @@ def iter_episodes(path: str | Path, *, strict: bool = False) -> Iterator[Episode
                 last[eid] = offset
         problems = _Problems(p, strict)
         fallback: dict[str, list[int]] = {}  # id -> offsets of its earlier lines, latest first
-        no = 0
-        for offset, raw, whole in _raw_lines(f, size):
-            no += 1
-            if not whole:
-                warnings.warn(f"{p}: last line is incomplete (a run was interrupted); skipped", stacklevel=2)
-                break
-            if not raw.strip():
-                continue
+        for no, offset, raw in _record_lines(p, f, size):
             eid = _quick_id(raw)
             if eid is not None and last.get(eid, offset) != offset:
                 fallback.setdefault(eid, []).insert(0, offset)

@@ -868,3 +868,40 @@ def test_a_rubric_that_ranks_none_of_the_familys_levels_is_refused(
     err = capsys.readouterr().err
     assert "rubric 'ethics' ranks none of predict's levels (program, prediction); it ranks: action" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_runs_programs_as_ray_tasks_with_the_same_outcomes(tmp_path: Path) -> None:
+    """`tasks predict --ray`: the sandbox runs go to Ray tasks (`ray.init(num_cpus=2)`), the model
+    calls stay here, and the run keeps and drops the same programs as one without Ray."""
+    ray = pytest.importorskip("ray")
+    from rsi_env.tasks.programs import run_program
+
+    model = ScriptedModel()
+
+    def responder(body: dict[str, Any]) -> str:
+        return model.reply(body["messages"], schema_of_request(body), body.get("temperature", 0.7)) or ""
+
+    def outcomes(out: Path) -> Any:
+        events = [json.loads(ln) for ln in (out / "run.jsonl").read_text().splitlines()]
+        return events[-1]["outcomes"]
+
+    args = ["predict", "--n", "3", "--k", "3", "--concurrency", "1", "--model", "double"]
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        with FaultServer(FaultConfig(seed=3), responder=responder) as srv:
+            here = tasks_main([*args, "--out", str(tmp_path / "here"), "--base-url", srv.base_url])
+        model = ScriptedModel()
+        with FaultServer(FaultConfig(seed=3), responder=responder) as srv:
+            on_ray = tasks_main([*args, "--out", str(tmp_path / "ray"), "--base-url", srv.base_url, "--ray"])
+        assert here == on_ray == 0
+        assert outcomes(tmp_path / "ray") == outcomes(tmp_path / "here")
+        assert outcomes(tmp_path / "ray")["program"]["kept"] == 1
+        limits = SandboxLimits(timeout_s=5.0, memory_mb=256)
+        res = asyncio.run(run_program("print(sum(range(10)))", limits=limits, ray="auto"))
+        assert res.exit_code == 0 and res.stdout.strip() == "45"
+    finally:
+        ray.shutdown()
+    # With --ray the runs really go through Ray: an address nobody answers at is an error, not a
+    # quiet fallback to this process.
+    with pytest.raises(RuntimeError, match="cannot join or start Ray"):
+        asyncio.run(run_program("print(1)", limits=SandboxLimits(), ray="127.0.0.1:1"))

@@ -34,10 +34,12 @@ from ..agents.profiles import AgentProfile, ProfileError, resolve_profile
 from ..cli import (
     add_endpoint_args,
     add_panel_args,
+    add_ray_args,
     endpoint_override,
     fail,
     number_arg,
     positive_int,
+    ray_options,
     run,
     seconds,
 )
@@ -78,6 +80,7 @@ async def _generate(
         max_tokens=args.max_tokens,
         concurrency=args.concurrency,
         rubric=rubric,
+        ray=ray_options(args)["ray"] if hasattr(args, "ray") else None,
     )
     fam = get_family(args.family)
     try:
@@ -206,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         # Renamed: it was the sandbox's limit here but the model call's in `games generate`.
         p.add_argument("--timeout", type=float, help=argparse.SUPPRESS)
         add_endpoint_args(p)
+        if fam.sandbox:  # its programs can run as Ray tasks; the model calls stay here
+            add_ray_args(p, workers=False)
         p.set_defaults(fn=cmd_run)
     return ap
 

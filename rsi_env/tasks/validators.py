@@ -31,8 +31,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from ..sandbox import SandboxError, SandboxLimits, SandboxResult, arun_python
+from ..sandbox import SandboxError, SandboxLimits, SandboxResult
 from .common import RunLog, sandbox_summary
+from .programs import run_program
 
 # Deliberately broken solutions: a validator that passes any of these is not checking much.
 BROKEN_SOLUTIONS = {
@@ -96,11 +97,12 @@ async def check(
     solution_id: str,
     solution_code: str,
     limits: SandboxLimits,
+    ray: str | None = None,
 ) -> tuple[CheckRun, SandboxResult | None]:
     """Run one validator on one solution in the sandbox; a sandbox failure is a missing result."""
     nonce = "RSI-VERDICT-" + secrets.token_hex(12) + ":"
     try:
-        result = await arun_python(
+        result = await run_program(
             HARNESS_SOURCE,
             stdin=f"{nonce}\n{entry}\n",
             limits=limits,
@@ -109,6 +111,7 @@ async def check(
                 "solution.py": solution_code,
                 "solution_server.py": SERVER_SOURCE,
             },
+            ray=ray,
         )
     except SandboxError as exc:
         return CheckRun(
@@ -130,13 +133,15 @@ async def run_matrix(
     log: RunLog | None = None,
     concurrency: int = 2,
     item_id: str = "",
+    ray: str | None = None,
 ) -> list[CheckRun]:
-    """Every validator on every solution, `concurrency` sandboxes at a time; each run is logged."""
+    """Every validator on every solution, `concurrency` sandboxes at a time (on Ray tasks with `ray`);
+    each run is logged."""
     sem = asyncio.Semaphore(concurrency)
 
     async def one(vid: str, sid: str) -> CheckRun:
         async with sem:
-            run, result = await check(entry, vid, validators[vid], sid, solutions[sid], limits)
+            run, result = await check(entry, vid, validators[vid], sid, solutions[sid], limits, ray)
         if log is not None:
             log.write(
                 "sandbox",
