@@ -148,3 +148,44 @@ def test_local_model_structured_and_plain_calls() -> None:
             res.record.dialect == "json_object" and res.record.prompt_tokens and res.record.completion_tokens
         )
     assert plain.ok and plain.text and plain.text.strip()
+
+
+@pytest.mark.slow
+@needs_model
+def test_one_server_per_model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two local models (here two copies of the shipped file) play each other: each file gets its own
+    server, started on first use, reused after, and the count of servers is bounded."""
+    import shutil
+
+    copies = []
+    for name in ("parent", "child"):
+        (tmp_path / name).mkdir()
+        copies.append(tmp_path / name / "model.gguf")
+        shutil.copyfile(local_model.gguf_path(), copies[-1])
+
+    async def ask(endpoint: Endpoint) -> ChatResult:
+        async with ChatClient(endpoint) as client:
+            return await client.chat(
+                [{"role": "user", "content": "Say hello."}], sampling=Sampling(max_tokens=8, seed=0)
+            )
+
+    monkeypatch.setattr(local_model, "MAX_SERVERS", 2)
+    try:
+        a = local_model.ensure_local_endpoint(copies[0])
+        b = local_model.ensure_local_endpoint(copies[1])
+        assert a.base_url != b.base_url and a.model == b.model == "model"
+        assert local_model.ensure_local_endpoint(str(copies[0])) == a  # the same file: the same server
+        with pytest.raises(local_model.LocalModelError, match="2 local model files are served already"):
+            local_model.ensure_local_endpoint()  # a third file (the embedded one) is over the bound
+        servers = local_model.local_servers()
+        assert set(servers) == {c.resolve() for c in copies} and all(s.running for s in servers.values())
+        for ep in (a, b):
+            res = asyncio.run(ask(ep))
+            assert res.ok and res.text and res.record.base_url == ep.base_url
+        local_model.stop_local_server(copies[0])
+        assert not servers[copies[0].resolve()].running and servers[copies[1].resolve()].running
+    finally:
+        local_model.stop_local_server()
+    assert not any(s.running for s in servers.values()) and not local_model.local_servers()
+    with pytest.raises(local_model.LocalModelError, match="does not exist"):
+        local_model.ensure_local_endpoint(tmp_path / "missing.gguf")
