@@ -96,7 +96,8 @@ class PrefixCache:
         return self._states[key]
 
     def __setitem__(self, tokens: Sequence[int], state: Any) -> None:
-        key = tuple(int(t) for t in tokens)
+        # The state holds its first `n_tokens` tokens (the prompt; see AccountingLlama), not the reply.
+        key = tuple(int(t) for t in tokens[: int(getattr(state, "n_tokens", len(tokens)))])
         arr = np.asarray(key, dtype=np.intc)
         size = self.state_bytes(state)
         # A state whose tokens the new one extends can serve no prompt better than the new one.
@@ -115,21 +116,46 @@ class PrefixCache:
 
 
 def _accounting_llama_class(base: type, *, lean_states: bool) -> type:
-    """A subclass of llama-cpp-python's `Llama` that counts the prompt tokens each completion reused;
-    with `lean_states`, the states it saves for the cache leave out the logits buffer."""
+    """A subclass of llama-cpp-python's `Llama` that counts the prompt tokens each completion reused
+    and keeps only prompt tokens for reuse; with `lean_states`, the states it saves for the cache
+    leave out the logits buffer.
+
+    Why only prompt tokens: llama.cpp computes a token's keys and values slightly differently when it
+    decodes one token at a time (generation) than in a batch (prompt evaluation), so a prompt reusing
+    the KV of a previous reply gets logits up to ~0.4 apart from a fresh evaluation and can sample a
+    different reply. Dropping the reply's cells after each completion (its ~20-60 tokens are then
+    evaluated in the next prompt's batch) keeps every reply bit-identical to a server without a
+    cache for the same seed (checked: batch splits do not change the logits; single-token decodes do).
+    """
 
     class AccountingLlama(base):  # type: ignore[misc,valid-type]
-        # Set per completion: the context length when the first evaluation started (= tokens reused).
+        # Per completion: the context length when the first evaluation started (= tokens reused),
+        # and the prompt's length.
         _rsi_reused: int | None = None
+        _rsi_prompt_len: int = 0
+
+        def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+            self._rsi_prompt_len = len(tokens)
+            return super().generate(tokens, *args, **kwargs)
 
         def eval(self, tokens: Sequence[int]) -> None:
             if self._rsi_reused is None:
                 self._rsi_reused = int(self.n_tokens)
             super().eval(tokens)
 
+        def _rsi_keep_prompt_only(self) -> None:
+            keep = min(int(self.n_tokens), self._rsi_prompt_len)
+            if keep < self.n_tokens:
+                self._ctx.kv_cache_seq_rm(-1, keep, -1)
+                self.n_tokens = keep
+            self._requires_eval = True  # the current logits are the last reply token's, not the prompt's
+
         def create_chat_completion(self, *args: Any, **kwargs: Any) -> Any:
             self._rsi_reused = None
-            result = super().create_chat_completion(*args, **kwargs)
+            try:
+                result = super().create_chat_completion(*args, **kwargs)
+            finally:
+                self._rsi_keep_prompt_only()
             if isinstance(result, dict) and isinstance(result.get("usage"), dict):
                 prompt = int(result["usage"].get("prompt_tokens", 0))
                 reused = prompt if self._rsi_reused is None else min(self._rsi_reused, prompt)
@@ -141,6 +167,7 @@ def _accounting_llama_class(base: type, *, lean_states: bool) -> type:
             def save_state(self) -> Any:
                 import llama_cpp
 
+                self._rsi_keep_prompt_only()
                 size = llama_cpp.llama_state_get_size(self._ctx.ctx)
                 buf = (ctypes.c_uint8 * int(size))()
                 n_bytes = int(llama_cpp.llama_state_get_data(self._ctx.ctx, buf, size))
