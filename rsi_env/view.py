@@ -268,11 +268,14 @@ def render_observation(
     me = view["me"]
     role = view["role"][me]
     role_spec = next(r for r in spec.roles if r.name == role)
-    lines = [f"GAME: {spec.name} — you are {me}, role: {role}"]
     if include_rules:
+        # What every player of the game reads comes first, who you are after it: all first prompts of
+        # a game then share the rules' tokens, which a prompt cache evaluates once (issue 18).
+        lines = [f"GAME: {spec.name}", "RULES:", spec.rules.strip(), f"YOU: {me}, role: {role}"]
         if role_spec.description:
             lines.append(f"YOUR ROLE: {role_spec.description}")
-        lines += ["RULES:", spec.rules.strip()]
+    else:
+        lines = [f"GAME: {spec.name} — you are {me}, role: {role}"]
     if view["my"]:
         lines.append("YOUR INFORMATION:")
         for k, v in view["my"].items():

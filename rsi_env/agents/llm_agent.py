@@ -19,26 +19,47 @@ from ..view import render_observation
 from .base import TurnReport
 from .profiles import AgentProfile
 
+# The same for every seat (the first user message says who you are): the players' prompts then share
+# their first tokens, which the embedded server's prompt cache evaluates once.
 INSTRUCTIONS = (
-    'You are {player} in the game "{game}". Each turn you read the game state and the legal actions. '
+    'You play the game "{game}". Each turn you read the game state and the legal actions. '
     "Reply with exactly one JSON object that chooses one legal action, and nothing else."
 )
 
 
+_NOTE_REPLY_CHARS = 80  # per dropped reply in the note that replaces them
+
+
 def system_prompt(profile: AgentProfile, spec: GameSpec, player: str) -> str:
-    base = INSTRUCTIONS.format(player=player, game=spec.name)
+    base = INSTRUCTIONS.format(game=spec.name)
     return f"{profile.persona.strip()}\n{base}" if profile.persona.strip() else base
 
 
 def conversation(
     system: str, exchanges: list[tuple[str, str]], prompt: str, window: int
 ) -> list[dict[str, str]]:
-    """Messages for one call: system, the first exchange (it holds the rules), the last `window - 1`."""
-    kept = exchanges if len(exchanges) <= window else [exchanges[0], *exchanges[-(window - 1) :]]
+    """Messages for one call: system, the first exchange (it holds the rules), then at most
+    `window - 1` of the latest exchanges.
+
+    Older exchanges are dropped in blocks of half a window, not one per turn: between two drops each
+    prompt extends the previous one, so a prompt cache re-evaluates only the newest message (a window
+    sliding by one turn changes the prompt right after the first exchange at every turn). A drop is
+    marked by one line listing the dropped replies.
+    """
     messages = [{"role": "system", "content": system}]
-    for user, assistant in kept:
-        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    messages.append({"role": "user", "content": prompt})
+    kept = exchanges
+    note = ""
+    if len(exchanges) > window:
+        step = max(1, window // 2)
+        dropped = -(-(len(exchanges) - window) // step) * step  # a multiple of `step`
+        kept = [exchanges[0], *exchanges[1 + dropped :]]
+        shown = exchanges[max(1, 1 + dropped - window) : 1 + dropped]
+        replies = "; ".join(" ".join(reply.split())[:_NOTE_REPLY_CHARS] for _, reply in shown)
+        note = f"(Not shown: {dropped} earlier turns. Your replies in the last {len(shown)}: {replies})\n"
+    for i, (user, assistant) in enumerate(kept):
+        content = note + user if i == 1 else user
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": note + prompt if note and len(kept) == 1 else prompt})
     return messages
 
 
