@@ -31,6 +31,15 @@ Structured output in llama-cpp-python's server (checked in its source and agains
   ``rsi_env.llm`` therefore rewrites small integer ranges to ``enum`` for this dialect (0 of 25 invalid
   after the rewrite) and validates every reply anyway.
 - a schema the converter cannot handle silently falls back to "any JSON", so replies must be validated.
+Prefix reuse (issue 18): the server runs in `rsi_env.local_server`, llama-cpp-python's server with a
+prompt cache that keeps every conversation's evaluated prompt (bounded: DEFAULT_CACHE_STATES
+full-context states of KV, least recently used evicted), so players alternating on the one context
+each continue from their own previous prompt; it reports the reused tokens as `cached_tokens`.
+Measured in `scripts/bench_local.py`.
+
+One server per model file: a `local` profile may name its own GGUF (two local models playing each
+other); `ensure_local_endpoint(path)` starts one server per distinct file, at most MAX_SERVERS.
+
 The chat template: the GGUF carries ``tokenizer.chat_template`` (ChatML); with ``chat_format`` left unset
 llama-cpp-python builds a Jinja2 formatter from it ("chat_template.default"), which is what we want.
 """

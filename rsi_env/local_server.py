@@ -115,7 +115,7 @@ class PrefixCache:
         del self._states[key], self._keys[key], self._sizes[key]
 
 
-def _accounting_llama_class(base: type, *, lean_states: bool) -> type:
+def _accounting_llama_class(base: Any, *, lean_states: bool) -> Any:
     """A subclass of llama-cpp-python's `Llama` that counts the prompt tokens each completion reused
     and keeps only prompt tokens for reuse; with `lean_states`, the states it saves for the cache
     leave out the logits buffer.
@@ -128,11 +128,12 @@ def _accounting_llama_class(base: type, *, lean_states: bool) -> type:
     cache for the same seed (checked: batch splits do not change the logits; single-token decodes do).
     """
 
-    class AccountingLlama(base):  # type: ignore[misc,valid-type]
+    class AccountingLlama(base):  # type: ignore[misc]
         # Per completion: the context length when the first evaluation started (= tokens reused),
         # and the prompt's length.
         _rsi_reused: int | None = None
         _rsi_prompt_len: int = 0
+        n_tokens: int  # llama-cpp-python's count of tokens in the context (annotation only)
 
         def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
             self._rsi_prompt_len = len(tokens)
@@ -238,8 +239,8 @@ class CachedTokensMiddleware:
         async def send_json(message: Message) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
-                headers = dict(message.get("headers") or [])
-                if not headers.get(b"content-type", b"").startswith(b"application/json"):
+                sent = dict(message.get("headers") or [])
+                if not sent.get(b"content-type", b"").startswith(b"application/json"):
                     await send(message)  # streamed or an error page: untouched
                     return
                 start = message
