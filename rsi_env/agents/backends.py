@@ -4,7 +4,8 @@ A backend is a factory `(endpoint: Endpoint, **options) -> Chat`; usually a clas
 takes them. `endpoint` is the profile's `Endpoint` (base_url, model, api_key_env, timeouts, ...);
 `options` are the profile's `options:` mapping, passed as keyword arguments. Two are built in:
 
-    local     the embedded model (`rsi_env.local_model`), started on the first call
+    local     the embedded model (`rsi_env.local_model`), started on the first call; the option
+              `model_path: path/to/model.gguf` serves another GGUF (one server per distinct file)
     endpoint  any OpenAI-compatible server at the profile's `base_url`
 
 Any other backend is named in the profile by import path, `backend: my_backends:EchoChat`: the module
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import inspect
 import re
@@ -50,16 +52,19 @@ class BackendError(ValueError):
     """A backend that cannot be found or built; the message says which and why."""
 
 
-async def embedded_endpoint(configured: Endpoint) -> Endpoint:
-    """The embedded server's endpoint (started on first use, in a thread: it takes ~1 s), with what
-    the profile set explicitly on top."""
-    server = await asyncio.to_thread(local_model.ensure_local_endpoint)
+async def embedded_endpoint(configured: Endpoint, model_path: str | None = None) -> Endpoint:
+    """The endpoint of the embedded server for `model_path` (None: the shipped model; started on
+    first use, in a thread: it takes ~1 s), with what the profile set explicitly on top."""
+    server = await asyncio.to_thread(local_model.ensure_local_endpoint, model_path)
     return on_local_server(configured, server)
 
 
-def local_chat(endpoint: Endpoint) -> llm.ChatClient:
-    """The `local` backend: the embedded model, found when the first call needs it."""
-    return llm.ChatClient(endpoint, resolver=embedded_endpoint)
+def local_chat(endpoint: Endpoint, model_path: str | None = None) -> llm.ChatClient:
+    """The `local` backend: the embedded model, or the GGUF at `model_path` (relative to the working
+    directory), found when the first call needs it."""
+    if model_path is None:
+        return llm.ChatClient(endpoint, resolver=embedded_endpoint)
+    return llm.ChatClient(endpoint, resolver=functools.partial(embedded_endpoint, model_path=model_path))
 
 
 def endpoint_chat(endpoint: Endpoint) -> llm.ChatClient:

@@ -48,7 +48,7 @@ PLAYING_FIELDS = frozenset({"backend", "base_url", "model", "sampling", "persona
 def profile_identity(profile: AgentProfile) -> dict[str, Any]:
     """What of a resolved profile goes into episode ids."""
     fields = set(PLAYING_FIELDS)
-    if profile.options:  # a backend of your own's settings (none for the built-in ones: their ids stay)
+    if profile.options:  # a backend's settings (`local`: model_path, its GGUF); none by default: ids stay
         fields.add("options")
     return profile.model_dump(mode="json", include=fields)
 
