@@ -74,4 +74,8 @@ def test_a_negotiation_episode_on_the_embedded_model(tmp_path: Path) -> None:
         parsed = parse_action(t["raw"], names)
         assert parsed.error is None, (t["raw"], parsed.error)
         assert t["valid"] == (t["action"] is not None)
+    # The server reports the prompt tokens it reused (issue 18): after the first call every prompt
+    # starts as an earlier one did (the system prompt and the rules at least).
+    assert all(t["call"]["cached_tokens"] is not None for t in turns)
+    assert all(0 < t["call"]["cached_tokens"] <= t["call"]["prompt_tokens"] for t in turns[1:])
     assert ep["usage"]["calls"] == len(turns)
