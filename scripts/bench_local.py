@@ -331,14 +331,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
 class Backend:
     """The server(s) of one variant, started once and kept for the run (its cache stays warm)."""
 
-    def __init__(self, name: str, n_threads: int | None) -> None:
+    def __init__(
+        self, name: str, n_threads: int | None, cache_states: float = local_model.DEFAULT_CACHE_STATES
+    ) -> None:
         self.name, self.cfg = name, VARIANTS[name]
         self.n_threads = n_threads
+        self.cache_states = cache_states
         self.servers: list[local_model.LocalServer] = []
         self._inproc: Any = None
 
     def _server(self) -> local_model.LocalServer:
-        s = local_model.LocalServer(cache=self.cfg["cache"], n_threads=self.n_threads)
+        s = local_model.LocalServer(
+            cache=self.cfg["cache"], n_threads=self.n_threads, cache_states=self.cache_states
+        )
         s.start()
         self.servers.append(s)
         return s
@@ -499,9 +504,11 @@ def cache_stats(server: local_model.LocalServer) -> dict[str, Any]:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
-async def memory(episodes: int, max_cycles: int | None, profile: AgentProfile, n_threads: int | None) -> None:
+async def memory(
+    episodes: int, max_cycles: int | None, profile: AgentProfile, n_threads: int | None, cache_states: float
+) -> None:
     print(f"## 3. Memory of the `after` server over {episodes} negotiation episodes")
-    backend = Backend("after", n_threads)
+    backend = Backend("after", n_threads, cache_states)
     try:
         backend.clients(1)
         server = backend.servers[0]
@@ -555,7 +562,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 b.stop()
         report(runs, variants, games)
     if args.mem_episodes:
-        await memory(args.mem_episodes, args.max_cycles, profile, args.threads)
+        await memory(args.mem_episodes, args.max_cycles, profile, args.threads, args.cache_states)
 
 
 def main() -> None:
@@ -566,6 +573,10 @@ def main() -> None:
     ap.add_argument("--max-cycles", type=int, default=None, help="cap on ticks per episode")
     ap.add_argument("--threads", type=int, default=None, help="model threads (default: all cores)")
     ap.add_argument("--mem-episodes", type=int, default=50)
+    ap.add_argument(
+        "--cache-states", type=float, default=local_model.DEFAULT_CACHE_STATES,
+        help="capacity of the memory part's cache in full-context states (smaller: see eviction sooner)",
+    )  # fmt: skip
     ap.add_argument(
         "--offline-episodes", type=int, default=1,
         help="scripted episodes per game in part 1 (scripted play may repeat itself across seeds)",
