@@ -158,7 +158,7 @@ def test_payoff_reward_and_the_seat_tasks() -> None:
     for trace in episode.traces:
         assert list(trace.rewards) == ["payoff"]
         assert trace.reward == pytest.approx(payoffs[trace.task.data.player])
-        assert trace.task.data.system_prompt.startswith(f"You are {trace.task.data.player}")
+        assert trace.task.data.system_prompt.startswith("You play the game")  # the first prompt says who
 
 
 def test_a_failed_model_call_fails_the_episode_instead_of_scoring_zero() -> None:

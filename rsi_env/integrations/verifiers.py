@@ -188,7 +188,7 @@ class GamesEnv(vf.Env[GamesEnvConfig]):
                     SeatTaskData(
                         idx=data.idx,
                         prompt=None,
-                        system_prompt=INSTRUCTIONS.format(player=p, game=spec.name),
+                        system_prompt=INSTRUCTIONS.format(game=spec.name),  # every seat alike (prefix reuse)
                         game=spec.id,
                         seed=data.seed,
                         player=p,
