@@ -177,6 +177,21 @@ def coerce_player(value: Any, candidates: list[str], all_players: list[str]) -> 
     return found if found in candidates else None
 
 
+def coerce_list(text: str) -> Any:
+    """A list given as text: a JSON list (`["a", "b"]`), or items separated by commas (`a, b`)."""
+    s = text.strip()[:MAX_OBJECT_CHARS]
+    if s.startswith("["):
+        loaded = _load_object(s)
+        return loaded if isinstance(loaded, list) else text
+    return [_scalar(part) for part in s.split(",") if part.strip()]
+
+
+def coerce_object(text: str) -> Any:
+    """An object given as text holding JSON (`{"unit": "a", "to": "b"}`)."""
+    loaded = _load_object(text.strip()[:MAX_OBJECT_CHARS])
+    return loaded if isinstance(loaded, dict) else text
+
+
 def clip_text(value: Any, max_length: int) -> str | None:
     if value is None:
         return None

@@ -71,6 +71,26 @@ def add_ray_args(ap: argparse.ArgumentParser, *, workers: bool = True) -> None:
     )  # fmt: skip
 
 
+def add_option_args(ap: argparse.ArgumentParser) -> None:
+    """`--option NAME=VALUE` (repeatable): the game's options (`python -m rsi_env.games list` names them)."""
+    ap.add_argument(
+        "--option", action="append", default=[], metavar="NAME=VALUE", type=_option_pair,
+        help="a game option, e.g. --option rounds=3 (repeat for more); recorded with each episode",
+    )  # fmt: skip
+
+
+def _option_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def game_options(args: argparse.Namespace) -> dict[str, str]:
+    """The `--option` pairs as a dict (the game converts and checks each value)."""
+    return dict(getattr(args, "option", None) or [])
+
+
 def ray_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Runner's `ray` and `workers` from `add_ray_args`'s options (one message for a misuse)."""
     if getattr(args, "workers", None) and args.ray is None:

@@ -3,15 +3,23 @@
 Compilation collects every problem (with its field path) instead of stopping at the first, so a
 bad spec gets one line per problem. Effect targets (`state.pool.books`, `P[args.to].coins`) are
 parsed here into a root plus a list of key steps.
+
+Named expressions (`let:` at spec, phase and action level, and the channel `groups`) are bound
+here, at compile time: an expression that reads some is compiled as `[(<let>)].map(NAME, <expr>)[0]`
+(CEL has no `bind` in this package, and a one-element comprehension is one), innermost last, so each
+is computed once per evaluation and nothing in the engine knows about lets. The expression keeps
+its own text for messages and for the static checks, which check each let where it is declared and
+again in the context of every expression that reads it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .expr import Expr, ExprError
-from .spec import Effect, GameSpec, SpecError
+from .spec import Effect, GameSpec, Param, SpecError
 
 
 @dataclass(frozen=True)
@@ -25,15 +33,56 @@ class Target:
 
 
 @dataclass(frozen=True)
+class CRepeat:
+    max: int
+    until: Expr | None
+    effects: list[CEffect]
+
+
+@dataclass(frozen=True)
 class CEffect:
-    op: str  # set | add | announce | tell
+    op: str  # set | add | announce | tell | repeat | cancel
     target: Target | None
-    value: Expr | None
+    value: Expr | None  # set/add: the value; announce: the line; tell: the player; cancel: the condition
     text: Expr | None
     cond: Expr | None
     for_each: Expr | None
     as_: str
     path: str  # field path in the spec, for error messages
+    repeat: CRepeat | None = None
+
+
+class LetExpr(Expr):
+    """An expression that reads named expressions: its program binds them, its text is its own."""
+
+    __slots__ = ("lets",)
+
+
+@dataclass(frozen=True)
+class Lets:
+    """The named expressions visible at one level (the spec's, plus a phase's or an action's), in
+    binding order: a let may read the ones before it."""
+
+    exprs: Mapping[str, Expr] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def inner(self, more: Mapping[str, Expr], sources: Mapping[str, str]) -> Lets:
+        return Lets({**self.exprs, **more}, {**self.sources, **sources})
+
+    def needed(self, names: frozenset[str]) -> list[str]:
+        """The lets an expression reading `names` needs, transitively, in binding order."""
+        want = {n for n in names if n in self.exprs}
+        todo = list(want)
+        while todo:
+            e = self.exprs[todo.pop()]
+            for n in e.variables:
+                if n in self.exprs and n not in want:
+                    want.add(n)
+                    todo.append(n)
+        return [n for n in self.exprs if n in want]
+
+
+NO_LETS = Lets()
 
 
 @dataclass
@@ -43,7 +92,7 @@ class Problems:
     lines: list[str] = field(default_factory=list)
     exprs: list[tuple[str, Expr]] = field(default_factory=list)
 
-    def expr(self, path: str, source: Any) -> Expr | None:
+    def expr(self, path: str, source: Any, lets: Lets = NO_LETS) -> Expr | None:
         if source is None:
             return None
         try:
@@ -51,6 +100,9 @@ class Problems:
         except ExprError as exc:
             self.lines.append(f"{path}: expression does not compile: {exc}")
             return None
+        needed = lets.needed(e.variables) if lets.exprs else []
+        if needed:
+            e = _bind_lets(e, needed, lets)
         self.exprs.append((path, e))
         return e
 
@@ -58,7 +110,32 @@ class Problems:
         self.lines.append(line)
 
 
-def parse_target(source: str, path: str, problems: Problems) -> Target | None:
+def _bind_lets(e: Expr, names: list[str], lets: Lets) -> Expr:
+    """`e` with its program wrapped so that each let in `names` is computed once and bound by name."""
+    body = e.source
+    for name in reversed(names):
+        body = f"[(\n{lets.sources[name]}\n)].map({name}, (\n{body}\n))[0]"
+    out = LetExpr(e.source)
+    try:
+        out.program = Expr(body).program
+    except ExprError:
+        return e  # a let that does not compile is reported where it is declared
+    out.lets = tuple(names)
+    return out
+
+
+def let_functions(e: Expr | None, lets: Mapping[str, Expr]) -> frozenset[str]:
+    """The functions `e` calls, its lets' included (a scope must register them all)."""
+    if e is None:
+        return frozenset()
+    out = set(e.functions)
+    for name in getattr(e, "lets", ()):
+        if name in lets:
+            out |= lets[name].functions
+    return frozenset(out)
+
+
+def parse_target(source: str, path: str, problems: Problems, lets: Lets = NO_LETS) -> Target | None:
     """`state.a.b`, `my.coins[args.item]`, `P[x].alive` -> Target."""
     s = source.strip()
     i = 0
@@ -84,7 +161,7 @@ def parse_target(source: str, path: str, problems: Problems) -> Target | None:
         if got is None:
             problems.add(f"{path}: unbalanced [ in target `{source}`")
             return None
-        player = problems.expr(f"{path} (player index)", got[0])
+        player = problems.expr(f"{path} (player index)", got[0], lets)
         root, i = "P", got[1]
     else:
         problems.add(f"{path}: target `{source}` must start with state., my. or P[...]")
@@ -105,7 +182,7 @@ def parse_target(source: str, path: str, problems: Problems) -> Target | None:
             if got is None:
                 problems.add(f"{path}: unbalanced [ in target `{source}`")
                 return None
-            key = problems.expr(f"{path} (key)", got[0])
+            key = problems.expr(f"{path} (key)", got[0], lets)
             if key is None:
                 return None
             keys.append(key)
@@ -119,35 +196,81 @@ def parse_target(source: str, path: str, problems: Problems) -> Target | None:
     return Target(root=root, player=player, keys=tuple(keys), source=source)
 
 
-def compile_effect(e: Effect, path: str, problems: Problems) -> CEffect | None:
-    op = next(k for k in ("set", "add", "announce", "tell") if getattr(e, k) is not None)
+def compile_effect(e: Effect, path: str, problems: Problems, lets: Lets = NO_LETS) -> CEffect | None:
+    op = next(k for k in ("set", "add", "announce", "tell", "repeat", "cancel") if getattr(e, k) is not None)
     target = None
     if op in ("set", "add"):
-        target = parse_target(getattr(e, op), f"{path}.{op}", problems)
-    value = problems.expr(f"{path}.value", e.value)
-    if op == "announce":
-        value = problems.expr(f"{path}.announce", e.announce)
-    if op == "tell":
-        value = problems.expr(f"{path}.tell", e.tell)
+        target = parse_target(getattr(e, op), f"{path}.{op}", problems, lets)
+    value = problems.expr(f"{path}.value", e.value, lets)
+    if op in ("announce", "tell", "cancel"):
+        value = problems.expr(f"{path}.{op}", getattr(e, op), lets)
+    repeat = None
+    if e.repeat is not None:
+        repeat = CRepeat(
+            max=e.repeat.max,
+            until=problems.expr(f"{path}.repeat.until", e.repeat.until, lets),
+            effects=compile_effects(e.repeat.effects, f"{path}.repeat.effects", problems, lets),
+        )
     return CEffect(
         op=op,
         target=target,
         value=value,
-        text=problems.expr(f"{path}.text", e.text),
-        cond=problems.expr(f"{path}.if", e.if_),
-        for_each=problems.expr(f"{path}.for_each", e.for_each),
+        text=problems.expr(f"{path}.text", e.text, lets),
+        cond=problems.expr(f"{path}.if", e.if_, lets),
+        for_each=problems.expr(f"{path}.for_each", e.for_each, lets),
         as_=e.as_,
         path=path,
+        repeat=repeat,
     )
 
 
-def compile_effects(effects: list[Effect], path: str, problems: Problems) -> list[CEffect]:
+def compile_effects(
+    effects: list[Effect], path: str, problems: Problems, lets: Lets = NO_LETS
+) -> list[CEffect]:
     out = []
     for i, e in enumerate(effects):
-        c = compile_effect(e, f"{path}[{i}]", problems)
+        c = compile_effect(e, f"{path}[{i}]", problems, lets)
         if c is not None:
             out.append(c)
     return out
+
+
+def compile_lets(
+    decls: Mapping[str, str], path: str, problems: Problems, outer: Lets
+) -> tuple[Lets, dict[str, Expr]]:
+    """One level's lets on top of `outer`'s: each compiled (reading the ones before it) and added."""
+    lets = outer
+    own: dict[str, Expr] = {}
+    for name, source in decls.items():
+        e = problems.expr(f"{path}.{name}", source, lets)
+        if e is not None:
+            own[name] = e
+            lets = lets.inner({name: e}, {name: source})
+    return lets, own
+
+
+def compile_bounds(prm: Param, path: str, problems: Problems, lets: Lets) -> dict[str, Any]:
+    """A parameter's CEL bounds (`min`, `max`, `values`, `candidates`, `min_items`, `max_items`), with
+    a list's `items` and an object's `fields` nested the same way."""
+    b: dict[str, Any] = {}
+    for key in ("min", "max", "candidates", "min_items", "max_items"):
+        if (src := getattr(prm, key)) is not None and (ex := problems.expr(f"{path}.{key}", src, lets)):
+            b[key] = ex
+    if isinstance(prm.values, str) and (ex := problems.expr(f"{path}.values", prm.values, lets)):
+        b["values"] = ex
+    if prm.items is not None:
+        b["items"] = compile_bounds(prm.items, f"{path}.items", problems, lets)
+    if prm.fields is not None:
+        b["fields"] = {
+            k: compile_bounds(f, f"{path}.fields.{k}", problems, lets) for k, f in prm.fields.items()
+        }
+    return b
+
+
+@dataclass
+class CReactions:
+    by: Expr | None
+    order: Expr | None
 
 
 @dataclass
@@ -155,8 +278,15 @@ class CAction:
     name: str
     valid_if: list[tuple[Expr, str]]
     effects: list[CEffect]
-    bounds: dict[str, dict[str, Expr]]  # param -> {"min"/"max"/"values"/"candidates": Expr}
+    # param -> {"min"/"max"/"values"/"candidates"/"min_items"/"max_items": Expr, "items": {...},
+    # "fields": {field: {...}}}
+    bounds: dict[str, dict[str, Any]]
     log: Expr | None
+    available: Expr | None = None
+    group: Expr | None = None  # visibility group: its members (the name looked up in `groups`)
+    group_name: Expr | None = None
+    reactions: CReactions | None = None
+    lets: dict[str, Expr] = field(default_factory=dict)  # this action's own lets
 
 
 @dataclass
@@ -171,6 +301,9 @@ class CPhase:
     on_exit: list[CEffect]
     next: list[tuple[Expr, str]]
     default_args: dict[str, Expr]
+    available: dict[str, Expr] = field(default_factory=dict)
+    budget: Expr | None = None
+    lets: dict[str, Expr] = field(default_factory=dict)  # this phase's own lets
 
 
 class CompiledGame:
@@ -181,84 +314,129 @@ class CompiledGame:
         self.hash = spec.spec_hash()
         p = self.problems = Problems()
         self.role_counts = {r.name: p.expr(f"roles.{r.name}.count", r.count) for r in spec.roles}
-        self.var_init = {k: p.expr(f"state.{k}.init", v.init) for k, v in spec.state.items()}
-        self.var_where = {k: p.expr(f"state.{k}.where", v.where) for k, v in spec.state.items()}
-        self.pvar_init = {k: p.expr(f"player_state.{k}.init", v.init) for k, v in spec.player_state.items()}
-        self.pvar_where = {
-            k: p.expr(f"player_state.{k}.where", v.where) for k, v in spec.player_state.items()
+        # Spec-level lets, then the channel groups as one more: `groups` maps each name to its members.
+        top, self.lets = compile_lets(spec.let, "let", p, NO_LETS)
+        self.groups: Expr | None = None
+        if spec.channels.groups:
+            for name, src in spec.channels.groups.items():
+                p.expr(f"channels.groups.{name}", src, top)  # compiled alone: problems at the group's path
+            groups_src = "{" + ", ".join(f'"{k}": ({v})' for k, v in spec.channels.groups.items()) + "}"
+            if (g := p.expr("channels.groups", groups_src, top)) is not None:
+                self.groups = g
+                self.lets = {**self.lets, "groups": g}
+                top = top.inner({"groups": g}, {"groups": groups_src})
+        self.top_lets = top
+        self.var_init = {k: p.expr(f"state.{k}.init", v.init, top) for k, v in spec.state.items()}
+        self.var_where = {k: p.expr(f"state.{k}.where", v.where, top) for k, v in spec.state.items()}
+        self.pvar_init = {
+            k: p.expr(f"player_state.{k}.init", v.init, top) for k, v in spec.player_state.items()
         }
-        self.setup = compile_effects(spec.setup, "setup", p)
-        self.channel = p.expr("channels.private", spec.channels.private)
+        self.pvar_where = {
+            k: p.expr(f"player_state.{k}.where", v.where, top) for k, v in spec.player_state.items()
+        }
+        self.setup = compile_effects(spec.setup, "setup", p, top)
+        self.channel = p.expr("channels.private", spec.channels.private, top)
         self.actions: dict[str, CAction] = {}
+        self.action_lets: dict[str, Lets] = {}
         for name, a in spec.actions.items():
             base = f"actions.{name}"
-            bounds: dict[str, dict[str, Expr]] = {}
-            for pname, prm in a.params.items():
-                b: dict[str, Expr] = {}
-                for key in ("min", "max", "candidates"):
-                    if (src := getattr(prm, key)) is not None and (
-                        ex := p.expr(f"{base}.params.{pname}.{key}", src)
-                    ):
-                        b[key] = ex
-                if isinstance(prm.values, str) and (
-                    ex := p.expr(f"{base}.params.{pname}.values", prm.values)
-                ):
-                    b["values"] = ex
-                bounds[pname] = b
+            lets, own = compile_lets(a.let, f"{base}.let", p, top)
+            self.action_lets[name] = lets
+            bounds = {
+                pname: compile_bounds(prm, f"{base}.params.{pname}", p, lets)
+                for pname, prm in a.params.items()
+            }
             checks = []
             for i, c in enumerate(a.valid_if):
-                if ex := p.expr(f"{base}.valid_if[{i}].expr", c.expr):
+                if ex := p.expr(f"{base}.valid_if[{i}].expr", c.expr, lets):
                     checks.append((ex, c.message))
+            group_name = p.expr(f"{base}.group", a.group, lets)
+            group = None
+            if group_name is not None and self.groups is not None:
+                # The members: the group's name looked up in `groups` (the spec checks read `group_name`).
+                group = Expr(f"groups[({a.group})]")
+                group = _bind_lets(group, lets.needed(group.variables), lets)
+            reactions = None
+            if a.reactions is not None:
+                reactions = CReactions(
+                    by=p.expr(f"{base}.reactions.by", a.reactions.by, lets),
+                    order=p.expr(f"{base}.reactions.order", a.reactions.order, lets),
+                )
             self.actions[name] = CAction(
                 name=name,
                 valid_if=checks,
-                effects=compile_effects(a.effects, f"{base}.effects", p),
+                effects=compile_effects(a.effects, f"{base}.effects", p, lets),
                 bounds=bounds,
-                log=p.expr(f"{base}.log", a.log),
+                log=p.expr(f"{base}.log", a.log, lets),
+                available=p.expr(f"{base}.available_if", a.available_if, lets),
+                group=group,
+                group_name=group_name,
+                reactions=reactions,
+                lets=own,
             )
         self.phases: dict[str, CPhase] = {}
+        self.phase_lets: dict[str, Lets] = {}
         for i, ph in enumerate(spec.phases):
             base = f"phases[{i}]"
+            lets, own = compile_lets(ph.let, f"{base}.let", p, top)
+            self.phase_lets[ph.name] = lets
             nxt = []
             for j, t in enumerate(ph.next):
-                if ex := p.expr(f"{base}.next[{j}].if", t.if_):
+                if ex := p.expr(f"{base}.next[{j}].if", t.if_, lets):
                     nxt.append((ex, t.goto))
             dm = ph.default_move
             self.phases[ph.name] = CPhase(
                 index=i,
-                actors=p.expr(f"{base}.actors", ph.actors) or Expr("players"),
-                first=p.expr(f"{base}.first", ph.first),
-                turns=p.expr(f"{base}.turns", ph.turns),
-                until=p.expr(f"{base}.until", ph.until),
-                on_enter=compile_effects(ph.on_enter, f"{base}.on_enter", p),
-                on_resolve=compile_effects(ph.on_resolve, f"{base}.on_resolve", p),
-                on_exit=compile_effects(ph.on_exit, f"{base}.on_exit", p),
+                actors=p.expr(f"{base}.actors", ph.actors, lets) or Expr("players"),
+                first=p.expr(f"{base}.first", ph.first, lets),
+                turns=p.expr(f"{base}.turns", ph.turns, lets),
+                until=p.expr(f"{base}.until", ph.until, lets),
+                on_enter=compile_effects(ph.on_enter, f"{base}.on_enter", p, lets),
+                on_resolve=compile_effects(ph.on_resolve, f"{base}.on_resolve", p, lets),
+                on_exit=compile_effects(ph.on_exit, f"{base}.on_exit", p, lets),
                 next=nxt,
                 default_args={
                     k: e
                     for k, v in (dm.args.items() if dm else [])
-                    if (e := p.expr(f"{base}.default_move.args.{k}", v))
+                    if (e := p.expr(f"{base}.default_move.args.{k}", v, lets))
                 },
+                available={
+                    k: e
+                    for k, v in ph.available_if.items()
+                    if (e := p.expr(f"{base}.available_if.{k}", v, lets))
+                },
+                budget=p.expr(f"{base}.budget", ph.budget, lets),
+                lets=own,
             )
-        self.end_when = p.expr("end.when", spec.end.when)
-        self.payoff = p.expr("payoffs.value", spec.payoffs.value)
-        self.payoff_best = p.expr("payoffs.best", spec.payoffs.best)
-        self.payoff_forfeit = p.expr("payoffs.forfeit", spec.payoffs.forfeit)
-        self.outcomes = {k: p.expr(f"outcomes.{k}", v) for k, v in spec.outcomes.items()}
-        self.conduct = [(c, p.expr(f"conduct[{i}].when", c.when)) for i, c in enumerate(spec.conduct)]
-        self.hints = {k: p.expr(f"hints.{k}", v) for k, v in spec.hints.items()}
+        self.end_when = p.expr("end.when", spec.end.when, top)
+        self.payoff = p.expr("payoffs.value", spec.payoffs.value, top)
+        self.payoff_best = p.expr("payoffs.best", spec.payoffs.best, top)
+        self.payoff_forfeit = p.expr("payoffs.forfeit", spec.payoffs.forfeit, top)
+        self.outcomes = {k: p.expr(f"outcomes.{k}", v, top) for k, v in spec.outcomes.items()}
+        self.conduct = [
+            (c, p.expr(f"conduct[{i}].when", c.when, self.action_lets.get(c.action, top)))
+            for i, c in enumerate(spec.conduct)
+        ]
+        self.hints = {k: p.expr(f"hints.{k}", v, top) for k, v in spec.hints.items()}
         self.policy = [
             (
                 r,
-                p.expr(f"policy[{i}].when", r.when),
-                {k: e for k, v in r.args.items() if (e := p.expr(f"policy[{i}].args.{k}", v))},
-                p.expr(f"policy[{i}].message", r.message),
+                p.expr(f"policy[{i}].when", r.when, top),
+                {k: e for k, v in r.args.items() if (e := p.expr(f"policy[{i}].args.{k}", v, top))},
+                p.expr(f"policy[{i}].message", r.message, top),
             )
             for i, r in enumerate(spec.policy)
         ]
+        self.policy_weights = [
+            p.expr(f"policy[{i}].weight", r.weight, top) for i, r in enumerate(spec.policy)
+        ]
         self.function_names = frozenset(f for _, e in p.exprs for f in e.functions)
-        view_exprs = [*self.hints.values(), *(e for _, w, a, m in self.policy for e in (w, m, *a.values()))]
-        self.view_function_names = frozenset(f for e in view_exprs if e is not None for f in e.functions)
+        view_exprs = [
+            *self.hints.values(),
+            *(e for _, w, a, m in self.policy for e in (w, m, *a.values())),
+            *self.policy_weights,
+        ]
+        self.view_function_names = frozenset(f for e in view_exprs for f in let_functions(e, top.exprs))
         if p.lines and strict:
             raise SpecError(source, p.lines)
 

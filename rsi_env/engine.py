@@ -7,7 +7,14 @@ every live agent once per tick. `max_cycles` counts ticks in both.
 
 Nothing a player sends raises: unreadable or illegal actions become feedback in that player's next
 observation and count against its allowance; runtime errors in spec expressions are recorded in
-`errors` (the generator's play-test rejects games that have any) and the step goes on.
+`errors` (the generator's play-test rejects games that have any; the runner records an episode with
+any as `game_error`, never as played) and the step goes on.
+
+Beyond one move per turn (sequential) and sealed rounds (simultaneous), a phase may be `free` talk
+(every actor may move each round, moves apply at once in seat order, until a round of passes or the
+budget is spent), and a move may open a window of out-of-turn `reactions`: the engine keeps a stack
+of pending moves, asks the reactors (a tick, all at once), resolves their answers in the declared
+order (a reaction may open its own window, or `cancel` the move it answers), then applies the move.
 
 All state is plain data plus the numpy generator, so `snapshot()` / `restore()` are exact.
 """
@@ -23,7 +30,7 @@ import networkx as nx
 import numpy as np
 
 from . import actions as act
-from .compiled import CEffect, CompiledGame, Target, compiled
+from .compiled import CEffect, CompiledGame, CRepeat, Target, compiled
 from .events import (
     ActionEvent,
     AnnounceEvent,
@@ -39,7 +46,7 @@ from .events import (
 )
 from .expr import Expr, ExprError, OverBudget, Scope, SeededRandom, is_number, seeded_rng, select_functions
 from .expr_budget import BudgetExceeded, measure
-from .spec import GameSpec
+from .spec import MAX_LIST_ITEMS, GameSpec, Param, SpecError
 
 _ZERO = {"int": 0, "float": 0.0, "bool": False, "str": "", "player": None, "list": [], "map": {}, "any": None}
 MAX_SETUP_DRAWS = 2000
@@ -69,10 +76,14 @@ class GameEngine:
                 f"[{spec.players.min}, {spec.players.max}]"
             )
         self.players = [f"player_{i}" for i in range(n)]
+        self.options = spec.option_values()
+        self._check_role_counts(n)
         self.seat = {p: i for i, p in enumerate(self.players)}
         allowance = spec.invalid_actions.allowance
-        # Default tick cap: every turn may take the full invalid allowance, plus slack for phase changes.
-        self.max_ticks = max_ticks or spec.end.turn_limit * (allowance + 1) + 10
+        # Default tick cap: every turn may take the full invalid allowance, plus slack for phase changes;
+        # a move that opens reaction windows takes a tick (and its allowance) per window too.
+        windows = 1 + _reaction_depth(spec)
+        self.max_ticks = max_ticks or spec.end.turn_limit * (allowance + 1) * windows + 10
         self.random = SeededRandom(np.random.default_rng(0))
         # One CEL context per engine, holding just the functions this spec calls.
         self._context = Scope({}, select_functions(self.game.function_names, self.random))
@@ -83,6 +94,12 @@ class GameEngine:
         # Evaluated parameter bounds per (player, action) until the next change: a schema and the
         # check of the move it answers read the same ones.
         self._bounds: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self._legal: dict[str, list[str]] = {}  # available actions per current actor, until the next change
+        self._any_available_if = any(a.available_if for a in spec.actions.values()) or any(
+            ph.available_if for ph in spec.phases
+        )
+        self._cancel_target: dict[str, Any] | None = None  # the pending move a reaction's effects may cancel
+        self._quiet_errors = False  # trying a move out (the example shown to players) records nothing
         self.last_results: dict[str, SubmitResult] = {}
         self.reset(0)
 
@@ -100,6 +117,9 @@ class GameEngine:
         self.last_actor: str | None = None
         self.pending: dict[str, dict[str, Any] | None] = {}
         self.round_actors: list[str] = []
+        self.stack: list[dict[str, Any]] = []  # moves waiting for reactions, innermost last
+        self.phase_moves = 0  # free phase: moves other than passing so far
+        self.free_done = False  # free phase: a round of passes, or the budget spent
         self.invalid_streak = dict.fromkeys(self.players, 0)
         self.invalid_total = dict.fromkeys(self.players, 0)
         self.forfeited: list[str] = []
@@ -128,14 +148,48 @@ class GameEngine:
         self._enter_phase(self.phase)
         self._after_turn(count_turn=False)
 
+    def _check_role_counts(self, n: int) -> None:
+        """Options may change role counts (a role switched on): a choice that leaves the roles more seats
+        than there are players is a SpecError naming the roles the options decide, not a silent game
+        with a role missing."""
+        depends = [
+            r.name
+            for r in self.spec.roles
+            if (e := self.game.role_counts[r.name]) and "options" in e.variables
+        ]
+        if not depends:
+            return
+        scope = Scope({"n": n, "options": self.options})
+        counts: dict[str, int] = {}
+        for r in self.spec.roles:
+            e = self.game.role_counts[r.name]
+            try:
+                v = e(scope) if e is not None else None
+            except ExprError:
+                continue  # the spec checks report it
+            if is_number(v):
+                counts[r.name] = int(v)
+        total = sum(counts.values())
+        if total > n:
+            chosen = ", ".join(f"{k}={v}" for k, v in self.options.items())
+            split = ", ".join(f"{k}: {c}" for k, c in counts.items())
+            raise SpecError(
+                self.spec.id,
+                [
+                    f"roles.{depends[0]}.count: with options {chosen}, roles need {total} seats ({split}) "
+                    "but "
+                    f"there are n={n} players; the options decide the count of {', '.join(depends)}"
+                ],
+            )
+
     def _assign_roles(self) -> None:
         n = len(self.players)
         seats = list(self.players)
         if self.spec.role_assignment == "shuffle":
             seats = self.random.shuffle(seats)
         self.role: dict[str, str] = {}
-        scope = Scope({"n": n})
-        i = 0  # roles fill seats in order; `count` is CEL over n
+        scope = Scope({"n": n, "options": self.spec.option_values()})
+        i = 0  # roles fill seats in order; `count` is CEL over n (and the options)
         for r in self.spec.roles:
             expr = self.game.role_counts[r.name]
             count = (n - i) if expr is None else int(self._eval(expr, scope, default=0))
@@ -202,6 +256,7 @@ class GameEngine:
             "phase": self.phase,
             "turn": self.turn,
             "forfeited": self.forfeited,
+            "options": self.options,
         }
 
     def _scoped(self, **bindings: Any) -> Scope:
@@ -216,6 +271,7 @@ class GameEngine:
         """Something a player's options depend on changed (state, turn, phase, forfeits)."""
         self._actors = None
         self._bounds = {}
+        self._legal = {}
 
     def _dirty(self) -> None:
         """The state or the turn changed: drop the scope and the cached actors."""
@@ -269,6 +325,8 @@ class GameEngine:
         return None
 
     def _error(self, message: str) -> None:
+        if self._quiet_errors:
+            raise _TryFailed
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(f"tick {self.tick_no}: {message}")
 
@@ -308,14 +366,26 @@ class GameEngine:
         scope = self._scoped(**bind)
         if eff.cond is not None and not self._test(eff.cond, scope, f"{eff.path}.if"):
             return
+        if eff.repeat is not None:
+            return self._repeat(eff.repeat, bind, eff.path)
         value = (
             self._eval(eff.value, scope, default=_FAILED, path=eff.path) if eff.value is not None else None
         )
         if value is _FAILED:
             return  # the error is recorded; writing a stand-in value would only add a second one
         if eff.op == "announce":
-            if value is not None:
+            if value is not None:  # null: nothing to announce this time
                 self._log(AnnounceEvent(**self._stamp(), text=str(value)))
+            return
+        if eff.op == "cancel":
+            if not isinstance(value, bool):
+                self._error(f"{eff.path}.cancel: expected true or false, got {_show(value)}")
+            elif value and self._cancel_target is None:
+                self._error(
+                    f"{eff.path}.cancel: there is no pending move to cancel here (only reactions cancel)"
+                )
+            elif value and self._cancel_target is not None:
+                self._cancel_target["cancelled"] = True
             return
         if eff.op == "tell":
             text = self._eval(eff.text, scope, path=f"{eff.path}.text")
@@ -327,11 +397,30 @@ class GameEngine:
         assert eff.target is not None
         self._write(eff.target, eff.op, value, scope, bind, eff.path)
 
+    def _repeat(self, rep: CRepeat, bind: dict[str, Any], path: str) -> None:
+        """Run the block until its condition holds after a pass; reaching the declared maximum first is
+        a spec error (the bound was wrong), never a silent stop."""
+        for i in range(rep.max):
+            inner = {**bind, "iteration": i}
+            self._run_effects(rep.effects, inner)
+            if rep.until is None or self._test(rep.until, self._scoped(**inner), f"{path}.repeat.until"):
+                return
+        self._error(f"{path}.repeat: `until` did not hold after {rep.max} passes (the declared max)")
+
     def _write(self, target: Target, op: str, value: Any, scope: Scope, bind: dict, path: str) -> None:
         if target.root == "state":
             variables: dict[str, Any] = self.state
         else:
-            who = bind.get("me") if target.root == "my" else self._eval(target.player, scope, path=path)
+            who = (
+                bind.get("me")
+                if target.root == "my"
+                else self._eval(target.player, scope, default=_FAILED, path=path)
+            )
+            if who is _FAILED:
+                return
+            if who is None:
+                self._error(f"{path}: {target.source}: the player index is null (no player to write to)")
+                return
             if who not in self.pstate:
                 self._error(f"{path}: {target.source}: {who!r} is not a player")
                 return
@@ -341,6 +430,9 @@ class GameEngine:
             k if isinstance(k, str) else self._eval(k, scope, default=_FAILED, path=path) for k in target.keys
         ]
         if _FAILED in keys:
+            return
+        if None in keys:
+            self._error(f"{path}: {target.source}: a key is null (nothing to write to)")
             return
         for k in keys[:-1]:
             if isinstance(container, dict) and k in container:
@@ -422,6 +514,8 @@ class GameEngine:
         self.phase_turn = 0
         self.last_actor = None
         self.pending = {}
+        self.phase_moves = 0
+        self.free_done = False
         self._dirty()
         cp = self.game.phases[name]
         self._log(PhaseEvent(**self._stamp(), text=f"Phase: {name}"))
@@ -430,7 +524,7 @@ class GameEngine:
         if cp.turns is not None:
             t = self._eval(cp.turns, self._scoped(), default=1, path=f"phases.{name}.turns")
             self.phase_turns = max(0, int(t)) if isinstance(t, int | float) else 1
-        if self._phase_spec().mode == "simultaneous":
+        if self._phase_spec().mode != "sequential":
             self.round_actors = self._phase_actors()
         self._changed()
 
@@ -443,7 +537,10 @@ class GameEngine:
     def _compute_actors(self) -> list[str]:
         if self.done:
             return []
-        if self._phase_spec().mode == "simultaneous":
+        if self.stack:  # a reaction window: the reactors still to answer
+            top = self.stack[-1]
+            return [p for p in top["reactors"] if p not in top["answers"] and p not in self.forfeited]
+        if self._phase_spec().mode != "sequential":
             return [p for p in self.round_actors if p not in self.pending and p not in self.forfeited]
         actors = self._phase_actors()
         if not actors:
@@ -479,7 +576,7 @@ class GameEngine:
                 and self.phase_turn > 0
                 and self._test(cp.until, self._scoped(), f"phases.{self.phase}.until")
             )
-            if not (limit_hit or until or no_actors):
+            if not (limit_hit or until or no_actors or self.free_done):
                 return None
             self._run_effects(cp.on_exit, {})
             target = self._next_phase(cp)
@@ -543,14 +640,52 @@ class GameEngine:
         return results
 
     def legal_actions(self, player: str) -> list[str]:
+        """The actions `player` may take now: the phase's (or, in a reaction window, the reactions'),
+        those whose `available_if` holds."""
         if player not in self.current_actors():
             return []
-        return list(self._phase_spec().actions)
+        hit = self._legal.get(player)
+        if hit is None:
+            offered = self._offered()
+            hit = self._legal[player] = (
+                [a for a in offered if self._available(player, a)]
+                if self._any_available_if
+                else list(offered)
+            )
+        return list(hit)
+
+    def _offered(self) -> list[str]:
+        """The actions of this moment before `available_if`: a reaction window's, else the phase's."""
+        if self.stack:
+            reactions = self.spec.actions[self.stack[-1]["action"]].reactions
+            assert reactions is not None
+            return reactions.actions
+        return self._phase_spec().actions
+
+    def _pending_bind(self) -> dict[str, Any]:
+        """`pending` (the move a reaction answers) while a reaction window is open."""
+        return {"pending": _move_of(self.stack[-1])} if self.stack else {}
+
+    def _available(self, player: str, name: str) -> bool:
+        scope = self._scoped(me=player, **self._pending_bind())
+        cond = self.game.actions[name].available
+        if cond is not None and not self._test(cond, scope, f"actions.{name}.available_if"):
+            return False
+        here = None if self.stack else self.game.phases[self.phase].available.get(name)
+        return here is None or self._test(here, scope, f"phases.{self.phase}.available_if.{name}")
 
     def _submit(self, player: str, text: Any) -> SubmitResult:
         names = self.legal_actions(player)
-        parsed = act.parse_action(text, names)
-        if parsed.error is None:
+        if not names:
+            self._error(
+                f"phases.{self.phase}: no action is available to {player} (every `available_if` is false)"
+            )
+            self._pass(player)
+            return SubmitResult(valid=False, feedback="No action was available to you; your turn passed.")
+        parsed = act.parse_action(text, self._offered())
+        if parsed.error is None and parsed.name not in names:
+            args, problems = {}, [f"`{parsed.name}` is not available now; legal actions: {names}"]
+        elif parsed.error is None:
             assert parsed.name is not None
             args, problems = self._check(player, parsed.name, parsed.args)
         else:
@@ -561,26 +696,160 @@ class GameEngine:
         self.feedback[player] = None
         assert parsed.name is not None
         self._check_conduct(player, parsed.name, args)
-        if self._phase_spec().mode == "simultaneous":
-            self.pending[player] = {"action": parsed.name, "args": args}
+        self._accept(player, parsed.name, args)
+        return SubmitResult(valid=True, action=parsed.name, args=args)
+
+    def _accept(self, player: str, name: str, args: dict[str, Any]) -> None:
+        """A checked move (or a default move): sealed, applied, or held for reactions, by mode."""
+        mode = self._phase_spec().mode
+        if self.stack:
+            self.stack[-1]["answers"][player] = {"action": name, "args": args}
             self._changed()
-            self._log(
-                CommittedEvent(
-                    **self._stamp(),
-                    player=player,
-                    visible_to=[player],
-                    action=parsed.name,
-                    args=args,
-                    text=f"You committed: {_describe(parsed.name, args)} (hidden until all have moved).",
-                )
-            )
+            self._committed(player, name, args, "hidden until every reactor has answered")
+            self._resolve_reactions()
+        elif mode == "simultaneous":
+            self.pending[player] = {"action": name, "args": args}
+            self._changed()
+            self._committed(player, name, args, "hidden until all have moved")
             self._maybe_resolve()
+        elif mode == "free":
+            self._apply(player, name, args)
+            self.pending[player] = {"action": name, "args": args}
+            if name != self._phase_spec().pass_action:
+                self.phase_moves += 1
+            self._changed()
+            self._maybe_end_round()
         else:
-            self._apply(player, parsed.name, args)
+            self._move(player, name, args)
+
+    def _committed(self, player: str, name: str, args: dict[str, Any], until: str) -> None:
+        self._log(
+            CommittedEvent(
+                **self._stamp(),
+                player=player,
+                visible_to=[player],
+                action=name,
+                args=args,
+                text=f"You committed: {_describe(name, args)} ({until}).",
+            )
+        )
+
+    def _move(self, player: str, name: str, args: dict[str, Any]) -> None:
+        """A sequential move: applied at once, or held while the players who may react answer."""
+        reactors = self._reactors(player, name, args)
+        if not reactors:
+            self._apply(player, name, args)
             self.last_actor = player
             self._changed()
             self._after_turn()
-        return SubmitResult(valid=True, action=parsed.name, args=args)
+            return
+        self._declare(player, name, args)
+        self.stack.append(_frame(player, name, args, reactors))
+        self._changed()
+
+    # --- reactions -------------------------------------------------------------------------------
+
+    def _reactors(self, player: str, name: str, args: dict[str, Any]) -> list[str]:
+        """Who may react to this move (its action's `reactions.by`), the mover and forfeited left out."""
+        ca = self.game.actions[name]
+        if ca.reactions is None or ca.reactions.by is None:
+            return []
+        raw = self._eval(
+            ca.reactions.by,
+            self._scoped(me=player, args=args),
+            default=[],
+            path=f"actions.{name}.reactions.by",
+        )
+        if not isinstance(raw, list):
+            self._error(f"actions.{name}.reactions.by: expected a list of players, got {_show(raw)}")
+            return []
+        return [p for p in dict.fromkeys(raw) if p in self.seat and p != player and p not in self.forfeited]
+
+    def _resolve_reactions(self) -> None:
+        """Resolve the reaction windows as far as the answers in allow: each window's answers in
+        order (a reaction with reactions of its own opens a window and waits), then its move."""
+        while self.stack:
+            top = self.stack[-1]
+            if top["queue"] is None:
+                if any(p not in top["answers"] and p not in self.forfeited for p in top["reactors"]):
+                    return  # still waiting for answers
+                top["queue"] = self._chosen_reactions(top)
+                if not top["queue"]:
+                    self._log(
+                        AnnounceEvent(
+                            **self._stamp(), text=f"Nobody reacts to {top['player']}'s {top['action']}."
+                        )
+                    )
+            if top["queue"]:
+                r = top["queue"].pop(0)
+                reactors = self._reactors(r["player"], r["action"], r["args"])
+                if reactors:
+                    self._declare(r["player"], r["action"], r["args"], pending=_move_of(top))
+                    self.stack.append(_frame(r["player"], r["action"], r["args"], reactors))
+                    self._changed()
+                    continue
+                self._apply(r["player"], r["action"], r["args"], pending=_move_of(top), cancels=top)
+                continue
+            self.stack.pop()
+            parent = self.stack[-1] if self.stack else None
+            if top["cancelled"]:
+                self._log(
+                    AnnounceEvent(**self._stamp(), text=f"{top['player']}'s {top['action']} is cancelled.")
+                )
+            else:
+                pending = {"pending": _move_of(parent)} if parent is not None else {}
+                self._effects(top["player"], top["action"], top["args"], pending, cancels=parent)
+            self._changed()
+            if parent is None:
+                self.last_actor = top["player"]
+                self._after_turn()
+                return
+
+    def _chosen_reactions(self, frame: dict[str, Any]) -> list[dict[str, Any]]:
+        """The answers that react (not `pass`), in the declared order (just the first with
+        `resolve: first`)."""
+        reactions = self.spec.actions[frame["action"]].reactions
+        assert reactions is not None
+        answers = frame["answers"]
+        order: list[str] = []
+        expr = self.game.actions[frame["action"]].reactions
+        if expr is not None and expr.order is not None:
+            raw = self._eval(
+                expr.order,
+                self._scoped(me=frame["player"], args=frame["args"]),
+                default=[],
+                path=f"actions.{frame['action']}.reactions.order",
+            )
+            order = [p for p in raw if p in answers] if isinstance(raw, list) else []
+        else:
+            i = self.seat[frame["player"]]
+            order = [p for p in self.players[i + 1 :] + self.players[:i] if p in answers]
+        order += [p for p in self.players if p in answers and p not in order]
+        chosen = [
+            {"player": p, **answers[p]}
+            for p in order
+            if answers[p] is not None and answers[p]["action"] != reactions.pass_
+        ]
+        return chosen[:1] if reactions.resolve == "first" else chosen
+
+    # --- free talk -------------------------------------------------------------------------------
+
+    def _maybe_end_round(self) -> None:
+        """A free phase's round is over once every actor has moved (or passed, or forfeited): the phase
+        ends after a round of passes only, or once the budget of moves is spent."""
+        if any(p not in self.pending and p not in self.forfeited for p in self.round_actors):
+            return
+        phase = self._phase_spec()
+        all_passed = all(m is None or m["action"] == phase.pass_action for m in self.pending.values())
+        budget = self.game.phases[self.phase].budget
+        spent = False
+        if budget is not None:
+            limit = self._number(budget, self._scoped(), f"phases.{self.phase}.budget")
+            spent = limit is not None and self.phase_moves >= limit
+        self.free_done = all_passed or spent
+        self.pending = {}
+        self.round_actors = self._phase_actors()
+        self._after_turn()
 
     def _invalid(self, player: str, text: Any, name: str | None, why: str) -> SubmitResult:
         self.invalid_streak[player] += 1
@@ -608,26 +877,57 @@ class GameEngine:
     def _pass(self, player: str) -> None:
         phase = self._phase_spec()
         self.feedback[player] = (self.feedback[player] or "") + " Your turn was passed."
-        move = None
-        if phase.default_move is not None:
-            cp = self.game.phases[self.phase]
-            scope = self._scoped(me=player)
-            args = {
-                k: self._eval(e, scope, path=f"phases.{self.phase}.default_move")
-                for k, e in cp.default_args.items()
-            }
-            move = {"action": phase.default_move.action, "args": args}
         self._log(PassEvent(**self._stamp(), player=player, text=f"{player} passed (out of attempts)."))
+        if self.stack:  # a reactor out of attempts does not react
+            self.stack[-1]["answers"][player] = None
+            self._changed()
+            self._resolve_reactions()
+            return
+        move = self._default_move(player) if phase.default_move is not None else None
         if phase.mode == "simultaneous":
             self.pending[player] = move
             self._changed()
             self._maybe_resolve()
-        else:
+        elif phase.mode == "free":
             if move is not None:
                 self._apply(player, move["action"], move["args"])
+            self.pending[player] = move
+            if move is not None and move["action"] != phase.pass_action:
+                self.phase_moves += 1
+            self._changed()
+            self._maybe_end_round()
+        elif move is not None:
+            self._move(player, move["action"], move["args"])
+        else:
             self.last_actor = player
             self._changed()
             self._after_turn()
+
+    def _default_move(self, player: str) -> dict[str, Any] | None:
+        """The phase's default move for `player`, checked like any move: one that is not legal here
+        (an argument fails, out of bounds, unavailable, a failed `valid_if`) is a spec error and no move."""
+        phase = self._phase_spec()
+        assert phase.default_move is not None
+        name = phase.default_move.action
+        path = f"phases.{self.phase}.default_move"
+        scope = self._scoped(me=player)
+        raw: dict[str, Any] = {}
+        for k, e in self.game.phases[self.phase].default_args.items():
+            v = self._eval(e, scope, default=_FAILED, path=f"{path}.args.{k}")
+            if v is _FAILED:
+                return None
+            if v is not None:
+                raw[k] = v
+        if name not in self.legal_actions(player):
+            self._error(f"{path}: `{name}` is not available to {player} now")
+            return None
+        args, problems = self._check(player, name, raw)
+        if problems:
+            self._error(
+                f"{path}: `{_describe(name, raw)}` is not a legal move for {player}: {'; '.join(problems)}"
+            )
+            return None
+        return {"action": name, "args": args}
 
     def _forfeit(self, player: str) -> None:
         v = self._payoff(self.game.payoff_forfeit, self._scoped(p=player), "payoffs.forfeit")
@@ -635,8 +935,14 @@ class GameEngine:
         self.forfeited.append(player)
         self._dirty()
         self._log(ForfeitEvent(**self._stamp(), player=player, text=f"{player} forfeits (out of attempts)."))
-        if self._phase_spec().mode == "simultaneous":
+        if self.stack:
+            self._changed()
+            self._resolve_reactions()
+        elif self._phase_spec().mode == "simultaneous":
             self._maybe_resolve()
+        elif self._phase_spec().mode == "free":
+            self._changed()
+            self._maybe_end_round()
         else:
             self.last_actor = player
             self._changed()
@@ -654,22 +960,76 @@ class GameEngine:
         self.round_actors = self._phase_actors()
         self._after_turn()
 
-    def _apply(self, player: str, name: str, args: dict[str, Any]) -> None:
+    def _apply(
+        self,
+        player: str,
+        name: str,
+        args: dict[str, Any],
+        pending: dict[str, Any] | None = None,
+        cancels: dict[str, Any] | None = None,
+    ) -> None:
+        """A move happens: its event (the log line reads the state before), then its effects."""
+        bind = {"pending": pending} if pending is not None else {}
+        self._declare(player, name, args, pending)
+        self._effects(player, name, args, bind, cancels)
+
+    def _effects(
+        self,
+        player: str,
+        name: str,
+        args: dict[str, Any],
+        bind: dict[str, Any],
+        cancels: dict[str, Any] | None = None,
+    ) -> None:
+        """A move's effects; a reaction's `cancel` effects cancel `cancels` (the move it answers)."""
+        self._cancel_target = cancels
+        try:
+            self._run_effects(self.game.actions[name].effects, {"me": player, "args": args, **bind})
+        finally:
+            self._cancel_target = None
+
+    def _audience(self, player: str, name: str, args: dict[str, Any], scope: Scope) -> list[str] | None:
+        """Who sees a move (None: everyone), by its action's visibility."""
         spec_action = self.spec.actions[name]
-        ca = self.game.actions[name]
-        bind = {"me": player, "args": args}
-        text = None
-        if ca.log is not None:
-            text = self._eval(ca.log, self._scoped(**bind), path=f"actions.{name}.log")
-        visible: list[str] | None = None
-        if spec_action.visibility == "private":
-            visible = [player]
-        elif spec_action.visibility == "team":
-            visible = [
+        vis = spec_action.visibility
+        if vis == "private":
+            return [player]
+        if vis == "team":
+            return [
                 p for p in self.players if self.team[p] is not None and self.team[p] == self.team[player]
             ] or [player]
-        elif spec_action.visibility == "recipient":
-            visible = [player, args[spec_action.recipient]] if spec_action.recipient else [player]
+        if vis == "recipient":
+            to = args.get(spec_action.recipient) if spec_action.recipient else None
+            return list(dict.fromkeys([player, *(to if isinstance(to, list) else [to] if to else [])]))
+        if vis == "group":
+            members = self._group_members(name, scope)
+            return list(dict.fromkeys([player, *(members or [])]))
+        return None
+
+    def _group_members(self, name: str, scope: Scope) -> list[str] | None:
+        expr = self.game.actions[name].group
+        if expr is None:
+            return None
+        members = self._eval(expr, scope, default=None, path=f"actions.{name}.group")
+        if not isinstance(members, list):
+            if members is not None:
+                self._error(
+                    f"actions.{name}.group: a group's members must be a list of players, got {_show(members)}"
+                )
+            return None
+        return [p for p in members if p in self.seat]
+
+    def _declare(
+        self, player: str, name: str, args: dict[str, Any], pending: dict[str, Any] | None = None
+    ) -> None:
+        """The event of a move (its log line evaluated on the state before its effects)."""
+        ca = self.game.actions[name]
+        bind = {"me": player, "args": args, **({"pending": pending} if pending is not None else {})}
+        scope = self._scoped(**bind)
+        text = None
+        if ca.log is not None:
+            text = self._eval(ca.log, scope, path=f"actions.{name}.log")
+        visible = self._audience(player, name, args, scope)
         self._log(
             ActionEvent(
                 **self._stamp(),
@@ -681,13 +1041,13 @@ class GameEngine:
                 text=str(text) if text is not None else None,
             )
         )
-        self._run_effects(ca.effects, bind)
 
     def _check_conduct(self, player: str, name: str, args: dict[str, Any]) -> None:
         for c, expr in self.game.conduct:
             if c.action != name or expr is None:
                 continue
-            if self._test(expr, self._scoped(me=player, args=args), f"conduct.{c.name}.when"):
+            scope = self._scoped(me=player, args=args, **self._pending_bind())
+            if self._test(expr, scope, f"conduct.{c.name}.when"):
                 self.flags.append(
                     ConductFlag(
                         tick=self.tick_no,
@@ -705,7 +1065,8 @@ class GameEngine:
 
     _SNAPSHOT_FIELDS = (
         "seed", "tick_no", "turn", "phase", "phase_turn", "phase_turns", "last_actor", "pending",
-        "round_actors", "invalid_streak", "invalid_total", "forfeited", "forfeit_payoffs",
+        "round_actors", "stack", "phase_moves", "free_done", "invalid_streak", "invalid_total", "forfeited",
+        "forfeit_payoffs",
         "feedback",
         "errors", "game_error", "done", "truncated", "end_reason", "payoffs", "best", "outcomes", "state",
         "pstate", "role", "team",
@@ -743,39 +1104,65 @@ class GameEngine:
         return hit
 
     def _param_bounds(self, player: str, name: str) -> dict[str, dict[str, Any]]:
+        scope = self._scoped(me=player, **self._pending_bind())
+        spec_action = self.spec.actions[name]
         out: dict[str, dict[str, Any]] = {}
-        scope = self._scoped(me=player)
-        for pname, prm in self.spec.actions[name].params.items():
-            b: dict[str, Any] = {}
-            exprs = self.game.actions[name].bounds[pname]
-            for key, e in exprs.items():
-                b[key] = self._eval(e, scope, path=f"actions.{name}.params.{pname}.{key}")
-            if prm.type in ("int", "float"):
-                self._check_range(b, f"actions.{name}.params.{pname}")
-            if prm.type == "enum" and isinstance(prm.values, list):
-                b["values"] = prm.values
-            if prm.type == "player":
-                cands = b.get("candidates")
-                if not isinstance(cands, list):
-                    cands = [p for p in self.players if p != player]
-                b["candidates"] = [p for p in cands if p in self.seat and p not in self.forfeited]
-                if (
-                    self.spec.actions[name].visibility == "recipient"
-                    and pname == self.spec.actions[name].recipient
-                ):
-                    b["candidates"] = [p for p in b["candidates"] if self.channels.has_edge(player, p)]
-            out[pname] = b
+        for pname, prm in spec_action.params.items():
+            recipient = spec_action.visibility == "recipient" and pname == spec_action.recipient
+            out[pname] = self._bounds_of(
+                prm,
+                self.game.actions[name].bounds[pname],
+                scope,
+                player,
+                f"actions.{name}.params.{pname}",
+                recipient,
+            )
         return out
 
-    def _check_range(self, b: dict[str, Any], path: str) -> None:
+    def _bounds_of(
+        self, prm: Param, exprs: dict[str, Any], scope: Scope, player: str, path: str, recipient: bool
+    ) -> dict[str, Any]:
+        """One parameter's bounds, evaluated; a list's `items` and an object's `fields` in turn."""
+        b: dict[str, Any] = {}
+        for key, e in exprs.items():
+            if key not in ("items", "fields"):
+                b[key] = self._eval(e, scope, path=f"{path}.{key}")
+        if prm.type in ("int", "float"):
+            self._check_range(b, path)
+        if prm.type == "enum" and isinstance(prm.values, list):
+            b["values"] = prm.values
+        if prm.type == "player":
+            cands = b.get("candidates")
+            if not isinstance(cands, list):
+                cands = [p for p in self.players if p != player]
+            b["candidates"] = [p for p in cands if p in self.seat and p not in self.forfeited]
+            if recipient:  # only players the channel graph lets `player` message
+                b["candidates"] = [p for p in b["candidates"] if self.channels.has_edge(player, p)]
+        if prm.type == "list" and prm.items is not None:
+            b["items"] = self._bounds_of(
+                prm.items, exprs.get("items", {}), scope, player, f"{path}.items", recipient
+            )
+            self._check_range(b, path, ("min_items", "max_items"))
+            lo, hi = b.get("min_items"), b.get("max_items")
+            b["min_items"] = int(lo) if is_number(lo) else 0
+            b["max_items"] = min(int(hi), MAX_LIST_ITEMS) if is_number(hi) else MAX_LIST_ITEMS
+        if prm.type == "object" and prm.fields is not None:
+            fields = exprs.get("fields", {})
+            b["fields"] = {
+                k: self._bounds_of(f, fields.get(k, {}), scope, player, f"{path}.fields.{k}", False)
+                for k, f in prm.fields.items()
+            }
+        return b
+
+    def _check_range(self, b: dict[str, Any], path: str, keys: tuple[str, str] = ("min", "max")) -> None:
         """Bounds that are not numbers, or min above max, leave no valid value (or none enforced):
         a spec error, reported here because bounds may depend on state."""
-        for key in ("min", "max"):
+        for key in keys:
             if key in b and b[key] is not None and not is_number(b[key]):
                 self._error(f"{path}.{key}: expected a number, got {_show(b.pop(key))}")
-        lo, hi = b.get("min"), b.get("max")
+        lo, hi = b.get(keys[0]), b.get(keys[1])
         if lo is not None and hi is not None and lo > hi:
-            self._error(f"{path}: min ({lo}) is above max ({hi}): no value is valid")
+            self._error(f"{path}: {keys[0]} ({lo}) is above {keys[1]} ({hi}): no value is valid")
 
     def _check(self, player: str, name: str, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         spec_action = self.spec.actions[name]
@@ -786,7 +1173,7 @@ class GameEngine:
             b = bounds[pname]
             if pname not in raw or raw[pname] is None:
                 if not prm.optional:
-                    problems.append(f"`{name}` needs `{pname}` ({_param_hint(prm.type, b)})")
+                    problems.append(f"`{name}` needs `{pname}` ({_param_hint(prm, b)})")
                 continue
             value, why = _coerce(prm, b, raw[pname], self.players)
             if why:
@@ -801,11 +1188,68 @@ class GameEngine:
                 problems.append(f"`{name}` needs a `message` (text)")
         if problems:
             return args, problems
-        scope = self._scoped(me=player, args=args)
+        scope = self._scoped(me=player, args=args, **self._pending_bind())
+        if spec_action.visibility == "group":
+            members = self._group_members(name, scope)
+            if members is not None and player not in members:
+                problems.append("you are not a member of that group")
         for i, (expr, message) in enumerate(self.game.actions[name].valid_if):
             if not self._test(expr, scope, f"actions.{name}.valid_if[{i}].expr"):
                 problems.append(message)
         return args, problems
+
+    def accepts(self, player: str, move: dict[str, Any]) -> bool:
+        """Whether `move` ({"action": ..., params...}) would be a legal move of `player` now; nothing
+        is recorded (an expression that fails here just means no)."""
+        name = move.get("action")
+        if name not in self.legal_actions(player):
+            return False
+        self._quiet_errors = True
+        try:
+            _args, problems = self._check(player, name, {k: v for k, v in move.items() if k != "action"})
+        except _TryFailed:
+            return False
+        finally:
+            self._quiet_errors = False
+        return not problems
+
+
+class _TryFailed(Exception):
+    """An expression failed while a move was only being tried out (see `GameEngine.accepts`)."""
+
+
+def _frame(player: str, name: str, args: dict[str, Any], reactors: list[str]) -> dict[str, Any]:
+    """A move waiting for reactions: who may react, their answers, then the reactions to resolve."""
+    return {
+        "player": player,
+        "action": name,
+        "args": args,
+        "reactors": reactors,
+        "answers": {},
+        "queue": None,
+        "cancelled": False,
+    }
+
+
+def _move_of(frame: dict[str, Any]) -> dict[str, Any]:
+    """A pending move as reactions read it: `pending.player`, `pending.action`, `pending.args`."""
+    return {"player": frame["player"], "action": frame["action"], "args": frame["args"]}
+
+
+def _reaction_depth(spec: GameSpec) -> int:
+    """How many reaction windows one move can open in a row (a reaction to a reaction...), at most 8."""
+    depth = 0
+    frontier = {n for n, a in spec.actions.items() if a.reactions is not None}
+    seen: set[str] = set()
+    while frontier and depth < 8:
+        depth += 1
+        seen |= frontier
+        frontier = {
+            r for n in frontier
+            for r in (spec.actions[n].reactions.actions if spec.actions[n].reactions else [])
+            if spec.actions.get(r) is not None and spec.actions[r].reactions is not None and r not in seen
+        }  # fmt: skip
+    return depth
 
 
 _FAILED = object()  # an expression that raised (already recorded as an error)
@@ -843,19 +1287,33 @@ def _typed(vtype: str, value: Any) -> Any:
     return value
 
 
-def _param_hint(ptype: str, b: dict[str, Any]) -> str:
+def _param_hint(prm: Param, b: dict[str, Any]) -> str:
+    ptype = prm.type
     if ptype in ("int", "float"):
         return f"{ptype} from {b.get('min', '-inf')} to {b.get('max', 'inf')}"
     if ptype == "enum":
         return f"one of {b.get('values')}"
     if ptype == "player":
         return f"one of {b.get('candidates')}"
+    if ptype == "list" and prm.items is not None:
+        return f"a list of {_items_hint(b)} {_param_hint(prm.items, b.get('items', {}))}"
+    if ptype == "object" and prm.fields is not None:
+        return "an object with " + ", ".join(prm.fields)
     return ptype
 
 
-def _coerce(prm: Any, b: dict[str, Any], value: Any, players: list[str]) -> tuple[Any, str | None]:
+def _items_hint(b: dict[str, Any]) -> str:
+    lo, hi = b.get("min_items", 0), b.get("max_items", MAX_LIST_ITEMS)
+    return f"exactly {lo}" if lo == hi else f"{lo} to {hi}"
+
+
+def _coerce(prm: Param, b: dict[str, Any], value: Any, players: list[str]) -> tuple[Any, str | None]:
     t = prm.type
     v: Any
+    if t == "list":
+        return _coerce_list(prm, b, value, players)
+    if t == "object":
+        return _coerce_object(prm, b, value, players)
     if t == "int":
         v = act.coerce_int(value)
         if v is None:
@@ -885,6 +1343,52 @@ def _coerce(prm: Any, b: dict[str, Any], value: Any, players: list[str]) -> tupl
     if isinstance(hi, int | float) and v > hi:
         return None, f"must be at most {hi}, got {v}"
     return v, None
+
+
+def _coerce_list(prm: Param, b: dict[str, Any], value: Any, players: list[str]) -> tuple[Any, str | None]:
+    """A list parameter: its length, every item by the item's own type and bounds, and `unique`.
+    Text holding a JSON list, or scalars separated by commas, is read as the list it says."""
+    assert prm.items is not None
+    if isinstance(value, str):
+        value = act.coerce_list(value)
+    if not isinstance(value, list):
+        return None, f"must be a list ({_items_hint(b)} items), got {str(value)[:40]!r}"
+    lo, hi = b.get("min_items", 0), b.get("max_items", MAX_LIST_ITEMS)
+    if len(value) < lo or len(value) > hi:
+        return None, f"must have {_items_hint(b)} items, got {len(value)}"
+    out = []
+    for i, item in enumerate(value):
+        v, why = _coerce(prm.items, b.get("items", {}), item, players)
+        if why:
+            return None, f"item {i + 1} {why}"
+        out.append(v)
+    if prm.unique:
+        seen: list[Any] = []
+        for v in out:
+            if v in seen:
+                return None, f"must not repeat an item ({act.clip_text(v, 40)} appears twice)"
+            seen.append(v)
+    return out, None
+
+
+def _coerce_object(prm: Param, b: dict[str, Any], value: Any, players: list[str]) -> tuple[Any, str | None]:
+    """An object parameter: each declared field by its own type and bounds (unknown keys ignored)."""
+    assert prm.fields is not None
+    if isinstance(value, str):
+        value = act.coerce_object(value)
+    if not isinstance(value, dict):
+        return None, f"must be an object with {', '.join(prm.fields)}, got {str(value)[:40]!r}"
+    out: dict[str, Any] = {}
+    for k, f in prm.fields.items():
+        if value.get(k) is None:
+            if not f.optional:
+                return None, f"needs `{k}` ({_param_hint(f, b.get('fields', {}).get(k, {}))})"
+            continue
+        v, why = _coerce(f, b.get("fields", {}).get(k, {}), value[k], players)
+        if why:
+            return None, f"`{k}` {why}"
+        out[k] = v
+    return out, None
 
 
 def _describe(name: str, args: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -176,6 +177,8 @@ class _GameEnvBase:
             if e.done:
                 info["payoff"] = (e.payoffs or {}).get(agent)
                 info["end_reason"] = e.end_reason
+                if e.errors:  # the spec failed while it ran: the payoffs are not a score
+                    info["game_error"] = e.errors[0]
             hit = self._cache[agent] = ({"text": text}, info)
         return hit
 
@@ -381,17 +384,21 @@ class GameAECEnv(_GameEnvBase, AECEnv):
         self.infos = {a: self._obs_info(a)[1] for a in self.agents}
 
 
-def raw_env(game: str | Path | GameSpec, **kw: Any) -> GameAECEnv:
-    return GameAECEnv(load_game(game), **kw)
+def raw_env(game: str | Path | GameSpec, options: Mapping[str, Any] | None = None, **kw: Any) -> GameAECEnv:
+    return GameAECEnv(load_game(game).with_options(options), **kw)
 
 
-def make(game: str | Path | GameSpec, **kw: Any) -> AECEnv:
-    """An AEC env for a game id, a spec file path, or a GameSpec (wrapped like PettingZoo's `env()`)."""
-    return wrappers.OrderEnforcingWrapper(raw_env(game, **kw))
+def make(game: str | Path | GameSpec, options: Mapping[str, Any] | None = None, **kw: Any) -> AECEnv:
+    """An AEC env for a game id, a spec file path, or a GameSpec (wrapped like PettingZoo's `env()`).
+
+    `options` chooses the game's options (`{"rounds": 3}`); a bad one is a SpecError naming it."""
+    return wrappers.OrderEnforcingWrapper(raw_env(game, options, **kw))
 
 
-def make_parallel(game: str | Path | GameSpec, **kw: Any) -> GameParallelEnv:
-    return GameParallelEnv(load_game(game), **kw)
+def make_parallel(
+    game: str | Path | GameSpec, options: Mapping[str, Any] | None = None, **kw: Any
+) -> GameParallelEnv:
+    return GameParallelEnv(load_game(game).with_options(options), **kw)
 
 
 def game_module(game: str | Path | GameSpec, **defaults: Any) -> SimpleNamespace:

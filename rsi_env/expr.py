@@ -99,9 +99,7 @@ class Expr:
         except Exception as exc:  # the cel package raises KeyError, TypeError, RuntimeError, ...
             if budget.tripped is not None:  # a hook stopped it: its error, not the package's wording
                 raise OverBudget(f"`{self.short()}`: {budget.tripped}") from None
-            detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            kind = "missing key" if isinstance(exc, KeyError) else type(exc).__name__
-            raise ExprError(f"`{self.source}`: {kind}: {_first_line(str(detail))}") from None
+            raise ExprError(_failure(self.source, scope, exc)) from None
         return normalize(result) if isinstance(result, dict | list) else result
 
     def short(self, limit: int = 80) -> str:
@@ -128,6 +126,29 @@ def normalize(value: Any) -> Any:
     if isinstance(value, list):
         return [normalize(v) for v in value]
     return value
+
+
+def _failure(source: str, scope: Scope, exc: Exception) -> str:
+    """One line saying why `source` failed; a type mismatch names the operation and what it saw
+    (`expr_errors.explain`) instead of the package's generic hint, never cut mid-sentence."""
+    detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    kind = "missing key" if isinstance(exc, KeyError) else type(exc).__name__
+    text = _first_line(str(detail))
+    if isinstance(exc, TypeError):
+        from .expr_errors import explain  # the error path only
+
+        why = explain(source, scope.context)
+        if why is not None:
+            whole = f"`{' '.join(source.split())}`: "
+            return f"`{source}`: {kind}: {why.removeprefix(whole)}"
+        text = _first_sentence(str(detail))
+    return f"`{source}`: {kind}: {text}"
+
+
+def _first_sentence(text: str) -> str:
+    first = " ".join(text.split())
+    end = first.find(". ")
+    return first[: end + 1] if 0 <= end < 300 else _first_line(first)
 
 
 def _first_line(text: str) -> str:

@@ -25,7 +25,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         players = f"{spec.players.min}" + (
             f"-{spec.players.max}" if spec.players.max != spec.players.min else ""
         )
-        print(f"{game_id}\t{spec.family}\t{players} players\t{spec.summary or spec.name}")
+        options = ", ".join(f"{k}={v}" for k, v in spec.option_values().items())
+        extra = f"\toptions: {options}" if options else ""
+        print(f"{game_id}\t{spec.family}\t{players} players\t{spec.summary or spec.name}{extra}")
     return 0
 
 

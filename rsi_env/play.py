@@ -21,7 +21,17 @@ from rich.markup import escape
 from .agents.factory import AgentFactory
 from .agents.profiles import ProfileError
 from .catalog import load_game
-from .cli import add_endpoint_args, add_ray_args, endpoint_override, fail, positive_int, ray_options, run
+from .cli import (
+    add_endpoint_args,
+    add_option_args,
+    add_ray_args,
+    endpoint_override,
+    fail,
+    game_options,
+    positive_int,
+    ray_options,
+    run,
+)
 from .referees.base import RefereeError, load_referee
 from .referees.panel import score_episodes
 from .render import LiveView, print_episode
@@ -44,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--episodes", type=positive_int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="first seed (any integer); episode i uses seed+i")
     ap.add_argument("--n-players", type=positive_int, help="seats, within the game's range")
+    add_option_args(ap)
     ap.add_argument(
         "--out", type=Path, default=Path("runs"), help="run directory (trajectories.jsonl inside)"
     )
@@ -69,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def load_checked(game: str) -> GameSpec:
-    """The game, through the static checks of `games validate` (every problem, one per line) before
-    anything runs. A spec file (untrusted) gets all of `games validate`, dry run included, in a child
-    process under CPU and memory limits (`catalog.load_game`, `spec_guard`)."""
+def load_checked(game: str, options: dict[str, str] | None = None) -> GameSpec:
+    """The game with its options chosen, through the static checks of `games validate` (every problem,
+    one per line) before anything runs. A spec file (untrusted) gets all of `games validate`, dry run
+    included, in a child process under CPU and memory limits (`catalog.load_game`, `spec_guard`)."""
     try:
-        spec = load_game(game)
+        spec = load_game(game).with_options(options)
         check_spec(spec, game, dry_run=False)
     except SpecError as exc:
         fail(str(exc))
@@ -97,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def play(args: argparse.Namespace) -> int:
     console = Console()
-    spec = load_checked(args.game)
+    spec = load_checked(args.game, game_options(args))
     if args.n_players and not spec.players.min <= args.n_players <= spec.players.max:
         fail(
             f"--n-players {args.n_players}: {spec.id} takes {spec.players.min} to {spec.players.max} players"

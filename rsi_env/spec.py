@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,6 +47,15 @@ Expression = Annotated[
     Field(description="A CEL expression (https://cel.dev), e.g. `state.pool.books - args.books`."),
 ]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
+Lets = Annotated[
+    dict[Name, Expression],
+    Field(
+        description="Named expressions, each computed once per evaluation of an expression that reads it "
+        "and readable by name below this level; one may read the ones before it."
+    ),
+]
+MAX_LIST_ITEMS = 64  # the most items a list parameter accepts, whatever its spec says
+MAX_REPEAT = 1000  # the most iterations a `repeat` effect may declare
 
 
 class _Model(BaseModel):
@@ -102,9 +112,14 @@ class Var(_Model):
 
 
 class Param(_Model):
-    """A typed action parameter. Bounds and choices may depend on state (CEL)."""
+    """A typed action parameter. Bounds and choices may depend on state (CEL).
 
-    type: Literal["int", "float", "enum", "player", "text", "bool"]
+    A `list` holds `items` (each a parameter of its own, bounds and all) between `min_items` and
+    `max_items` (CEL), all different with `unique`; an `object` holds named `fields`. Both are carried
+    into the action's JSON Schema (`minItems`, `uniqueItems`, ...) and checked on every move.
+    """
+
+    type: Literal["int", "float", "enum", "player", "text", "bool", "list", "object"]
     description: str = ""
     min: Expression | None = None
     max: Expression | None = None
@@ -113,7 +128,14 @@ class Param(_Model):
         None, description="player: CEL list of the players allowed here; default every other player."
     )
     max_length: int = Field(300, ge=1, le=4000, description="text: the longest accepted string.")
-    optional: bool = False
+    optional: bool = Field(False, description="The player may leave it out (then `has(args.x)` is false).")
+    items: Param | None = Field(None, description="list: the type and bounds of every item.")
+    min_items: Expression | None = Field(None, description="list: CEL, the fewest items (default 0).")
+    max_items: Expression | None = Field(
+        None, description=f"list: CEL, the most items (default and cap {MAX_LIST_ITEMS})."
+    )
+    unique: bool = Field(False, description="list: no item may appear twice.")
+    fields: dict[Name, Param] | None = Field(None, description="object: its named fields.")
 
 
 class Check(_Model):
@@ -123,28 +145,54 @@ class Check(_Model):
     message: str
 
 
+class Repeat(_Model):
+    """Iterated resolution: run `effects` again and again until `until` holds, at most `max` times.
+
+    `until` is checked after each pass; a loop that reaches `max` without it is a spec error (the
+    declared bound was wrong), never a silent stop. `iteration` (0, 1, ...) is readable inside.
+    """
+
+    max: int = Field(
+        ge=1, le=MAX_REPEAT, description="The most passes; reaching it without `until` is an error."
+    )
+    until: Expression = Field(description="CEL: stop after a pass where this holds.")
+    effects: list[Effect] = Field(min_length=1)
+
+
+EFFECT_OPS = ("set", "add", "announce", "tell", "repeat", "cancel")
+
+
 class Effect(_Model):
-    """One change to the state. Exactly one of set / add / announce / tell.
+    """One change to the state. Exactly one of set / add / announce / tell / repeat / cancel.
 
     Targets are paths: `state.NAME`, `my.NAME`, `P[expr].NAME`, optionally followed by `[expr]` or
     `.key` to update inside a map. `for_each` repeats the effect with `as` bound to each element.
+    `announce` of null adds no line (a conditional announcement without an `if`).
     """
 
     set: str | None = None
     add: str | None = None
     value: Expression | None = None
-    announce: Expression | None = Field(None, description="CEL string added to every player's events.")
+    announce: Expression | None = Field(
+        None, description="CEL string added to every player's events; null adds nothing."
+    )
     tell: Expression | None = Field(None, description="CEL player id who privately receives `text`.")
     text: Expression | None = None
+    repeat: Repeat | None = Field(None, description="Effects run again until a condition holds (bounded).")
+    cancel: Expression | None = Field(
+        None,
+        description="In a reaction's effects: CEL true/false; true cancels the move the reaction answers "
+        "(`pending`), so its effects never run.",
+    )
     if_: Expression | None = Field(None, alias="if")
     for_each: Expression | None = None
     as_: Name = Field("x", alias="as")
 
     @model_validator(mode="after")
     def _one_operation(self) -> Effect:
-        ops = [k for k in ("set", "add", "announce", "tell") if getattr(self, k) is not None]
+        ops = [k for k in EFFECT_OPS if getattr(self, k) is not None]
         if len(ops) != 1:
-            raise ValueError(f"an effect needs exactly one of set/add/announce/tell, got {ops or 'none'}")
+            raise ValueError(f"an effect needs exactly one of {'/'.join(EFFECT_OPS)}, got {ops or 'none'}")
         if ops[0] in ("set", "add") and self.value is None:
             raise ValueError(f"`{ops[0]}` needs a `value`")
         if ops[0] == "tell" and self.text is None:
@@ -152,23 +200,73 @@ class Effect(_Model):
         return self
 
 
+class Reactions(_Model):
+    """Out-of-turn answers to a move: while it is pending, the players `by` may each answer with one
+    of `actions` (all at once, hidden until all are in); the answers are then resolved in `order`.
+
+    `pass` names the answer that lets the move stand (it has no effect and is not shown). A reaction
+    reads the move it answers as `pending` ({player, action, args}) and may `cancel` it; a reaction
+    may itself declare reactions (a block that can be challenged). The move's effects run last,
+    unless it was cancelled.
+    """
+
+    by: Expression = Field(
+        "players.filter(q, q != me)",
+        description="CEL list of who may react (`me`, `args` are the pending move's); forfeited and "
+        "the mover are left out.",
+    )
+    actions: list[Name] = Field(min_length=1, description="The answers a reactor may give.")
+    pass_: Name = Field(alias="pass", description="The answer that means no reaction (one of `actions`).")
+    order: Expression | None = Field(
+        None,
+        description="CEL list of players: who is resolved first; default seat order after the mover. "
+        "Reactors it leaves out follow in seat order.",
+    )
+    resolve: Literal["first", "all"] = Field(
+        "first",
+        description="first: only the first reaction in `order` takes effect; all: every one, in order.",
+    )
+
+    @model_validator(mode="after")
+    def _pass_is_an_answer(self) -> Reactions:
+        if self.pass_ not in self.actions:
+            raise ValueError(f"pass `{self.pass_}` must be one of the reaction actions {self.actions}")
+        return self
+
+
 class Action(_Model):
     """Something a player may do on its turn, answered as JSON `{"action": NAME, PARAM: value, ...}`."""
 
     description: str = ""
+    let: Lets = Field(default_factory=dict)
     params: dict[Name, Param] = Field(default_factory=dict)
+    available_if: Expression | None = Field(
+        None,
+        description="CEL (`me`, `my`): the action is offered only while this holds (legal actions, "
+        "observation and action schema show only what is available now).",
+    )
     message: Literal["none", "optional", "required"] = Field(
         "none", description="Whether the action carries a free-text `message` to the players who see it."
     )
-    visibility: Literal["public", "private", "team", "recipient"] = Field(
+    visibility: Literal["public", "private", "team", "recipient", "group"] = Field(
         "public",
         description="Who sees that it happened: everyone, only the actor, the actor's team, "
-        "or the actor and the player named by the `recipient` parameter.",
+        "the actor and the player(s) named by the `recipient` parameter, or a channel group's members.",
     )
-    recipient: Name | None = Field(None, description="With visibility recipient: the player parameter.")
+    recipient: Name | None = Field(
+        None, description="With visibility recipient: the player parameter (or list of players)."
+    )
+    group: Expression | None = Field(
+        None,
+        description="With visibility group: CEL name of a group under `channels.groups` "
+        "(the actor must belong).",
+    )
     valid_if: list[Check] = Field(default_factory=list)
     effects: list[Effect] = Field(default_factory=list)
-    log: Expression | None = Field(None, description="CEL string describing the action in transcripts.")
+    log: Expression | None = Field(
+        None, description="CEL string describing the action in transcripts; evaluated before the effects run."
+    )
+    reactions: Reactions | None = Field(None, description="Out-of-turn answers other players may give.")
 
     @model_validator(mode="after")
     def _recipient(self) -> Action:
@@ -176,8 +274,17 @@ class Action(_Model):
             if self.recipient is None:
                 raise ValueError("visibility `recipient` needs `recipient: <player param name>`")
             param = self.params.get(self.recipient)
-            if param is None or param.type != "player":
-                raise ValueError(f"recipient `{self.recipient}` must name a parameter of type player")
+            is_players = param is not None and (
+                param.type == "player"
+                or (param.type == "list" and param.items is not None and param.items.type == "player")
+            )
+            if not is_players:
+                raise ValueError(
+                    f"recipient `{self.recipient}` must name a parameter of type player "
+                    "(or a list of players)"
+                )
+        if self.visibility == "group" and self.group is None:
+            raise ValueError("visibility `group` needs `group: <CEL group name>`")
         if "action" in self.params or "message" in self.params:
             raise ValueError("`action` and `message` are reserved parameter names")
         return self
@@ -201,12 +308,28 @@ class Phase(_Model):
     name: Name
     description: str = ""
     actors: Expression = Field("players", description="CEL list of who acts in this phase.")
-    mode: Literal["sequential", "simultaneous"] = Field(
+    mode: Literal["sequential", "simultaneous", "free"] = Field(
         "sequential",
         description="sequential: one actor at a time in seat order (alternating with two players); "
-        "simultaneous: every actor moves, moves are hidden until all are in, then resolved together.",
+        "simultaneous: every actor moves, moves are hidden until all are in, then resolved together; "
+        "free: free talk, every actor may move each round and moves apply at once in seat order, until "
+        "a round where everyone takes `pass_action` or the `budget` is spent.",
     )
+    let: Lets = Field(default_factory=dict)
     actions: list[Name] = Field(min_length=1)
+    available_if: dict[Name, Expression] = Field(
+        default_factory=dict,
+        description="Per action of this phase: CEL (`me`, `my`) that must also hold for it to be "
+        "offered here.",
+    )
+    pass_action: Name | None = Field(
+        None, description="free: the action that means passing (a round of passes ends the phase)."
+    )
+    budget: Expression | None = Field(
+        None,
+        description="free: CEL int, the most moves other than passing in the phase (checked after "
+        "each round).",
+    )
     first: Expression | None = Field(None, description="sequential: CEL player id who moves first.")
     turns: Expression | None = Field(
         None,
@@ -224,6 +347,16 @@ class Phase(_Model):
         description="First matching transition wins; default: the next phase in the list, cyclically.",
     )
     default_move: DefaultMove | None = None
+
+    @model_validator(mode="after")
+    def _free_needs_a_pass(self) -> Phase:
+        if self.mode == "free" and self.pass_action is None:
+            raise ValueError(
+                "mode `free` needs `pass_action: <action name>` (a round of passes ends the phase)"
+            )
+        if self.mode != "free" and (self.pass_action is not None or self.budget is not None):
+            raise ValueError("`pass_action` and `budget` apply to mode `free` only")
+        return self
 
 
 class InvalidActions(_Model):
@@ -262,18 +395,95 @@ class Ethics(_Model):
 
 
 class PolicyRule(_Model):
-    """One rule of the scripted baseline policy, evaluated on the acting player's own view."""
+    """One rule of the scripted baseline policy, evaluated on the acting player's own view.
+
+    An argument that gives null is left out (for optional parameters). Adjacent rules with a
+    `weight` form one mixed choice: among those that apply, one is drawn in proportion to its weight.
+    """
 
     when: Expression = "true"
     action: Name
     args: dict[Name, Expression] = Field(default_factory=dict)
     message: Expression | None = None
+    weight: Expression | None = Field(
+        None,
+        description="CEL number >= 0: this rule's weight in a mixed choice with its weighted neighbours.",
+    )
 
 
 class Channels(_Model):
     private: Expression = Field(
         "true", description="CEL over sender `a` and receiver `b`, at reset: may a send b private messages?"
     )
+    groups: dict[Name, Expression] = Field(
+        default_factory=dict,
+        description="Named group channels: CEL list of members each (a team, a coalition, a set chosen in "
+        "play), evaluated when used; expressions read them as `groups.NAME`.",
+    )
+
+
+class Option(_Model):
+    """A typed game option, read in expressions as `options.NAME`; chosen at `make(..., options=...)`
+    or `play --option NAME=VALUE`, recorded with each episode and part of the spec hash."""
+
+    type: Literal["int", "float", "bool", "enum"]
+    default: int | float | bool | str
+    description: str = ""
+    min: float | None = Field(None, description="int/float: the smallest value allowed.")
+    max: float | None = Field(None, description="int/float: the largest value allowed.")
+    values: list[str] | None = Field(None, description="enum: the allowed values.")
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> Option:
+        if self.type == "enum" and not self.values:
+            raise ValueError("an enum option needs `values`")
+        if self.type != "enum" and self.values is not None:
+            raise ValueError("`values` applies to enum options only")
+        if self.type not in ("int", "float") and (self.min is not None or self.max is not None):
+            raise ValueError("`min`/`max` apply to int and float options only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        value, why = self.coerce(self.default)
+        if why:
+            raise ValueError(f"default: {why}")
+        self.default = value
+        return self
+
+    def coerce(self, value: Any) -> tuple[Any, str | None]:
+        """`value` as this option's type (text from a command line included), or why it does not fit."""
+        t = self.type
+        if isinstance(value, str) and t != "enum":
+            text = value.strip().lower()
+            if t == "bool":
+                if text not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                    return None, f"expected true or false, got {value!r}"
+                value = text in ("true", "yes", "1", "on")
+            else:
+                try:
+                    value = float(text) if t == "float" else int(text)
+                except ValueError:
+                    return None, f"expected {'a number' if t == 'float' else 'a whole number'}, got {value!r}"
+        if t == "bool":
+            return (
+                (value, None) if isinstance(value, bool) else (None, f"expected true or false, got {value!r}")
+            )
+        if t == "enum":
+            if str(value) not in (self.values or []):
+                return None, f"expected one of {self.values}, got {value!r}"
+            return str(value), None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, f"expected a number, got {value!r}"
+        if t == "int":
+            if isinstance(value, float) and not value.is_integer():
+                return None, f"expected a whole number, got {value!r}"
+            value = int(value)
+        else:
+            value = float(value)
+        if self.min is not None and value < self.min:
+            return None, f"{value!r} is below the minimum {self.min:g}"
+        if self.max is not None and value > self.max:
+            return None, f"{value!r} is above the maximum {self.max:g}"
+        return value, None
 
 
 class GameSpec(_Model):
@@ -288,6 +498,10 @@ class GameSpec(_Model):
     players: Players = Field(default_factory=Players)
     roles: list[Role] = Field(default_factory=lambda: [Role(name="player")])
     role_assignment: Literal["seat", "shuffle"] = "seat"
+    options: dict[Name, Option] = Field(
+        default_factory=dict, description="Typed options with defaults and bounds, read as `options.NAME`."
+    )
+    let: Lets = Field(default_factory=dict)
     state: dict[Name, Var] = Field(default_factory=dict, description="Global variables, in setup order.")
     player_state: dict[Name, Var] = Field(
         default_factory=dict, description="Per-player variables, set up after `state`, with `p` bound."
@@ -313,9 +527,59 @@ class GameSpec(_Model):
     provenance: dict[str, Any] = Field(default_factory=dict, description="Who wrote it (generated games).")
 
     def spec_hash(self) -> str:
-        """Content hash of the spec (provenance excluded), recorded in every trajectory."""
-        body = self.model_dump(mode="json", exclude={"provenance"}, by_alias=True)
+        """Content hash of the spec (provenance excluded), recorded in every trajectory. The options'
+        values are their defaults, so a spec with options chosen (`with_options`) hashes differently."""
+        body = _without_unused_v2_fields(self.model_dump(mode="json", exclude={"provenance"}, by_alias=True))
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def option_values(self) -> dict[str, Any]:
+        """The options as expressions read them (`options.NAME`)."""
+        return {k: o.default for k, o in self.options.items()}
+
+    def with_options(self, values: Mapping[str, Any] | None) -> GameSpec:
+        """This game with some options chosen: a copy whose option defaults are the chosen values
+        (validated and converted; text such as `"3"` or `"true"` from a command line is accepted).
+        Raises SpecError naming each bad option."""
+        if not values:
+            return self
+        problems = []
+        chosen: dict[str, Option] = {}
+        for name, raw in values.items():
+            opt = self.options.get(name)
+            if opt is None:
+                known = ", ".join(sorted(self.options)) or "none"
+                problems.append(f"options.{name}: {self.id} has no such option (its options: {known})")
+                continue
+            value, why = opt.coerce(raw)
+            if why:
+                problems.append(f"options.{name}: {why}")
+            else:
+                chosen[name] = opt.model_copy(update={"default": value})
+        if problems:
+            raise SpecError(self.id, problems)
+        return self.model_copy(update={"options": {**self.options, **chosen}})
+
+
+# Fields the language gained in v2. Left at their defaults they are left out of the hash, so a v1
+# spec keeps the hash it always had (and runs recorded before keep matching their episode ids).
+_V2_FIELDS = frozenset(
+    {"options", "let", "available_if", "group", "reactions", "repeat", "cancel", "pass_action", "budget",
+     "groups", "weight", "items", "min_items", "max_items", "unique", "fields"}
+)  # fmt: skip
+
+
+def _without_unused_v2_fields(value: Any) -> Any:
+    # Every name a spec author chooses (a variable, a parameter, an outcome) maps to a non-empty
+    # value, so only the language's own fields are ever dropped here.
+    if isinstance(value, dict):
+        return {
+            k: _without_unused_v2_fields(v)
+            for k, v in value.items()
+            if not (k in _V2_FIELDS and (v is None or v is False or v == {} or v == []))
+        }
+    if isinstance(value, list):
+        return [_without_unused_v2_fields(v) for v in value]
+    return value
 
 
 class SpecError(Exception):
@@ -434,6 +698,7 @@ def load_yaml(text: str, source: str = "<spec>") -> Any:
     try:
         node = loader.get_single_node()
         problems = _duplicate_keys(node, "", set()) if node is not None else []
+        problems += _split_by_comma(node, "", set()) if node is not None else []
         if problems:
             raise SpecError(source, problems)
         return loader.construct_document(node) if node is not None else None
@@ -470,6 +735,49 @@ def _duplicate_keys(node: yaml.Node, path: str, visited: set[int]) -> list[str]:
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out += _duplicate_keys(item, f"{path}[{i}]", visited)
+    return out
+
+
+Param.model_rebuild()
+Repeat.model_rebuild()
+Effect.model_rebuild()
+
+
+def _split_by_comma(node: yaml.Node, path: str, visited: set[int]) -> list[str]:
+    """Values cut in two by an unquoted comma inside `{...}`: YAML reads the rest as a key of its own
+    with no value (`{description: players out, in the order they went out}` has a key `in the order
+    they went out`). Named by line, with the quoting that keeps the value whole."""
+    if id(node) in visited:
+        return []
+    visited.add(id(node))
+    out: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        prev: tuple[yaml.Node, yaml.Node] | None = None
+        for key, value in node.value:
+            name = str(key.value)
+            here = f"{path}.{name}" if path else name
+            if (
+                node.flow_style
+                and isinstance(key, yaml.ScalarNode)
+                and key.style is None
+                and " " in name.strip()
+                and isinstance(value, yaml.ScalarNode)
+                and value.tag == "tag:yaml.org,2002:null"
+                and value.value == ""
+                and prev is not None
+                and isinstance(prev[1], yaml.ScalarNode)
+            ):
+                whole = f"{prev[1].value}, {name}".replace("'", "''")
+                out.append(
+                    f"line {key.start_mark.line + 1}: `{name}` reads as a key of its own: an unquoted comma "
+                    f"inside {{...}} ends the value of `{prev[0].value}` there; quote the value: "
+                    f"{prev[0].value}: '{whole}'"
+                )
+            out += _split_by_comma(value, here, visited)
+            prev = (key, value)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out += _split_by_comma(item, f"{path}[{i}]", visited)
     return out
 
 

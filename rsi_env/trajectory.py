@@ -113,6 +113,7 @@ class Episode(BaseModel):
     run_id: str = ""
     game: str
     spec_hash: str
+    options: dict[str, Any] = Field(default_factory=dict)  # the game's options as played (all of them)
     seed: int
     n_players: int
     players: list[PlayerInfo]
@@ -128,6 +129,7 @@ class Episode(BaseModel):
     invalid_counts: dict[str, int] = Field(default_factory=dict)
     events: list[Event] = Field(default_factory=list)  # the engine's full event log
     errors: list[str] = Field(default_factory=list)  # runtime errors in spec expressions
+    warnings: list[str] = Field(default_factory=list)  # scripted policy rules that failed (rule, error)
     verdicts: list[Verdict] = Field(default_factory=list)  # referee verdicts, added by `referees`
     usage: Usage = Field(default_factory=Usage)
     started_at: float = 0.0

@@ -21,7 +21,7 @@ from .engine import GameEngine
 from .events import Event
 from .expr import ExprError, OverBudget, Scope, select_functions
 from .expr_budget import VIEW_LIMITS, Budget
-from .spec import GameSpec
+from .spec import MAX_LIST_ITEMS, GameSpec
 from .untrusted import one_line
 
 DEFAULT_HISTORY = 24
@@ -75,6 +75,7 @@ def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY)
     spec = engine.spec
     known = {p: _knows(engine, player, p) for p in engine.players}
     actors = engine.current_actors()
+    schema = action_schema(engine, player) if player in actors else None
     return {
         "game": spec.id,
         "me": player,
@@ -85,6 +86,7 @@ def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY)
         "phase": engine.phase,
         "turn": engine.turn,
         "forfeited": list(engine.forfeited),
+        "options": engine.options,
         "actors": actors,
         "is_turn": player in actors,
         "state": {k: engine.state[k] for k, v in spec.state.items() if v.visibility == "public"},
@@ -103,6 +105,9 @@ def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY)
         ],
         "done": engine.done,
         "payoffs": engine.payoffs,
+        # A legal move to show as the answer's format (None when not on turn): tried on the engine,
+        # so it is a move the game accepts, not only one its schema does.
+        "example": legal_example(engine, player, schema) if schema is not None else None,
     }
 
 
@@ -131,7 +136,21 @@ def action_schema(engine: GameEngine, player: str) -> dict[str, Any] | None:
 
 def _param_schema(prm: Any, b: dict[str, Any]) -> dict[str, Any]:
     s: dict[str, Any]
-    if prm.type in ("int", "float"):
+    if prm.type == "list":
+        s = {"type": "array", "items": _param_schema(prm.items, b.get("items", {}))}
+        s["minItems"] = b.get("min_items", 0)
+        s["maxItems"] = b.get("max_items", MAX_LIST_ITEMS)
+        if prm.unique:
+            s["uniqueItems"] = True
+    elif prm.type == "object":
+        fields = b.get("fields", {})
+        s = {
+            "type": "object",
+            "properties": {k: _param_schema(f, fields.get(k, {})) for k, f in prm.fields.items()},
+            "required": [k for k, f in prm.fields.items() if not f.optional],
+            "additionalProperties": False,
+        }
+    elif prm.type in ("int", "float"):
         s = {"type": "integer" if prm.type == "int" else "number"}
         if isinstance(b.get("min"), int | float):
             s["minimum"] = b["min"]
@@ -150,24 +169,52 @@ def _param_schema(prm: Any, b: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-def example_action(schema: dict[str, Any]) -> dict[str, Any]:
-    """A valid instance of the first branch of an action schema, shown to players as a format hint."""
-    branch = schema["anyOf"][0] if "anyOf" in schema else schema
-    out: dict[str, Any] = {}
-    for k, s in branch["properties"].items():
-        if k not in branch["required"]:
-            continue
-        if "const" in s:
-            out[k] = s["const"]
-        elif "enum" in s:
-            out[k] = s["enum"][0] if s["enum"] else ""
-        elif s.get("type") in ("integer", "number"):
-            out[k] = s.get("minimum", 0)
-        elif s.get("type") == "boolean":
-            out[k] = True
-        else:
-            out[k] = "..."
-    return out
+def example_action(schema: dict[str, Any], branch_index: int = 0, variant: int = 0) -> dict[str, Any]:
+    """An instance of one branch of an action schema (the first by default), shown to players as a
+    format hint: required fields only, enum values and list items all different where the schema
+    says `uniqueItems`. `variant` shifts the choices, for another candidate when one is refused."""
+    branches = schema["anyOf"] if "anyOf" in schema else [schema]
+    branch = branches[branch_index % len(branches)]
+    return {k: _example_value(s, variant) for k, s in branch["properties"].items() if k in branch["required"]}
+
+
+def _example_value(s: dict[str, Any], variant: int = 0) -> Any:
+    if "const" in s:
+        return s["const"]
+    if "enum" in s:
+        return s["enum"][variant % len(s["enum"])] if s["enum"] else ""
+    t = s.get("type")
+    if t in ("integer", "number"):
+        lo = s.get("minimum", 0)
+        hi = s.get("maximum", lo + variant)
+        return min(lo + variant, hi)
+    if t == "boolean":
+        return variant % 2 == 0
+    if t == "array":
+        items = s.get("items", {})
+        k = s.get("minItems", 0) or min(1, s.get("maxItems", 1))
+        if s.get("uniqueItems"):
+            pool = items.get("enum")
+            if pool is not None:
+                return [pool[(variant + i) % len(pool)] for i in range(min(k, len(pool)))]
+            return [_example_value(items, variant + i) for i in range(k)]
+        return [_example_value(items, variant) for _ in range(k)]
+    if t == "object":
+        req = s.get("required", [])
+        return {k: _example_value(v, variant) for k, v in s.get("properties", {}).items() if k in req}
+    return "..."
+
+
+def legal_example(engine: GameEngine, player: str, schema: dict[str, Any], tries: int = 8) -> dict[str, Any]:
+    """An example move `player` could make now: the first of a few schema instances (each branch in
+    turn, with shifted choices) that the game accepts; the plain schema instance if none is."""
+    branches = schema["anyOf"] if "anyOf" in schema else [schema]
+    for variant in range(tries):
+        for i in range(len(branches)):
+            move = example_action(schema, i, variant)
+            if engine.accepts(player, move):
+                return move
+    return example_action(schema)
 
 
 def fmt_value(v: Any) -> str:
@@ -220,7 +267,7 @@ def _functions(names: frozenset[str]) -> dict[str, Callable[..., Any]]:
 def view_scope(spec: GameSpec, view: dict[str, Any]) -> Scope:
     """A CEL scope over a player's view (for hints and the scripted policy); events are left out,
     as converting them costs more than everything else together and no expression needs them."""
-    values = {k: v for k, v in view.items() if k != "events"}
+    values = {k: v for k, v in view.items() if k not in ("events", "example")}
     return Scope(values, _functions(compiled(spec).view_function_names), Budget(VIEW_LIMITS))
 
 
@@ -317,7 +364,8 @@ def render_observation(
             ]
             desc = spec.actions[name].description
             lines.append(f"- {name}({', '.join(params)}){f' — {desc}' if desc else ''}")
-        lines.append(f"Answer with one JSON object, e.g. {json.dumps(example_action(schema))}")
+        example = view.get("example") or example_action(schema)
+        lines.append(f"Answer with one JSON object, e.g. {json.dumps(example)}")
     else:
         waiting = ", ".join(view["actors"]) or "nobody"
         lines.append(f"WAITING: not your turn (acting: {waiting}).")
@@ -340,6 +388,17 @@ def _short_type(s: dict[str, Any]) -> str:
         return ("int" if t == "integer" else "number") + rng
     if t == "string":
         return "text"
+    if t == "array":
+        lo, hi = s.get("minItems", 0), s.get("maxItems")
+        count = f"{lo}" if lo == hi else f"{lo}..{hi if hi is not None else ''}"
+        distinct = ", all different" if s.get("uniqueItems") else ""
+        return f"list of {count} ({_short_type(s.get('items', {}))}{distinct})"
+    if t == "object":
+        req = s.get("required", [])
+        inner = ", ".join(
+            f"{k}{'' if k in req else '?'}: {_short_type(v)}" for k, v in s.get("properties", {}).items()
+        )
+        return "{" + inner + "}"
     return str(t)
 
 

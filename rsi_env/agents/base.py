@@ -24,6 +24,7 @@ class TurnReport(BaseModel):
     retries: int = 0
     error: str | None = None
     attempts: list[str] = []  # statuses of failed attempts before the final one
+    warnings: list[str] = []  # the scripted policy's rules that failed this turn (rule, error)
 
 
 @runtime_checkable

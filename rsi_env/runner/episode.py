@@ -7,8 +7,10 @@ wherever it is (a branch's snapshot: see `prefs.branching`). Neither raises for 
   retried as a whole turn; if it keeps failing the episode is recorded as `aborted` with that
   status and no payoffs. A model that answers badly is not a failure: its text goes to the game,
   which answers with feedback like any invalid move.
-- A game whose payoff expressions fail at the end is aborted too (`game_error`), and so is an
-  episode an agent gives up (a human closing stdin: `cancelled`): neither is ever scored.
+- A game whose expressions fail at run time (an effect, a default move, a payoff: any error the
+  engine records) is aborted too (`game_error`, with the engine's message), and so is an episode an
+  agent gives up (a human closing stdin: `cancelled`): neither is ever scored.
+- A scripted agent's policy rule that fails is skipped and kept in the record's `warnings`.
 - Per turn only the acting players' observations are rendered, and the state diff of each tick is
   recorded (`Turn.changes`).
 """
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 
 TurnHook = Callable[[Episode, Turn], Awaitable[None] | None]
 
+MAX_WARNINGS = 200  # policy warnings kept per episode
 # Statuses that end an episode at once: retrying the turn cannot help.
 EMPTY_REPLY = "the reply was empty"  # the client's error for a reply with no content (`llm.client`)
 _FINAL_STATUSES = frozenset({"context_exceeded", "client_error", CANCELLED})
@@ -160,6 +163,7 @@ def new_episode(
         run_id=run_id,
         game=spec.id,
         spec_hash=compiled(spec).hash,  # cached: hashing the spec per episode costs ~0.2 ms
+        options=spec.option_values(),
         seed=seed,
         n_players=len(env.possible_agents),
         players=players,
@@ -227,6 +231,10 @@ async def continue_episode(
                     failed_calls=failed.get(p, []),
                 )
                 ep.turns.append(t)
+                if rep.warnings:
+                    ep.warnings += [f"tick {tick}: {w}" for w in rep.warnings][
+                        : MAX_WARNINGS - len(ep.warnings)
+                    ]
                 if on_turn is not None:
                     maybe = on_turn(ep, t)
                     if maybe is not None:
@@ -279,6 +287,13 @@ def _close_finished(ep: Episode, env: GameParallelEnv) -> None:
         ep.abort_reason = f"game_error: payoff of {', '.join(broken)} is not a finite number" + (
             f" ({why})" if why else ""
         )
+        return
+    if e.errors:
+        # A spec that failed while it ran (an effect, a default move, a condition) played another game
+        # than the one written: its payoffs are not a score.
+        more = f" (and {len(e.errors) - 1} more)" if len(e.errors) > 1 else ""
+        ep.status = "aborted"
+        ep.abort_reason = f"game_error: {e.errors[0]}{more}"
         return
     ep.status = "truncated" if e.truncated else "complete"
     ep.payoffs = payoffs
