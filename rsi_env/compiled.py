@@ -300,7 +300,8 @@ class CPhase:
     on_resolve: list[CEffect]
     on_exit: list[CEffect]
     next: list[tuple[Expr, str]]
-    default_args: dict[str, Expr]
+    default_args: dict[str, Expr]  # the first default move's
+    default_moves: list[tuple[str, str, dict[str, Expr]]] = field(default_factory=list)  # path, action, args
     available: dict[str, Expr] = field(default_factory=dict)
     budget: Expr | None = None
     lets: dict[str, Expr] = field(default_factory=dict)  # this phase's own lets
@@ -384,7 +385,14 @@ class CompiledGame:
             for j, t in enumerate(ph.next):
                 if ex := p.expr(f"{base}.next[{j}].if", t.if_, lets):
                     nxt.append((ex, t.goto))
-            dm = ph.default_move
+            defaults = [
+                (
+                    dpath,
+                    m.action,
+                    {k: e for k, v in m.args.items() if (e := p.expr(f"{base}.{dpath}.args.{k}", v, lets))},
+                )
+                for dpath, m in ph.default_moves()
+            ]
             self.phases[ph.name] = CPhase(
                 index=i,
                 actors=p.expr(f"{base}.actors", ph.actors, lets) or Expr("players"),
@@ -395,11 +403,8 @@ class CompiledGame:
                 on_resolve=compile_effects(ph.on_resolve, f"{base}.on_resolve", p, lets),
                 on_exit=compile_effects(ph.on_exit, f"{base}.on_exit", p, lets),
                 next=nxt,
-                default_args={
-                    k: e
-                    for k, v in (dm.args.items() if dm else [])
-                    if (e := p.expr(f"{base}.default_move.args.{k}", v, lets))
-                },
+                default_args=defaults[0][2] if defaults else {},
+                default_moves=defaults,
                 available={
                     k: e
                     for k, v in ph.available_if.items()

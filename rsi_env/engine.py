@@ -904,30 +904,31 @@ class GameEngine:
             self._after_turn()
 
     def _default_move(self, player: str) -> dict[str, Any] | None:
-        """The phase's default move for `player`, checked like any move: one that is not legal here
-        (an argument fails, out of bounds, unavailable, a failed `valid_if`) is a spec error and no move."""
-        phase = self._phase_spec()
-        assert phase.default_move is not None
-        name = phase.default_move.action
-        path = f"phases.{self.phase}.default_move"
+        """The phase's default move for `player` (of a list, the first legal one), checked like any
+        move: when none is legal here (an argument fails, out of bounds, unavailable, a failed
+        `valid_if`) it is a spec error and no move."""
+        why: list[str] = []
         scope = self._scoped(me=player)
-        raw: dict[str, Any] = {}
-        for k, e in self.game.phases[self.phase].default_args.items():
-            v = self._eval(e, scope, default=_FAILED, path=f"{path}.args.{k}")
-            if v is _FAILED:
-                return None
-            if v is not None:
-                raw[k] = v
-        if name not in self.legal_actions(player):
-            self._error(f"{path}: `{name}` is not available to {player} now")
-            return None
-        args, problems = self._check(player, name, raw)
-        if problems:
-            self._error(
-                f"{path}: `{_describe(name, raw)}` is not a legal move for {player}: {'; '.join(problems)}"
-            )
-            return None
-        return {"action": name, "args": args}
+        for dpath, name, exprs in self.game.phases[self.phase].default_moves:
+            path = f"phases.{self.phase}.{dpath}"
+            raw: dict[str, Any] = {}
+            for k, e in exprs.items():
+                v = self._eval(e, scope, default=_FAILED, path=f"{path}.args.{k}")
+                if v is _FAILED:
+                    return None
+                if v is not None:
+                    raw[k] = v
+            if name not in self.legal_actions(player):
+                why.append(f"{path}: `{name}` is not available to {player} now")
+                continue
+            args, problems = self._check(player, name, raw)
+            if problems:
+                move = _describe(name, raw)
+                why.append(f"{path}: `{move}` is not a legal move for {player}: {'; '.join(problems)}")
+                continue
+            return {"action": name, "args": args}
+        self._error("; ".join(why))
+        return None
 
     def _forfeit(self, player: str) -> None:
         v = self._payoff(self.game.payoff_forfeit, self._scoped(p=player), "payoffs.forfeit")

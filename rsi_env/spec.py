@@ -44,15 +44,12 @@ def _to_expr_source(value: Any) -> Any:
 Expression = Annotated[
     str,
     BeforeValidator(_to_expr_source),
-    Field(description="A CEL expression (https://cel.dev), e.g. `state.pool.books - args.books`."),
+    Field(description="CEL expression."),
 ]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
 Lets = Annotated[
     dict[Name, Expression],
-    Field(
-        description="Named expressions, each computed once per evaluation of an expression that reads it "
-        "and readable by name below this level; one may read the ones before it."
-    ),
+    Field(description="Named CEL expressions, readable by name below; each may read the ones before it."),
 ]
 MAX_LIST_ITEMS = 64  # the most items a list parameter accepts, whatever its spec says
 MAX_REPEAT = 1000  # the most iterations a `repeat` effect may declare
@@ -112,12 +109,11 @@ class Var(_Model):
 
 
 class Param(_Model):
-    """A typed action parameter. Bounds and choices may depend on state (CEL).
+    """A typed action parameter. Bounds and choices may depend on state (CEL)."""
 
-    A `list` holds `items` (each a parameter of its own, bounds and all) between `min_items` and
-    `max_items` (CEL), all different with `unique`; an `object` holds named `fields`. Both are carried
-    into the action's JSON Schema (`minItems`, `uniqueItems`, ...) and checked on every move.
-    """
+    # A `list` holds `items` (each a parameter of its own, bounds and all) between `min_items` and
+    # `max_items`, all different with `unique`; an `object` holds named `fields`. Both are carried into
+    # the action's JSON Schema (`minItems`, `uniqueItems`, ...) and checked on every move.
 
     type: Literal["int", "float", "enum", "player", "text", "bool", "list", "object"]
     description: str = ""
@@ -128,14 +124,12 @@ class Param(_Model):
         None, description="player: CEL list of the players allowed here; default every other player."
     )
     max_length: int = Field(300, ge=1, le=4000, description="text: the longest accepted string.")
-    optional: bool = Field(False, description="The player may leave it out (then `has(args.x)` is false).")
-    items: Param | None = Field(None, description="list: the type and bounds of every item.")
-    min_items: Expression | None = Field(None, description="list: CEL, the fewest items (default 0).")
-    max_items: Expression | None = Field(
-        None, description=f"list: CEL, the most items (default and cap {MAX_LIST_ITEMS})."
-    )
-    unique: bool = Field(False, description="list: no item may appear twice.")
-    fields: dict[Name, Param] | None = Field(None, description="object: its named fields.")
+    optional: bool = False
+    items: Param | None = Field(None, description="list: each item's type and bounds.")
+    min_items: Expression | None = Field(None, description="list: CEL, fewest items.")
+    max_items: Expression | None = Field(None, description=f"list: CEL, most items (at most {MAX_LIST_ITEMS}).")
+    unique: bool = Field(False, description="list: items all different.")
+    fields: dict[Name, Param] | None = Field(None, description="object: its fields.")
 
 
 class Check(_Model):
@@ -146,16 +140,13 @@ class Check(_Model):
 
 
 class Repeat(_Model):
-    """Iterated resolution: run `effects` again and again until `until` holds, at most `max` times.
+    """Run `effects` again until `until` holds (bounded); `iteration` counts passes from 0."""
 
-    `until` is checked after each pass; a loop that reaches `max` without it is a spec error (the
-    declared bound was wrong), never a silent stop. `iteration` (0, 1, ...) is readable inside.
-    """
+    # `until` is checked after each pass; reaching `max` without it is a spec error (the declared
+    # bound was wrong), never a silent stop.
 
-    max: int = Field(
-        ge=1, le=MAX_REPEAT, description="The most passes; reaching it without `until` is an error."
-    )
-    until: Expression = Field(description="CEL: stop after a pass where this holds.")
+    max: int = Field(ge=1, le=MAX_REPEAT, description="Most passes (reaching it is an error).")
+    until: Expression = Field(description="CEL: stop after a pass where it holds.")
     effects: list[Effect] = Field(min_length=1)
 
 
@@ -167,23 +158,16 @@ class Effect(_Model):
 
     Targets are paths: `state.NAME`, `my.NAME`, `P[expr].NAME`, optionally followed by `[expr]` or
     `.key` to update inside a map. `for_each` repeats the effect with `as` bound to each element.
-    `announce` of null adds no line (a conditional announcement without an `if`).
     """
 
     set: str | None = None
     add: str | None = None
     value: Expression | None = None
-    announce: Expression | None = Field(
-        None, description="CEL string added to every player's events; null adds nothing."
-    )
+    announce: Expression | None = Field(None, description="CEL string for everyone; null: nothing.")
     tell: Expression | None = Field(None, description="CEL player id who privately receives `text`.")
     text: Expression | None = None
-    repeat: Repeat | None = Field(None, description="Effects run again until a condition holds (bounded).")
-    cancel: Expression | None = Field(
-        None,
-        description="In a reaction's effects: CEL true/false; true cancels the move the reaction answers "
-        "(`pending`), so its effects never run.",
-    )
+    repeat: Repeat | None = None
+    cancel: Expression | None = Field(None, description="Reactions: CEL bool; true cancels `pending`.")
     if_: Expression | None = Field(None, alias="if")
     for_each: Expression | None = None
     as_: Name = Field("x", alias="as")
@@ -201,31 +185,18 @@ class Effect(_Model):
 
 
 class Reactions(_Model):
-    """Out-of-turn answers to a move: while it is pending, the players `by` may each answer with one
-    of `actions` (all at once, hidden until all are in); the answers are then resolved in `order`.
+    """Out-of-turn answers to a pending move, resolved in `order`; a reaction reads it as `pending`."""
 
-    `pass` names the answer that lets the move stand (it has no effect and is not shown). A reaction
-    reads the move it answers as `pending` ({player, action, args}) and may `cancel` it; a reaction
-    may itself declare reactions (a block that can be challenged). The move's effects run last,
-    unless it was cancelled.
-    """
+    # While the move is pending, the players `by` each answer with one of `actions` (all at once,
+    # hidden until all are in). `pass` lets the move stand (no effect, not shown). A reaction may
+    # `cancel` the move, or have reactions of its own (a block that can be challenged). The move's
+    # effects run last, unless it was cancelled.
 
-    by: Expression = Field(
-        "players.filter(q, q != me)",
-        description="CEL list of who may react (`me`, `args` are the pending move's); forfeited and "
-        "the mover are left out.",
-    )
-    actions: list[Name] = Field(min_length=1, description="The answers a reactor may give.")
-    pass_: Name = Field(alias="pass", description="The answer that means no reaction (one of `actions`).")
-    order: Expression | None = Field(
-        None,
-        description="CEL list of players: who is resolved first; default seat order after the mover. "
-        "Reactors it leaves out follow in seat order.",
-    )
-    resolve: Literal["first", "all"] = Field(
-        "first",
-        description="first: only the first reaction in `order` takes effect; all: every one, in order.",
-    )
+    by: Expression = Field("players.filter(q, q != me)", description="CEL list: who may react.")
+    actions: list[Name] = Field(min_length=1)
+    pass_: Name = Field(alias="pass", description="The answer meaning no reaction.")
+    order: Expression | None = Field(None, description="CEL list: resolution order (default: seats after the mover).")
+    resolve: Literal["first", "all"] = "first"
 
     @model_validator(mode="after")
     def _pass_is_an_answer(self) -> Reactions:
@@ -240,33 +211,21 @@ class Action(_Model):
     description: str = ""
     let: Lets = Field(default_factory=dict)
     params: dict[Name, Param] = Field(default_factory=dict)
-    available_if: Expression | None = Field(
-        None,
-        description="CEL (`me`, `my`): the action is offered only while this holds (legal actions, "
-        "observation and action schema show only what is available now).",
-    )
+    available_if: Expression | None = Field(None, description="CEL: offered only while it holds.")
     message: Literal["none", "optional", "required"] = Field(
         "none", description="Whether the action carries a free-text `message` to the players who see it."
     )
     visibility: Literal["public", "private", "team", "recipient", "group"] = Field(
         "public",
         description="Who sees that it happened: everyone, only the actor, the actor's team, "
-        "the actor and the player(s) named by the `recipient` parameter, or a channel group's members.",
+        "the actor and the `recipient` parameter's player(s), or a group's members.",
     )
-    recipient: Name | None = Field(
-        None, description="With visibility recipient: the player parameter (or list of players)."
-    )
-    group: Expression | None = Field(
-        None,
-        description="With visibility group: CEL name of a group under `channels.groups` "
-        "(the actor must belong).",
-    )
+    recipient: Name | None = Field(None, description="visibility recipient: a player (list) parameter.")
+    group: Expression | None = Field(None, description="visibility group: CEL group name.")
     valid_if: list[Check] = Field(default_factory=list)
     effects: list[Effect] = Field(default_factory=list)
-    log: Expression | None = Field(
-        None, description="CEL string describing the action in transcripts; evaluated before the effects run."
-    )
-    reactions: Reactions | None = Field(None, description="Out-of-turn answers other players may give.")
+    log: Expression | None = Field(None, description="CEL string for transcripts (read before effects).")
+    reactions: Reactions | None = None
 
     @model_validator(mode="after")
     def _recipient(self) -> Action:
@@ -312,24 +271,13 @@ class Phase(_Model):
         "sequential",
         description="sequential: one actor at a time in seat order (alternating with two players); "
         "simultaneous: every actor moves, moves are hidden until all are in, then resolved together; "
-        "free: free talk, every actor may move each round and moves apply at once in seat order, until "
-        "a round where everyone takes `pass_action` or the `budget` is spent.",
+        "free: every actor may move each round, until a round of passes or the budget is spent.",
     )
     let: Lets = Field(default_factory=dict)
     actions: list[Name] = Field(min_length=1)
-    available_if: dict[Name, Expression] = Field(
-        default_factory=dict,
-        description="Per action of this phase: CEL (`me`, `my`) that must also hold for it to be "
-        "offered here.",
-    )
-    pass_action: Name | None = Field(
-        None, description="free: the action that means passing (a round of passes ends the phase)."
-    )
-    budget: Expression | None = Field(
-        None,
-        description="free: CEL int, the most moves other than passing in the phase (checked after "
-        "each round).",
-    )
+    available_if: dict[Name, Expression] = Field(default_factory=dict, description="Per action: CEL.")
+    pass_action: Name | None = Field(None, description="free: the passing action.")
+    budget: Expression | None = Field(None, description="free: CEL int, most non-pass moves.")
     first: Expression | None = Field(None, description="sequential: CEL player id who moves first.")
     turns: Expression | None = Field(
         None,
@@ -346,7 +294,18 @@ class Phase(_Model):
         default_factory=list,
         description="First matching transition wins; default: the next phase in the list, cyclically.",
     )
-    default_move: DefaultMove | None = None
+    default_move: DefaultMove | list[DefaultMove] | None = Field(
+        None, description="A passed turn's move; a list: the first legal one."
+    )
+
+    def default_moves(self) -> list[tuple[str, DefaultMove]]:
+        """The default moves with their field paths, in order of preference."""
+        dm = self.default_move
+        if dm is None:
+            return []
+        if isinstance(dm, DefaultMove):
+            return [("default_move", dm)]
+        return [(f"default_move[{i}]", m) for i, m in enumerate(dm)]
 
     @model_validator(mode="after")
     def _free_needs_a_pass(self) -> Phase:
@@ -395,43 +354,37 @@ class Ethics(_Model):
 
 
 class PolicyRule(_Model):
-    """One rule of the scripted baseline policy, evaluated on the acting player's own view.
+    """One rule of the scripted baseline policy, evaluated on the acting player's own view."""
 
-    An argument that gives null is left out (for optional parameters). Adjacent rules with a
-    `weight` form one mixed choice: among those that apply, one is drawn in proportion to its weight.
-    """
+    # An argument that gives null is left out (for optional parameters). Adjacent rules with a
+    # `weight` form one mixed choice: among those that apply, one is drawn in proportion to its weight.
 
     when: Expression = "true"
     action: Name
     args: dict[Name, Expression] = Field(default_factory=dict)
     message: Expression | None = None
-    weight: Expression | None = Field(
-        None,
-        description="CEL number >= 0: this rule's weight in a mixed choice with its weighted neighbours.",
-    )
+    weight: Expression | None = Field(None, description="CEL number: weight among adjacent weighted rules.")
 
 
 class Channels(_Model):
     private: Expression = Field(
         "true", description="CEL over sender `a` and receiver `b`, at reset: may a send b private messages?"
     )
-    groups: dict[Name, Expression] = Field(
-        default_factory=dict,
-        description="Named group channels: CEL list of members each (a team, a coalition, a set chosen in "
-        "play), evaluated when used; expressions read them as `groups.NAME`.",
-    )
+    groups: dict[Name, Expression] = Field(default_factory=dict, description="Group name: CEL member list.")
 
 
 class Option(_Model):
-    """A typed game option, read in expressions as `options.NAME`; chosen at `make(..., options=...)`
-    or `play --option NAME=VALUE`, recorded with each episode and part of the spec hash."""
+    """A typed game option with its default and bounds."""
+
+    # Chosen at `make(..., options=...)` or `play --option NAME=VALUE`; recorded with each episode and
+    # part of the spec hash (`with_options` makes the chosen values the defaults).
 
     type: Literal["int", "float", "bool", "enum"]
     default: int | float | bool | str
     description: str = ""
-    min: float | None = Field(None, description="int/float: the smallest value allowed.")
-    max: float | None = Field(None, description="int/float: the largest value allowed.")
-    values: list[str] | None = Field(None, description="enum: the allowed values.")
+    min: float | None = None
+    max: float | None = None
+    values: list[str] | None = None
 
     @model_validator(mode="after")
     def _default_fits(self) -> Option:
@@ -498,9 +451,7 @@ class GameSpec(_Model):
     players: Players = Field(default_factory=Players)
     roles: list[Role] = Field(default_factory=lambda: [Role(name="player")])
     role_assignment: Literal["seat", "shuffle"] = "seat"
-    options: dict[Name, Option] = Field(
-        default_factory=dict, description="Typed options with defaults and bounds, read as `options.NAME`."
-    )
+    options: dict[Name, Option] = Field(default_factory=dict, description="Read as `options.NAME`.")
     let: Lets = Field(default_factory=dict)
     state: dict[Name, Var] = Field(default_factory=dict, description="Global variables, in setup order.")
     player_state: dict[Name, Var] = Field(
@@ -782,4 +733,23 @@ def _split_by_comma(node: yaml.Node, path: str, visited: set[int]) -> list[str]:
 
 
 def spec_json_schema() -> dict[str, Any]:
-    return GameSpec.model_json_schema(by_alias=True)
+    """GameSpec's JSON Schema, without the per-property titles pydantic derives from field names
+    (they repeat the names and cost a generator's prompt a tenth of the schema)."""
+    return _without_property_titles(GameSpec.model_json_schema(by_alias=True))
+
+
+def _without_property_titles(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_without_property_titles(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k == "$defs":  # a definition keeps its title (the model's name)
+            out[k] = {name: {**_without_property_titles(d), "title": d["title"]} if "title" in d else
+                      _without_property_titles(d) for name, d in v.items()}  # fmt: skip
+        elif k == "properties":
+            out[k] = {name: _without_property_titles(d) for name, d in v.items()}
+        elif k != "title" or "$defs" in node:
+            out[k] = _without_property_titles(v)
+    return out

@@ -74,7 +74,8 @@ VIEW = frozenset(
 RESERVED = ACTION | PLAYER | VIEW | {"moves", "pending", "iteration", "groups", "value", "a", "b"}
 _OPTION_READ = re.compile(r"(?<![\w.])options\s*\.\s*([A-Za-z_]\w*)")
 _PENDING_READ = re.compile(r"(?<![\w.])pending\s*\.\s*([A-Za-z_]\w*)")
-_PLAYER_READ = re.compile(r"(?<![\w.])P\s*\[([^\[\]]*)\]\s*\.\s*([A-Za-z_]\w*)")
+_PLAYER_INDEX = re.compile(r"(?<![\w.])P\s*\[")
+_FIELD_AFTER = re.compile(r"\s*\.\s*([A-Za-z_]\w*)")
 _MY_READ = re.compile(r"(?<![\w.])my\s*\.\s*([A-Za-z_]\w*)")
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 
@@ -261,6 +262,19 @@ def _check_expr(
             problems.append(f"{path}: `{src}` gives {' or '.join(sorted(got))}, expected {expect.what}")
 
 
+def _player_reads(code: str) -> list[tuple[str, str]]:
+    """`P[<index>].<field>` reads as (index text, field), brackets inside the index matched."""
+    out = []
+    for m in _PLAYER_INDEX.finditer(code):
+        depth, i = 1, m.end()
+        while i < len(code) and depth:
+            depth += {"[": 1, "]": -1}.get(code[i], 0)
+            i += 1
+        if depth == 0 and (f := _FIELD_AFTER.match(code, i)):
+            out.append((code[m.end() : i - 1], f.group(1)))
+    return out
+
+
 def _short_source(source: str) -> str:
     src = " ".join(source.split())
     return src if len(src) <= 100 else src[:97] + "..."
@@ -276,7 +290,7 @@ def _check_privacy(path: str, e: Expr, spec: GameSpec, problems: list[str]) -> N
         problems.append(f"{path}: reads non-public state {hidden}, which players cannot see")
     code = _STRING_LITERAL.sub('""', e.source)
     secret = sorted(
-        {f"P[{idx.strip()}].{f}" for idx, f in _PLAYER_READ.findall(code)
+        {f"P[{idx.strip()}].{f}" for idx, f in _player_reads(code)
          if f in spec.player_state and (spec.player_state[f].visibility == "hidden"
          or (spec.player_state[f].visibility == "private" and idx.strip() != "me"))}
         | {f"my.{f}" for f in _MY_READ.findall(code)
@@ -500,11 +514,11 @@ def _check_names(spec: GameSpec, game: CompiledGame, problems: list[str]) -> Non
         _check_effects(cp.on_resolve, BASE | {"moves"}, problems, spec, lets=lets)
         for i, (e, _) in enumerate(cp.next):
             _check_expr(f"{base}.next[{i}].if", e, BASE, problems, spec, expect=COND, lets=lets)
-        dm = ph.default_move
-        for k, e in cp.default_args.items():
-            dm_params = _arg_shapes(spec.actions[dm.action]) if dm and dm.action in spec.actions else None
-            path = f"{base}.default_move.args.{k}"
-            _check_expr(path, e, ACTION - {"args"}, problems, spec, params=dm_params, lets=lets)
+        for dpath, action, exprs in cp.default_moves:
+            for k, e in exprs.items():
+                dm_params = _arg_shapes(spec.actions[action]) if action in spec.actions else None
+                path = f"{base}.{dpath}.args.{k}"
+                _check_expr(path, e, ACTION - {"args"}, problems, spec, params=dm_params, lets=lets)
     _check_expr("end.when", game.end_when, BASE, problems, spec, expect=COND, lets=top)
     for label, e, expect in (
         ("value", game.payoff, NUMBER_),
@@ -603,17 +617,16 @@ def _check_references(spec: GameSpec, problems: list[str]) -> None:
         for t in ph.next:
             if t.goto != "end" and t.goto not in phase_names:
                 problems.append(f"phases.{ph.name}.next: goto `{t.goto}` is neither a phase nor `end`")
-        if ph.default_move and ph.default_move.action not in ph.actions:
-            problems.append(
-                f"phases.{ph.name}.default_move: `{ph.default_move.action}` is not allowed in this phase"
-            )
-        if ph.default_move and ph.default_move.action in spec.actions:
-            params = spec.actions[ph.default_move.action].params
-            for k in ph.default_move.args:
-                if k not in params:
-                    problems.append(
-                        f"phases.{ph.name}.default_move.args: `{k}` is not a parameter of the action"
-                    )
+        for dpath, dm in ph.default_moves():
+            if dm.action not in ph.actions:
+                problems.append(f"phases.{ph.name}.{dpath}: `{dm.action}` is not allowed in this phase")
+            if dm.action in spec.actions:
+                params = spec.actions[dm.action].params
+                for k in dm.args:
+                    if k not in params:
+                        problems.append(
+                            f"phases.{ph.name}.{dpath}.args: `{k}` is not a parameter of the action"
+                        )
     for c in spec.conduct:
         if c.action not in spec.actions:
             problems.append(f"conduct.{c.name}.action: `{c.action}` is not declared under `actions`")
@@ -828,8 +841,8 @@ def _check_roles(spec: GameSpec, game: CompiledGame, problems: list[str]) -> Non
             ]
             first = changed[0].split(" ", 1)[0] if changed else path.split(".")[1]
             problems.append(
-                f"roles.{first}.count: with {label}, {problem}; "
-                f"the option changes {', '.join(changed) or 'no count'}"
+                f"roles.{first}.count: with {label}, {problem} "
+                f"(the option changes {', '.join(changed) or 'no count'})"
             )
             break
 

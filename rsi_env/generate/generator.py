@@ -10,8 +10,9 @@ Structured-output variants (`GenerationConfig.schema_variant`):
 - `full`: `spec_json_schema()` as is, in the prompt and as the structured-output schema. The default
   for endpoints (OpenAI's `json_schema`, vLLM's guided decoding, ...).
 - `compact`: the same constraints without annotations (descriptions, titles, defaults: 40% of the
-  size), and pydantic's `patternProperties` (maps with snake_case keys: actions, state, params, ...)
-  turned into `additionalProperties`. Why: llama-cpp-python's grammar converter does not know
+  size), optional fields without their `null` alternative (leaving one out is the same), the
+  snake_case name schema written once (`$defs/Name`), and pydantic's `patternProperties` (maps with
+  snake_case keys: actions, state, params, ...) turned into `additionalProperties`. Why: llama-cpp-python's grammar converter does not know
   `patternProperties` and silently turns every such map into "any JSON object", leaving a spec's
   actions, variables and parameters unconstrained; with `additionalProperties` their values are
   constrained (key names are still checked by validation).
@@ -135,7 +136,16 @@ REFERENCE = """\
   `on_resolve`); `turns` ends a phase after that many turns (or rounds), `until` when a condition
   holds; `next` is a list of {if: EXPR, goto: PHASE or end}; default: the next phase, cyclically.
 - `end.when` ends the game after a turn where it holds; `end.turn_limit` is a backstop.
-- `conduct` checks flag misconduct when an action is taken (kind lie, broken_promise, violation)."""
+- `conduct` checks flag misconduct when an action is taken (kind lie, broken_promise, violation).
+- Also available: `let` (named expressions at spec, phase or action level, read by name below);
+  `options` (typed, with defaults and bounds, read as `options.NAME`); list parameters
+  ({type: list, items: PARAM, min_items, max_items, unique}) and objects ({type: object, fields});
+  `available_if` on an action (offered only while it holds); phase `mode: free` (everyone may talk
+  each round until all take `pass_action` or `budget` is spent); `channels.groups` (name -> CEL
+  member list) with action `visibility: group`; `reactions` on an action (others answer out of turn
+  with {by, actions, pass, order}; a reaction reads `pending` and may `{cancel: EXPR}` it); effect
+  `{repeat: {max, until, effects}}` (bounded iteration, `iteration` counts); policy rule `weight`
+  (adjacent weighted rules are one mixed choice; an argument giving null is left out)."""
 
 BRIEF = """\
 Your brief: design a NEW multi-agent social game.
@@ -243,11 +253,23 @@ class Generation(BaseModel):
 _ANNOTATIONS = {"description", "title", "default", "examples"}
 
 
+_NULL = {"type": "null"}
+_NAME = {"maxLength": 40, "pattern": "^[a-z][a-z0-9_]*$", "type": "string"}
+
+
 def _compact(node: Any) -> Any:
     if isinstance(node, list):
         return [_compact(x) for x in node]
     if not isinstance(node, dict):
         return node
+    if {k: v for k, v in node.items() if k not in _ANNOTATIONS} == _NAME:
+        return {"$ref": "#/$defs/Name"}
+    options = node.get("anyOf")
+    if isinstance(options, list) and _NULL in options:
+        # `X or null` for an optional field: X alone (the field may still be left out).
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        kept = [o for o in options if o != _NULL]
+        return _compact({**rest, **kept[0]} if len(kept) == 1 else {**rest, "anyOf": kept})
     out: dict[str, Any] = {}
     for k, v in node.items():
         if k in _ANNOTATIONS:
@@ -266,7 +288,30 @@ def _compact(node: Any) -> Any:
 @cache
 def _schemas() -> dict[str, dict[str, Any]]:
     full = spec_json_schema()
-    return {"full": full, "compact": _compact(copy.deepcopy(full)), "json": {"type": "object"}}
+    compact = _compact(copy.deepcopy(full))
+    compact["$defs"]["Name"] = dict(_NAME)
+    for name, sub in _SHARED.items():  # written once, referred to where they recur
+        compact = _refer(compact, sub, name)
+        compact["$defs"][name] = sub
+    return {"full": full, "compact": compact, "json": {"type": "object"}}
+
+
+# Subschemas that recur in the compact schema: a map of expressions (lets, hints, outcomes, args)
+# and a list of effects (setup, an action's, a phase's).
+_SHARED = {
+    "Exprs": {"additionalProperties": {"type": "string"}, "type": "object"},
+    "Effects": {"items": {"$ref": "#/$defs/Effect"}, "type": "array"},
+}
+
+
+def _refer(node: Any, sub: dict[str, Any], name: str) -> Any:
+    if node == sub:
+        return {"$ref": f"#/$defs/{name}"}
+    if isinstance(node, dict):
+        return {k: _refer(v, sub, name) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_refer(x, sub, name) for x in node]
+    return node
 
 
 def structured_schema(variant: str) -> dict[str, Any]:

@@ -1,0 +1,699 @@
+"""Spec language v2, one feature at a time, each on a small game written for the test: list
+parameters, named expressions, state-dependent legal moves, free talk and group channels,
+out-of-turn reactions, iterated resolution, game options, policies (weights, optional arguments,
+failures as warnings). The v1 language is covered by the ten games' battery, unchanged."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+import rsi_env
+from rsi_env.agents.baseline import RandomAgent, ScriptedAgent, fits, sample_action
+from rsi_env.engine import GameEngine
+from rsi_env.spec import GameSpec, SpecError, parse_spec, spec_json_schema
+from rsi_env.spec_check import check_spec
+from rsi_env.view import action_schema, player_view, render_observation
+
+HEAD = """
+id: t
+name: T
+rules: r
+ethics: {fair_play: [x], violations: [y]}
+"""
+
+
+def spec_of(text: str) -> GameSpec:
+    return parse_spec(yaml.safe_load(HEAD + text), "t")
+
+
+def problems_of(text: str, dry_run: bool = True) -> list[str]:
+    try:
+        check_spec(spec_of(text), "t", dry_run=dry_run)
+    except SpecError as exc:
+        return exc.problems
+    return []
+
+
+def move(engine: GameEngine, **moves: Any) -> dict[str, Any]:
+    """One tick; `player_0={...}` as keyword arguments (dicts sent as JSON)."""
+    out = engine.tick({p: json.dumps(m) if isinstance(m, dict) else m for p, m in moves.items()})
+    return {p: r for p, r in out.items()}
+
+
+# --- 1. list parameters -----------------------------------------------------------------------------
+
+TEAM = """
+players: {min: 4, max: 4}
+state:
+  size: {type: int, init: '2'}
+  team: {type: list}
+actions:
+  propose:
+    params:
+      team:
+        type: list
+        items: {type: player, candidates: players}
+        min_items: state.size
+        max_items: state.size
+        unique: true
+    effects: [{set: state.team, value: args.team}]
+phases: [{name: a, actions: [propose]}]
+end: {when: 'size(state.team) > 0', turn_limit: 4}
+payoffs: {value: 'p in state.team ? 1 : 0'}
+policy: [{action: propose, args: {team: '[me, players.filter(q, q != me)[0]]'}}]
+"""
+
+
+def test_a_list_parameter_is_in_the_schema_with_its_bounds() -> None:
+    engine = GameEngine(spec_of(TEAM))
+    schema = action_schema(engine, "player_0")
+    assert schema is not None
+    team = schema["properties"]["team"]
+    assert team["type"] == "array" and team["minItems"] == 2 and team["maxItems"] == 2
+    assert team["uniqueItems"] is True
+    assert team["items"]["enum"] == engine.players
+
+
+@pytest.mark.parametrize(
+    ("team", "says"),
+    [
+        (["player_1", "player_1"], "must not repeat an item"),
+        (["player_1"], "must have exactly 2 items, got 1"),
+        (["player_1", "nobody"], "item 2 must be one of"),
+        ("player_1", "must have exactly 2 items"),
+    ],
+)
+def test_a_list_parameter_is_validated_item_by_item(team: Any, says: str) -> None:
+    engine = GameEngine(spec_of(TEAM))
+    r = move(engine, player_0={"action": "propose", "team": team})["player_0"]
+    assert not r.valid and says in (r.feedback or "")
+
+
+def test_a_list_may_come_as_text_and_the_example_shown_is_a_legal_move() -> None:
+    engine = GameEngine(spec_of(TEAM))
+    view = player_view(engine, "player_0")
+    example = view["example"]
+    assert len(set(example["team"])) == 2  # the schema-only example would repeat player_0
+    text = render_observation(engine.spec, view, action_schema(engine, "player_0"))
+    assert json.dumps(example) in text and "list of 2 (player_0|player_1|player_2|player_3, all different)" in text
+    r = move(engine, player_0='propose team="player_2, player_3"')["player_0"]
+    assert r.valid and r.args == {"team": ["player_2", "player_3"]}
+
+
+def test_random_and_scripted_agents_produce_legal_lists() -> None:
+    engine = GameEngine(spec_of(TEAM))
+    schema = action_schema(engine, "player_0")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = sample_action(schema, rng)
+        assert a is not None and fits(a, schema) and engine.accepts("player_0", a)
+    scripted = ScriptedAgent(engine.spec, seed=0)
+    raw = scripted.choose({"action_schema": schema, "view": player_view(engine, "player_0")})
+    assert json.loads(raw) == {"action": "propose", "team": ["player_0", "player_1"]}
+
+
+ORDERS = """
+players: {min: 2, max: 2}
+state:
+  log: {type: list}
+actions:
+  orders:
+    params:
+      orders:
+        type: list
+        max_items: '2'
+        items:
+          type: object
+          fields:
+            unit: {type: enum, values: [a, b]}
+            to: {type: int, min: 0, max: 3}
+            note: {type: text, optional: true}
+    effects: [{set: state.log, value: args.orders}]
+phases: [{name: a, actions: [orders]}]
+end: {when: 'size(state.log) > 0', turn_limit: 4}
+payoffs: {value: '0'}
+policy: [{action: orders, args: {orders: '[{"unit": "a", "to": 1}]'}}]
+"""
+
+
+def test_a_list_of_objects_checks_every_field() -> None:
+    engine = GameEngine(spec_of(ORDERS))
+    schema = action_schema(engine, "player_0")
+    item = schema["properties"]["orders"]["items"]
+    assert item["required"] == ["unit", "to"] and item["additionalProperties"] is False
+    bad = move(engine, player_0={"action": "orders", "orders": [{"unit": "a", "to": 9}]})["player_0"]
+    assert "`orders` item 1 `to` must be at most 3, got 9" in (bad.feedback or "")
+    ok = move(engine, player_0={"action": "orders", "orders": [{"unit": "b", "to": 2}, {"unit": "a", "to": 0}]})
+    assert ok["player_0"].valid and engine.state["log"] == [{"unit": "b", "to": 2}, {"unit": "a", "to": 0}]
+
+
+# --- 2. named expressions -----------------------------------------------------------------------------
+
+LETS = """
+players: {min: 3, max: 3}
+let:
+  alive: 'players.filter(q, P[q].alive)'
+  n_alive: 'size(alive)'
+state:
+  draws: {type: list}
+player_state:
+  alive: {type: bool, init: 'true'}
+actions:
+  kill:
+    let:
+      r: 'randint(1, 1000000)'
+      others: 'alive.filter(q, q != me)'
+    params:
+      who: {type: player, candidates: others}
+    valid_if: [{expr: 'n_alive > 2', message: too few left}]
+    effects:
+      - set: P[args.who].alive
+        value: 'false'
+      - set: state.draws
+        value: '[r, r]'
+phases:
+  - name: a
+    let:
+      first: 'alive[0]'
+    first: first
+    actions: [kill]
+end: {when: 'n_alive < 3', turn_limit: 4}
+payoffs: {value: 'P[p].alive ? n_alive : 0'}
+policy: [{action: kill, args: {who: 'alive.filter(q, q != me)[0]'}}]
+"""
+
+
+def test_lets_are_readable_below_their_level_and_computed_once_per_evaluation() -> None:
+    assert problems_of(LETS) == []
+    engine = GameEngine(spec_of(LETS))
+    engine.reset(3)
+    schema = action_schema(engine, "player_0")
+    assert schema["properties"]["who"]["enum"] == ["player_1", "player_2"]
+    assert move(engine, player_0={"action": "kill", "who": "player_2"})["player_0"].valid
+    a, b = engine.state["draws"]
+    assert a == b  # one draw, bound by name, read twice
+    assert engine.done and engine.payoffs == {"player_0": 2.0, "player_1": 2.0, "player_2": 0.0}
+
+
+def test_a_let_is_only_readable_where_its_names_exist() -> None:
+    # A phase's let is not visible inside an action (actions are not below a phase).
+    bad = LETS.replace("value: '[r, r]'", "value: '[first]'")
+    problems = problems_of(bad, dry_run=False)
+    assert any(p.startswith("actions.kill.effects[1].value: unknown name(s) ['first']") for p in problems), problems
+    bad = LETS.replace("  n_alive: 'size(alive)'", "  n_alive: 'size(alive) + size(args.who)'")
+    problems = problems_of(bad, dry_run=False)
+    assert any("end.when: reads let `n_alive`, which reads ['args']: not available here" in p for p in problems)
+
+
+def test_let_names_order_and_use_are_checked() -> None:
+    text = LETS.replace("  alive: 'players", "  players: '1'\n  unused: '2'\n  later: 'n_alive'\n  alive: 'players")
+    problems = problems_of(text, dry_run=False)
+    assert "let.players: `players` is a name the game already provides; choose another" in problems
+    assert "let.unused: never read (a named expression no expression uses)" in problems
+    assert any(p.startswith("let.later: reads ['n_alive'], declared at or after it") for p in problems)
+
+
+# --- 3. state-dependent legal moves ------------------------------------------------------------------
+
+POKER = """
+players: {min: 2, max: 2}
+state:
+  bet: {type: int}
+  done: {type: bool}
+player_state:
+  put: {type: int}
+actions:
+  check:
+    available_if: 'state.bet == my.put'
+  bet:
+    available_if: 'state.bet == 0'
+    effects: [{set: state.bet, value: '1'}, {set: my.put, value: '1'}]
+  call:
+    available_if: 'state.bet > my.put'
+    effects: [{set: my.put, value: state.bet}, {set: state.done, value: 'true'}]
+  fold:
+    effects: [{set: state.done, value: 'true'}]
+phases:
+  - name: a
+    actions: [check, bet, call, fold]
+    available_if: {fold: 'state.bet > my.put'}
+end: {when: state.done, turn_limit: 6}
+payoffs: {value: 'P[p].put'}
+policy: [{action: check}]
+"""
+
+
+def test_only_available_actions_are_legal_shown_and_accepted() -> None:
+    engine = GameEngine(spec_of(POKER))
+    assert engine.legal_actions("player_0") == ["check", "bet"]  # fold: the phase's condition
+    assert move(engine, player_0={"action": "bet"})["player_0"].valid
+    assert engine.legal_actions("player_1") == ["call", "fold"]
+    schema = action_schema(engine, "player_1")
+    assert [b["properties"]["action"]["const"] for b in schema["anyOf"]] == ["call", "fold"]
+    text = render_observation(engine.spec, player_view(engine, "player_1"), schema)
+    assert "- call()" in text and "- check()" not in text
+    r = move(engine, player_1={"action": "check"})["player_1"]
+    assert not r.valid and "`check` is not available now; legal actions: ['call', 'fold']" in (r.feedback or "")
+
+
+# --- 4. free talk and group channels ---------------------------------------------------------------
+
+TALK = """
+players: {min: 4, max: 4}
+roles:
+  - {name: red, team: red, count: '2'}
+  - {name: blue, team: blue}
+state:
+  said: {type: int}
+channels:
+  groups:
+    reds: 'players.filter(q, team[q] == "red")'
+    everyone_but_0: 'players.filter(q, q != "player_0")'
+actions:
+  say:
+    message: required
+    effects: [{add: state.said, value: '1'}]
+  huddle:
+    message: required
+    visibility: group
+    group: args.channel
+    params:
+      channel: {type: enum, values: [reds, everyone_but_0]}
+  whisper:
+    message: required
+    visibility: recipient
+    recipient: to
+    params:
+      to: {type: list, items: {type: player}, min_items: '1', max_items: '2', unique: true}
+  done: {}
+phases:
+  - name: talk
+    mode: free
+    actions: [say, huddle, whisper, done]
+    pass_action: done
+    budget: '5'
+  - name: over
+    actions: [done]
+end: {when: 'phase == "over"', turn_limit: 20}
+payoffs: {value: state.said}
+policy: [{action: done}]
+"""
+
+
+def test_a_free_phase_lets_everyone_talk_until_a_round_of_passes() -> None:
+    engine = GameEngine(spec_of(TALK))
+    assert engine.current_actors() == engine.players
+    say = {"action": "say", "message": "hi"}
+    done = {"action": "done"}
+    move(engine, player_0=say, player_1=done, player_2=done, player_3=say)
+    assert engine.phase == "talk" and engine.state["said"] == 2 and engine.turn == 1
+    move(engine, player_0=done, player_1=done, player_2=done, player_3=done)
+    assert engine.phase == "over"
+
+
+def test_a_free_phase_ends_when_its_budget_is_spent() -> None:
+    engine = GameEngine(spec_of(TALK))
+    say = {"action": "say", "message": "hi"}
+    move(engine, player_0=say, player_1=say, player_2=say, player_3={"action": "done"})
+    assert engine.phase == "talk"
+    move(engine, player_0=say, player_1=say, player_2={"action": "done"}, player_3={"action": "done"})
+    assert engine.phase == "over" and engine.state["said"] == 5
+
+
+def test_group_channels_and_lists_of_recipients_limit_who_sees_a_message() -> None:
+    engine = GameEngine(spec_of(TALK))
+    done = {"action": "done"}
+    out = move(
+        engine,
+        player_0={"action": "huddle", "channel": "reds", "message": "red plan"},
+        player_1={"action": "whisper", "to": ["player_2", "player_3"], "message": "psst"},
+        player_2={"action": "huddle", "channel": "reds", "message": "let me in"},
+        player_3=done,
+    )
+    assert out["player_0"].valid and out["player_1"].valid
+    assert not out["player_2"].valid and "not a member of that group" in (out["player_2"].feedback or "")
+    seen = {e["message"]: e["visible_to"] for e in engine.events if e["kind"] == "action"}
+    assert seen["red plan"] == ["player_0", "player_1"]
+    assert seen["psst"] == ["player_1", "player_2", "player_3"]
+
+
+# --- 5. reactions ---------------------------------------------------------------------------------
+
+CLAIMS = """
+players: {min: 3, max: 3}
+state:
+  gold: {type: map, init: '{"player_0": 0, "player_1": 0, "player_2": 0}'}
+  events: {type: list}
+player_state:
+  duke: {type: bool, init: 'p == "player_0"', visibility: private}
+actions:
+  tax:
+    description: claim the duke and take 3
+    effects: [{set: 'state.gold[me]', value: 'state.gold[me] + 3'}]
+    reactions:
+      actions: [challenge, block, allow]
+      pass: allow
+  block:
+    description: claim the duke to block
+    effects:
+      - cancel: 'true'
+      - set: state.events
+        value: 'state.events + ["blocked by " + me]'
+    reactions:
+      by: 'players.filter(q, q != me)'
+      actions: [challenge, allow]
+      pass: allow
+  challenge:
+    effects:
+      - cancel: '!P[pending.player].duke'
+      - set: state.events
+        value: >-
+          state.events + [me + " challenges " + pending.player + "'s " + pending.action]
+  allow: {}
+  wait: {}
+phases: [{name: a, actions: [tax, wait]}]
+end: {when: 'turn >= 2', turn_limit: 4}
+payoffs: {value: 'state.gold[p]'}
+policy: [{action: allow}, {action: tax}]
+"""
+
+
+def test_a_move_waits_for_reactions_and_stands_when_nobody_reacts() -> None:
+    engine = GameEngine(spec_of(CLAIMS))
+    move(engine, player_0={"action": "tax"})
+    assert engine.current_actors() == ["player_1", "player_2"] and engine.turn == 0
+    assert engine.legal_actions("player_1") == ["challenge", "block", "allow"]
+    move(engine, player_1={"action": "allow"}, player_2={"action": "allow"})
+    assert engine.state["gold"]["player_0"] == 3 and engine.turn == 1
+    assert engine.current_actors() == ["player_1"]
+
+
+def test_reactions_resolve_in_order_and_a_successful_challenge_cancels() -> None:
+    engine = GameEngine(spec_of(CLAIMS))
+    move(engine, player_0={"action": "wait"})
+    move(engine, player_1={"action": "tax"})  # player_1 is no duke
+    # Both challenge: only the first in seat order after the mover (player_2) takes effect.
+    move(engine, player_0={"action": "challenge"}, player_2={"action": "challenge"})
+    assert engine.state["events"] == ["player_2 challenges player_1's tax"]
+    assert engine.state["gold"]["player_1"] == 0 and engine.done
+
+
+def test_a_reaction_can_be_reacted_to() -> None:
+    engine = GameEngine(spec_of(CLAIMS))
+    move(engine, player_0={"action": "tax"})
+    move(engine, player_1={"action": "block"}, player_2={"action": "allow"})
+    # player_1's block is itself pending: player_0 and player_2 may challenge it.
+    assert sorted(engine.current_actors()) == ["player_0", "player_2"]
+    move(engine, player_0={"action": "challenge"}, player_2={"action": "allow"})
+    # player_1 is no duke: the block is cancelled, so the tax stands.
+    assert engine.state["events"] == ["player_0 challenges player_1's block"]
+    assert engine.state["gold"]["player_0"] == 3 and engine.turn == 1
+
+
+def test_reactions_survive_snapshot_and_restore() -> None:
+    engine = GameEngine(spec_of(CLAIMS))
+    move(engine, player_0={"action": "tax"})
+    snap = engine.snapshot()
+    move(engine, player_1={"action": "block"}, player_2={"action": "allow"})
+    engine.restore(snap)
+    assert engine.current_actors() == ["player_1", "player_2"]
+    move(engine, player_1={"action": "allow"}, player_2={"action": "allow"})
+    assert engine.state["gold"]["player_0"] == 3
+
+
+# --- 6. iterated resolution ----------------------------------------------------------------------------
+
+LOOP = """
+players: {min: 2, max: 2}
+state:
+  x: {type: int, init: '1'}
+  passes: {type: int}
+actions:
+  go:
+    params: {to: {type: int, min: 1, max: 200}}
+    effects:
+      - repeat:
+          max: 10
+          until: 'state.x >= args.to'
+          effects:
+            - {set: state.x, value: 'state.x * 2'}
+            - {set: state.passes, value: 'iteration + 1'}
+phases: [{name: a, actions: [go]}]
+end: {when: 'turn >= 1', turn_limit: 2}
+payoffs: {value: state.x}
+policy: [{action: go, args: {to: '5'}}]
+"""
+
+
+def test_repeat_runs_until_its_condition_and_a_runaway_is_an_error() -> None:
+    engine = GameEngine(spec_of(LOOP))
+    assert move(engine, player_0={"action": "go", "to": 100})["player_0"].valid
+    assert engine.state["x"] == 128 and engine.state["passes"] == 7 and engine.errors == []
+    engine = GameEngine(spec_of(LOOP.replace("max: 10", "max: 3")))
+    move(engine, player_0={"action": "go", "to": 100})
+    assert engine.state["x"] == 8
+    assert engine.errors == ["tick 0: actions.go.effects[0].repeat: `until` did not hold after 3 passes (the declared max)"]
+
+
+# --- 7. options ----------------------------------------------------------------------------------------
+
+OPTIONS = """
+players: {min: 3, max: 4}
+options:
+  rounds: {type: int, default: 2, min: 1, max: 5, description: rounds to play}
+  judge: {type: bool, default: false}
+roles:
+  - {name: judge, count: 'options.judge ? 2 : 0'}
+  - {name: player, count: 'n - 1'}
+actions:
+  pass: {}
+phases: [{name: a, actions: [pass]}]
+end: {when: 'turn >= options.rounds', turn_limit: 10}
+payoffs: {value: 'options.rounds'}
+policy: [{action: pass}]
+"""
+
+
+def test_options_are_read_in_expressions_and_chosen_at_make() -> None:
+    spec = spec_of(OPTIONS)
+    env = rsi_env.make_parallel(spec, options={"rounds": "4"})
+    env.reset(seed=0)
+    while env.agents:
+        env.step({p: '{"action": "pass"}' for p in env.agents})
+    assert env.engine.turn == 4 and env.engine.payoffs == {f"player_{i}": 4.0 for i in range(3)}
+    assert env.spec.spec_hash() != spec.spec_hash() == spec.with_options({"rounds": 2}).spec_hash()
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"rounds": 9}, "options.rounds: 9 is above the maximum 5"),
+        ({"rounds": "many"}, "options.rounds: expected a whole number, got 'many'"),
+        ({"speed": 1}, "options.speed: t has no such option (its options: judge, rounds)"),
+    ],
+)
+def test_a_bad_option_is_one_clear_error(options: dict, says: str) -> None:
+    with pytest.raises(SpecError) as err:
+        rsi_env.make_parallel(spec_of(OPTIONS), options=options)
+    assert err.value.problems == [says]
+
+
+def test_an_option_that_breaks_the_role_counts_names_the_role_it_changed() -> None:
+    problems = problems_of(OPTIONS, dry_run=False)
+    assert problems == [
+        "roles.judge.count: with option judge=true, roles need 4 seats (judge: 2, player: 2) but there are "
+        "n=3 players; player would get fewer seats than counted (the option changes judge from 0 to 2)"
+    ]
+    with pytest.raises(SpecError) as err:
+        rsi_env.make_parallel(spec_of(OPTIONS), options={"judge": True})
+    assert err.value.problems == [
+        "roles.judge.count: with options rounds=2, judge=True, roles need 4 seats (judge: 2, player: 2) but "
+        "there are n=3 players; the options decide the count of judge"
+    ]
+
+
+def test_an_undeclared_option_is_a_static_error() -> None:
+    problems = problems_of(OPTIONS.replace("options.rounds'", "options.round'"), dry_run=False)
+    assert any("`options.round` is not declared under `options` (judge, rounds)" in p for p in problems)
+
+
+def test_json_schema_has_every_v2_construct() -> None:
+    defs = spec_json_schema()["$defs"]
+    assert {"Option", "Reactions", "Repeat"} <= set(defs)
+    assert {"items", "min_items", "max_items", "unique", "fields"} <= set(defs["Param"]["properties"])
+    assert {"available_if", "let", "reactions", "group"} <= set(defs["Action"]["properties"])
+    assert "free" in json.dumps(defs["Phase"]["properties"]["mode"])
+    assert "weight" in defs["PolicyRule"]["properties"]
+
+
+# --- 8. policies ---------------------------------------------------------------------------------------
+
+MIXED = """
+players: {min: 2, max: 2}
+player_state:
+  secret: {type: int, init: '7', visibility: private}
+actions:
+  pick:
+    params:
+      side: {type: enum, values: [left, right, middle]}
+      why: {type: text, optional: true}
+phases: [{name: a, actions: [pick]}]
+end: {when: 'false', turn_limit: 2}
+payoffs: {value: '0'}
+policy:
+  - {action: pick, weight: '3', args: {side: '"left"', why: 'null'}}
+  - {action: pick, weight: '1', args: {side: '"right"', why: '"because"'}}
+  - {action: pick, args: {side: '"middle"'}}
+"""
+
+
+def test_weighted_rules_are_a_mixed_choice_and_null_leaves_an_argument_out() -> None:
+    engine = GameEngine(spec_of(MIXED))
+    agent = ScriptedAgent(engine.spec, seed=1)
+    info = {"action_schema": action_schema(engine, "player_0"), "view": player_view(engine, "player_0")}
+    picks = [json.loads(agent.choose(info)) for _ in range(2000)]
+    lefts = sum(p["side"] == "left" for p in picks)
+    assert 0.70 < lefts / len(picks) < 0.80  # 3 : 1
+    assert all("why" not in p for p in picks if p["side"] == "left")
+    assert {p["side"] for p in picks} == {"left", "right"}
+
+
+def test_a_failing_rule_is_a_warning_in_the_episode_record(tmp_path: Any) -> None:
+    from rsi_env.agents.profiles import AgentFactory
+    from rsi_env.runner import Runner, plan
+    from rsi_env.trajectory_store import read_episodes
+
+    text = MIXED.replace("side: '\"left\"'", "side: 'my.secret > 0 ? state.nope : \"left\"'")
+    spec = spec_of(text)
+    factory = AgentFactory(["scripted"], spec)
+    import asyncio
+
+    asyncio.run(Runner(spec, factory, tmp_path, progress=False).run(plan(spec, factory, 1)))
+    (ep,) = list(read_episodes(tmp_path))
+    assert ep.status == "complete" and ep.warnings
+    assert "policy[0].args.side failed for player_0 (turn 0, phase a)" in ep.warnings[0]
+    assert ep.options == {}
+
+
+def test_a_policy_that_reads_another_players_private_field_is_rejected() -> None:
+    text = MIXED.replace("side: '\"middle\"'", "side: 'P[players[1]].secret > 0 ? \"middle\" : \"left\"'")
+    problems = problems_of(text, dry_run=False)
+    assert problems == [
+        "policy[2].args.side: reads ['P[players[1]].secret']: another player's private field, "
+        "or a hidden one, which players cannot see"
+    ]
+    own = MIXED.replace("side: '\"middle\"'", "side: 'P[me].secret > 0 ? \"middle\" : \"left\"'")
+    assert problems_of(own, dry_run=False) == []
+
+
+# --- errors and messages --------------------------------------------------------------------------------
+
+DEFAULT = """
+players: {min: 2, max: 2}
+state:
+  score: {type: int}
+actions:
+  bid:
+    params: {amount: {type: int, min: 1, max: 3}}
+    effects: [{add: state.score, value: args.amount}]
+phases:
+  - name: a
+    mode: simultaneous
+    actions: [bid]
+    default_move: {action: bid, args: {amount: '0'}}
+end: {when: 'turn >= 3', turn_limit: 3}
+payoffs: {value: state.score}
+policy: [{action: bid, args: {amount: '1'}}]
+"""
+
+
+def test_a_default_move_that_is_not_legal_is_an_error_the_dry_run_finds() -> None:
+    problems = problems_of(DEFAULT)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(
+        "phases.a.default_move: `bid(amount=0)` is not a legal move for player_0: `amount` must be at least 1, got 0"
+    )
+
+
+def test_an_episode_with_a_failed_default_move_is_a_game_error_not_a_zero(tmp_path: Any) -> None:
+    import asyncio
+
+    from rsi_env.agents.profiles import AgentFactory
+    from rsi_env.runner import Runner, plan
+    from rsi_env.trajectory_store import read_episodes
+
+    spec = spec_of(DEFAULT)
+    env = rsi_env.make_parallel(spec)
+    env.reset(seed=0)
+    while env.agents:  # nobody answers: every turn passes to the default move, which fails
+        env.step({})
+    assert env.engine.errors and env.engine.payoffs == {"player_0": 0.0, "player_1": 0.0}
+    assert env.agent_info("player_0")["game_error"].startswith("tick 2: phases.a.default_move")
+    # Through the runner, a spec that fails while it runs is recorded as `game_error`, never scored.
+    broken = spec_of(DEFAULT.replace("value: args.amount}", "value: '10 / (args.amount - args.amount)'}"))
+    factory = AgentFactory(["random"], broken)
+    asyncio.run(Runner(broken, factory, tmp_path, progress=False).run(plan(broken, factory, 1)))
+    (ep,) = list(read_episodes(tmp_path))
+    assert ep.status == "aborted" and ep.payoffs is None
+    assert ep.abort_reason is not None and ep.abort_reason.startswith("game_error: tick 0: actions.bid.effects[0]")
+    assert "division by zero" in ep.abort_reason
+
+
+def test_an_unquoted_comma_in_a_flow_mapping_names_the_line_and_the_quoting() -> None:
+    from rsi_env.spec import load_yaml
+
+    with pytest.raises(SpecError) as err:
+        load_yaml("state:\n  out: {type: list, description: players out, in the order they went out}\n")
+    assert err.value.problems == [
+        "line 2: `in the order they went out` reads as a key of its own: an unquoted comma inside {...} "
+        "ends the value of `description` there; quote the value: "
+        "description: 'players out, in the order they went out'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("state.x + state.f", "+ cannot combine int (1) and double (1.5)"),
+        ("P[state.victim].c", "`P[state.victim]`: the index is null (not set yet?), so it names nothing in map `P`"),
+        ("state.victim.c + 1", "`state.victim.c`: `state.victim` is null, which has no field `c`"),
+    ],
+)
+def test_a_type_error_names_what_the_operation_saw(source: str, says: str) -> None:
+    from rsi_env.expr import Expr, ExprError, Scope
+
+    scope = Scope({"state": {"victim": None, "x": 1, "f": 1.5}, "P": {"a": {"c": 1}}})
+    with pytest.raises(ExprError) as err:
+        Expr(source)(scope)
+    assert says in str(err.value) and "uint" not in str(err.value)
+    assert str(err.value).endswith((")", "`", "."))
+
+
+def test_an_effect_on_a_null_player_says_so() -> None:
+    text = LOOP.replace(
+        "      - repeat:", "      - set: P[state.nobody].x\n        value: '1'\n      - repeat:"
+    ).replace("  passes: {type: int}", "  passes: {type: int}\n  nobody: {type: player}")
+    text = text.replace("state:\n", "player_state:\n  x: {type: int}\nstate:\n", 1)
+    engine = GameEngine(spec_of(text))
+    move(engine, player_0={"action": "go", "to": 2})
+    assert engine.errors[0] == (
+        "tick 0: actions.go.effects[0]: P[state.nobody].x: the player index is null (no player to write to)"
+    )
+
+
+def test_random_play_of_the_test_games_is_clean() -> None:
+    """Every feature game above plays to its end under random agents with no runtime error."""
+    for text in (TEAM, ORDERS, POKER, TALK, CLAIMS, LOOP, OPTIONS, MIXED):
+        spec = spec_of(text)
+        for seed in range(5):
+            engine = GameEngine(spec)
+            engine.reset(seed)
+            agents = {p: RandomAgent(seed * 10 + i) for i, p in enumerate(engine.players)}
+            while not engine.done:
+                engine.tick({p: agents[p].choose({"action_schema": action_schema(engine, p)}) for p in engine.current_actors()})
+            assert engine.errors == [], (text[:40], engine.errors)
