@@ -127,7 +127,9 @@ class Param(_Model):
     optional: bool = False
     items: Param | None = Field(None, description="list: each item's type and bounds.")
     min_items: Expression | None = Field(None, description="list: CEL, fewest items.")
-    max_items: Expression | None = Field(None, description=f"list: CEL, most items (at most {MAX_LIST_ITEMS}).")
+    max_items: Expression | None = Field(
+        None, description=f"list: CEL, most items (at most {MAX_LIST_ITEMS})."
+    )
     unique: bool = Field(False, description="list: items all different.")
     fields: dict[Name, Param] | None = Field(None, description="object: its fields.")
 
@@ -195,7 +197,9 @@ class Reactions(_Model):
     by: Expression = Field("players.filter(q, q != me)", description="CEL list: who may react.")
     actions: list[Name] = Field(min_length=1)
     pass_: Name = Field(alias="pass", description="The answer meaning no reaction.")
-    order: Expression | None = Field(None, description="CEL list: resolution order (default: seats after the mover).")
+    order: Expression | None = Field(
+        None, description="CEL list: resolution order (default: seats after the mover)."
+    )
     resolve: Literal["first", "all"] = "first"
 
     @model_validator(mode="after")

@@ -100,7 +100,10 @@ def test_a_list_may_come_as_text_and_the_example_shown_is_a_legal_move() -> None
     example = view["example"]
     assert len(set(example["team"])) == 2  # the schema-only example would repeat player_0
     text = render_observation(engine.spec, view, action_schema(engine, "player_0"))
-    assert json.dumps(example) in text and "list of 2 (player_0|player_1|player_2|player_3, all different)" in text
+    assert (
+        json.dumps(example) in text
+        and "list of 2 (player_0|player_1|player_2|player_3, all different)" in text
+    )
     r = move(engine, player_0='propose team="player_2, player_3"')["player_0"]
     assert r.valid and r.args == {"team": ["player_2", "player_3"]}
 
@@ -148,7 +151,9 @@ def test_a_list_of_objects_checks_every_field() -> None:
     assert item["required"] == ["unit", "to"] and item["additionalProperties"] is False
     bad = move(engine, player_0={"action": "orders", "orders": [{"unit": "a", "to": 9}]})["player_0"]
     assert "`orders` item 1 `to` must be at most 3, got 9" in (bad.feedback or "")
-    ok = move(engine, player_0={"action": "orders", "orders": [{"unit": "b", "to": 2}, {"unit": "a", "to": 0}]})
+    ok = move(
+        engine, player_0={"action": "orders", "orders": [{"unit": "b", "to": 2}, {"unit": "a", "to": 0}]}
+    )
     assert ok["player_0"].valid and engine.state["log"] == [{"unit": "b", "to": 2}, {"unit": "a", "to": 0}]
 
 
@@ -204,14 +209,20 @@ def test_a_let_is_only_readable_where_its_names_exist() -> None:
     # A phase's let is not visible inside an action (actions are not below a phase).
     bad = LETS.replace("value: '[r, r]'", "value: '[first]'")
     problems = problems_of(bad, dry_run=False)
-    assert any(p.startswith("actions.kill.effects[1].value: unknown name(s) ['first']") for p in problems), problems
+    assert any(p.startswith("actions.kill.effects[1].value: unknown name(s) ['first']") for p in problems), (
+        problems
+    )
     bad = LETS.replace("  n_alive: 'size(alive)'", "  n_alive: 'size(alive) + size(args.who)'")
     problems = problems_of(bad, dry_run=False)
-    assert any("end.when: reads let `n_alive`, which reads ['args']: not available here" in p for p in problems)
+    assert any(
+        "end.when: reads let `n_alive`, which reads ['args']: not available here" in p for p in problems
+    )
 
 
 def test_let_names_order_and_use_are_checked() -> None:
-    text = LETS.replace("  alive: 'players", "  players: '1'\n  unused: '2'\n  later: 'n_alive'\n  alive: 'players")
+    text = LETS.replace(
+        "  alive: 'players", "  players: '1'\n  unused: '2'\n  later: 'n_alive'\n  alive: 'players"
+    )
     problems = problems_of(text, dry_run=False)
     assert "let.players: `players` is a name the game already provides; choose another" in problems
     assert "let.unused: never read (a named expression no expression uses)" in problems
@@ -258,7 +269,9 @@ def test_only_available_actions_are_legal_shown_and_accepted() -> None:
     text = render_observation(engine.spec, player_view(engine, "player_1"), schema)
     assert "- call()" in text and "- check()" not in text
     r = move(engine, player_1={"action": "check"})["player_1"]
-    assert not r.valid and "`check` is not available now; legal actions: ['call', 'fold']" in (r.feedback or "")
+    assert not r.valid and "`check` is not available now; legal actions: ['call', 'fold']" in (
+        r.feedback or ""
+    )
 
 
 # --- 4. free talk and group channels ---------------------------------------------------------------
@@ -457,7 +470,9 @@ def test_repeat_runs_until_its_condition_and_a_runaway_is_an_error() -> None:
     engine = GameEngine(spec_of(LOOP.replace("max: 10", "max: 3")))
     move(engine, player_0={"action": "go", "to": 100})
     assert engine.state["x"] == 8
-    assert engine.errors == ["tick 0: actions.go.effects[0].repeat: `until` did not hold after 3 passes (the declared max)"]
+    assert engine.errors == [
+        "tick 0: actions.go.effects[0].repeat: `until` did not hold after 3 passes (the declared max)"
+    ]
 
 
 # --- 7. options ----------------------------------------------------------------------------------------
@@ -581,13 +596,13 @@ def test_a_failing_rule_is_a_warning_in_the_episode_record(tmp_path: Any) -> Non
 
 
 def test_a_policy_that_reads_another_players_private_field_is_rejected() -> None:
-    text = MIXED.replace("side: '\"middle\"'", "side: 'P[players[1]].secret > 0 ? \"middle\" : \"left\"'")
+    text = MIXED.replace("side: '\"middle\"'", 'side: \'P[players[1]].secret > 0 ? "middle" : "left"\'')
     problems = problems_of(text, dry_run=False)
     assert problems == [
         "policy[2].args.side: reads ['P[players[1]].secret']: another player's private field, "
         "or a hidden one, which players cannot see"
     ]
-    own = MIXED.replace("side: '\"middle\"'", "side: 'P[me].secret > 0 ? \"middle\" : \"left\"'")
+    own = MIXED.replace("side: '\"middle\"'", 'side: \'P[me].secret > 0 ? "middle" : "left"\'')
     assert problems_of(own, dry_run=False) == []
 
 
@@ -616,7 +631,8 @@ def test_a_default_move_that_is_not_legal_is_an_error_the_dry_run_finds() -> Non
     problems = problems_of(DEFAULT)
     assert len(problems) == 1, problems
     assert problems[0].startswith(
-        "phases.a.default_move: `bid(amount=0)` is not a legal move for player_0: `amount` must be at least 1, got 0"
+        "phases.a.default_move: `bid(amount=0)` is not a legal move for player_0: "
+        "`amount` must be at least 1, got 0"
     )
 
 
@@ -640,7 +656,9 @@ def test_an_episode_with_a_failed_default_move_is_a_game_error_not_a_zero(tmp_pa
     asyncio.run(Runner(broken, factory, tmp_path, progress=False).run(plan(broken, factory, 1)))
     (ep,) = list(read_episodes(tmp_path))
     assert ep.status == "aborted" and ep.payoffs is None
-    assert ep.abort_reason is not None and ep.abort_reason.startswith("game_error: tick 0: actions.bid.effects[0]")
+    assert ep.abort_reason is not None and ep.abort_reason.startswith(
+        "game_error: tick 0: actions.bid.effects[0]"
+    )
     assert "division by zero" in ep.abort_reason
 
 
@@ -660,7 +678,10 @@ def test_an_unquoted_comma_in_a_flow_mapping_names_the_line_and_the_quoting() ->
     ("source", "says"),
     [
         ("state.x + state.f", "+ cannot combine int (1) and double (1.5)"),
-        ("P[state.victim].c", "`P[state.victim]`: the index is null (not set yet?), so it names nothing in map `P`"),
+        (
+            "P[state.victim].c",
+            "`P[state.victim]`: the index is null (not set yet?), so it names nothing in map `P`",
+        ),
         ("state.victim.c + 1", "`state.victim.c`: `state.victim` is null, which has no field `c`"),
     ],
 )
@@ -695,5 +716,10 @@ def test_random_play_of_the_test_games_is_clean() -> None:
             engine.reset(seed)
             agents = {p: RandomAgent(seed * 10 + i) for i, p in enumerate(engine.players)}
             while not engine.done:
-                engine.tick({p: agents[p].choose({"action_schema": action_schema(engine, p)}) for p in engine.current_actors()})
+                engine.tick(
+                    {
+                        p: agents[p].choose({"action_schema": action_schema(engine, p)})
+                        for p in engine.current_actors()
+                    }
+                )
             assert engine.errors == [], (text[:40], engine.errors)

@@ -11,8 +11,9 @@ Structured-output variants (`GenerationConfig.schema_variant`):
   for endpoints (OpenAI's `json_schema`, vLLM's guided decoding, ...).
 - `compact`: the same constraints without annotations (descriptions, titles, defaults: 40% of the
   size), optional fields without their `null` alternative (leaving one out is the same), the
-  snake_case name schema written once (`$defs/Name`), and pydantic's `patternProperties` (maps with
-  snake_case keys: actions, state, params, ...) turned into `additionalProperties`. Why: llama-cpp-python's grammar converter does not know
+  snake_case name schema and other recurring parts written once (`$defs/Name`, `Exprs`, `Effects`),
+  and pydantic's `patternProperties` (maps with snake_case keys: actions, state, params, ...) turned
+  into `additionalProperties`. Why: llama-cpp-python's grammar converter does not know
   `patternProperties` and silently turns every such map into "any JSON object", leaving a spec's
   actions, variables and parameters unconstrained; with `additionalProperties` their values are
   constrained (key names are still checked by validation).
