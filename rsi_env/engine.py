@@ -662,6 +662,10 @@ class GameEngine:
             return reactions.actions
         return self._phase_spec().actions
 
+    def pending_move(self) -> dict[str, Any] | None:
+        """The move the open reaction window waits on ({player, action, args}), if any."""
+        return _move_of(self.stack[-1]) if self.stack else None
+
     def _pending_bind(self) -> dict[str, Any]:
         """`pending` (the move a reaction answers) while a reaction window is open."""
         return {"pending": _move_of(self.stack[-1])} if self.stack else {}

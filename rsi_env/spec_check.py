@@ -68,7 +68,7 @@ ACTION = BASE | {"me", "my", "args"}
 PLAYER = BASE | {"p", "flags"}  # payoffs: conduct flags are readable once the game is over
 VIEW = frozenset(
     {"state", "P", "players", "n", "role", "team", "phase", "turn", "forfeited", "me", "my", "actors",
-     "is_turn", "game", "events", "done", "payoffs", "options"}
+     "is_turn", "game", "events", "done", "payoffs", "options", "pending"}
 )  # fmt: skip
 # Names the engine binds somewhere: a named expression may not take one of them.
 RESERVED = ACTION | PLAYER | VIEW | {"moves", "pending", "iteration", "groups", "value", "a", "b"}

@@ -89,6 +89,8 @@ def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY)
         "options": engine.options,
         "actors": actors,
         "is_turn": player in actors,
+        # The move a reaction window waits on (its action event is already in the log), else null.
+        "pending": engine.pending_move(),
         "state": {k: engine.state[k] for k, v in spec.state.items() if v.visibility == "public"},
         "my": {k: engine.pstate[player][k] for k, v in spec.player_state.items() if v.visibility != "hidden"},
         "P": {
