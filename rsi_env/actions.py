@@ -177,18 +177,26 @@ def coerce_player(value: Any, candidates: list[str], all_players: list[str]) -> 
     return found if found in candidates else None
 
 
+def _load_value(text: str) -> Any:
+    """The JSON in a list or object argument given as text (None if there is none)."""
+    try:
+        return extract_json(text[:MAX_REPAIR_CHARS], lenient=True, max_repair_chars=MAX_REPAIR_CHARS)
+    except ValueError:
+        return None
+
+
 def coerce_list(text: str) -> Any:
     """A list given as text: a JSON list (`["a", "b"]`), or items separated by commas (`a, b`)."""
-    s = text.strip()[:MAX_OBJECT_CHARS]
+    s = text.strip()[:MAX_TEXT_CHARS]
     if s.startswith("["):
-        loaded = _load_object(s)
+        loaded = _load_value(s)
         return loaded if isinstance(loaded, list) else text
     return [_scalar(part) for part in s.split(",") if part.strip()]
 
 
 def coerce_object(text: str) -> Any:
     """An object given as text holding JSON (`{"unit": "a", "to": "b"}`)."""
-    loaded = _load_object(text.strip()[:MAX_OBJECT_CHARS])
+    loaded = _load_value(text.strip())
     return loaded if isinstance(loaded, dict) else text
 
 

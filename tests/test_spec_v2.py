@@ -350,7 +350,7 @@ def test_group_channels_and_lists_of_recipients_limit_who_sees_a_message() -> No
     )
     assert out["player_0"].valid and out["player_1"].valid
     assert not out["player_2"].valid and "not a member of that group" in (out["player_2"].feedback or "")
-    seen = {e["message"]: e["visible_to"] for e in engine.events if e["kind"] == "action"}
+    seen = {e.message: e.visible_to for e in engine.events if e.kind == "action"}
     assert seen["red plan"] == ["player_0", "player_1"]
     assert seen["psst"] == ["player_1", "player_2", "player_3"]
 
@@ -579,7 +579,7 @@ def test_weighted_rules_are_a_mixed_choice_and_null_leaves_an_argument_out() -> 
 
 
 def test_a_failing_rule_is_a_warning_in_the_episode_record(tmp_path: Any) -> None:
-    from rsi_env.agents.profiles import AgentFactory
+    from rsi_env.agents.factory import AgentFactory
     from rsi_env.runner import Runner, plan
     from rsi_env.trajectory_store import read_episodes
 
@@ -639,7 +639,7 @@ def test_a_default_move_that_is_not_legal_is_an_error_the_dry_run_finds() -> Non
 def test_an_episode_with_a_failed_default_move_is_a_game_error_not_a_zero(tmp_path: Any) -> None:
     import asyncio
 
-    from rsi_env.agents.profiles import AgentFactory
+    from rsi_env.agents.factory import AgentFactory
     from rsi_env.runner import Runner, plan
     from rsi_env.trajectory_store import read_episodes
 
