@@ -723,3 +723,56 @@ def test_random_play_of_the_test_games_is_clean() -> None:
                     }
                 )
             assert engine.errors == [], (text[:40], engine.errors)
+
+
+def test_play_option_is_recorded_and_makes_other_episode_ids(tmp_path: Any) -> None:
+    """`play --option k=v`: the chosen value is in each episode record and in the spec hash (so the
+    episode ids); a value out of bounds is one message and exit 2 before anything runs."""
+    from rsi_env.play import main as play_main
+    from rsi_env.trajectory_store import read_episodes
+
+    def run(out: str, *opts: str) -> list[Any]:
+        argv = ["--game", "leduc_holdem", "--agents", "scripted", "--episodes", "2", "--quiet"]
+        assert (
+            play_main([*argv, *[a for o in opts for a in ("--option", o)], "--out", str(tmp_path / out)]) == 0
+        )
+        return list(read_episodes(tmp_path / out))
+
+    default, one = run("default"), run("one", "raises=1")
+    assert [ep.options for ep in default] == [{"raises": 2}] * 2
+    assert [ep.options for ep in one] == [{"raises": 1}] * 2
+    assert all(ep.status == "complete" for ep in default + one)
+    assert default[0].spec_hash != one[0].spec_hash
+    assert {ep.episode_id for ep in default}.isdisjoint(ep.episode_id for ep in one)
+    # One bet or raise per round: after a bet, `raise` is not available, so it was never played.
+    assert not [e for ep in one for e in ep.events if e.kind == "action" and e.action == "raise"]
+    with pytest.raises(SystemExit) as exc:
+        play_main(["--game", "leduc_holdem", "--agents", "scripted", "--option", "raises=9", "--quiet",
+                   "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert exc.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_the_readme_shows_each_v2_construct_with_its_current_json_schema() -> None:
+    """The README's spec section documents every v2 construct with its part of the JSON Schema;
+    `scripts/readme_schema.py` writes those excerpts, and they must equal the schema of today."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    loader = importlib.util.spec_from_file_location("readme_schema", root / "scripts" / "readme_schema.py")
+    assert loader is not None and loader.loader is not None
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    readme = (root / "README.md").read_text()
+    assert module.render(readme) == readme, "run python scripts/readme_schema.py --write"
+    marked = " ".join(m.group(0) for m in module._MARK.finditer(readme))
+    constructs = [
+        "Param: items min_items max_items unique fields", "GameSpec: let", "Action: available_if",
+        "Phase: mode pass_action budget", "Channels: groups", "Reactions:", "Effect: cancel", "Repeat:",
+        "Option:", "PolicyRule: weight", "Phase: default_move",
+    ]  # fmt: skip
+    for construct in constructs:
+        assert construct in marked, construct
+    # An excerpt that no longer matches is found (the check is not vacuous).
+    stale = readme.replace('"unique": {"default": false', '"unique": {"default": true', 1)
+    assert stale != readme and module.render(stale) == readme
