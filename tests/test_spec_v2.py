@@ -776,3 +776,36 @@ def test_the_readme_shows_each_v2_construct_with_its_current_json_schema() -> No
     # An excerpt that no longer matches is found (the check is not vacuous).
     stale = readme.replace('"unique": {"default": false', '"unique": {"default": true', 1)
     assert stale != readme and module.render(stale) == readme
+
+
+@pytest.mark.parametrize("game", ["coup", "avalon", "leduc_holdem", "diplomacy", "codenames"])
+def test_the_generator_knows_v2_a_v2_game_fits_both_structured_output_schemas(game: str) -> None:
+    """The generated-games pipeline can ask for v2 specs: the five v2 games validate against the
+    structured-output schemas (full and the compact one for small local models), and the prompt's
+    reference names every v2 construct."""
+    from rsi_env.catalog import game_files
+    from rsi_env.generate.generator import (
+        REFERENCE,
+        Brief,
+        GenerationConfig,
+        build_messages,
+        structured_schema,
+    )
+    from rsi_env.llm import validate_json
+    from rsi_env.spec import load_yaml
+
+    # As a model would answer: JSON, every expression a string.
+    data = parse_spec(load_yaml(game_files()[game].read_text())).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    for variant in ("full", "compact"):
+        assert validate_json(data, structured_schema(variant)) is None, variant
+    broken = {**data, "options": {"x": {"type": "int"}}}  # an option without its default
+    assert validate_json(broken, structured_schema("compact")) is not None
+    for construct in ("let", "options", "min_items", "unique", "available_if", "mode: free", "pass_action",
+                      "budget", "channels.groups", "visibility: group", "reactions", "pending", "cancel",
+                      "repeat", "weight"):  # fmt: skip
+        assert construct in REFERENCE, construct
+    brief = Brief(theme="a market", mechanic="sealed bids", existing=[], examples=[])
+    messages, parts = build_messages(brief, GenerationConfig(context_tokens=32768))
+    assert "reference" in parts and "reactions" in messages[-1]["content"]
