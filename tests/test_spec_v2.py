@@ -809,3 +809,26 @@ def test_the_generator_knows_v2_a_v2_game_fits_both_structured_output_schemas(ga
     brief = Brief(theme="a market", mechanic="sealed bids", existing=[], examples=[])
     messages, parts = build_messages(brief, GenerationConfig(context_tokens=32768))
     assert "reference" in parts and "reactions" in messages[-1]["content"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ("hints: {theirs: 'P[players[1]].secret'}", "hints.theirs: reads ['P[players[1]].secret']"),
+        ("hints: {mine: 'my.card'}", "hints.mine: reads ['my.card']"),
+        ("hints: {pot: 'state.pot'}", "hints.pot: reads non-public state ['pot']"),
+    ],
+)
+def test_a_hint_that_reads_what_its_player_cannot_see_is_rejected(extra: str, says: str) -> None:
+    """Hints are observation lines on the player's own view: another player's private field, a
+    hidden field (even one's own) and non-public state are load errors; one's own private field is not."""
+    text = MIXED.replace(
+        "  secret: {type: int, init: '7', visibility: private}",
+        "  secret: {type: int, init: '7', visibility: private}\n  card: {type: int, visibility: hidden}",
+    ).replace(
+        "players: {min: 2, max: 2}",
+        "players: {min: 2, max: 2}\nstate:\n  pot: {type: int, visibility: hidden}",
+    )
+    problems = problems_of(f"{text}{extra}\n", dry_run=False)
+    assert len(problems) == 1 and problems[0].startswith(says), problems
+    assert problems_of(f"{text}hints: {{own: 'P[me].secret + 1'}}\n", dry_run=False) == []
