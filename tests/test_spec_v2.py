@@ -832,3 +832,34 @@ def test_a_hint_that_reads_what_its_player_cannot_see_is_rejected(extra: str, sa
     problems = problems_of(f"{text}{extra}\n", dry_run=False)
     assert len(problems) == 1 and problems[0].startswith(says), problems
     assert problems_of(f"{text}hints: {{own: 'P[me].secret + 1'}}\n", dry_run=False) == []
+
+
+ORDER = """
+players: {min: 2, max: 2}
+state:
+  x: {type: int}
+actions:
+  go:
+    effects:
+      - add: state.x
+        value: '3'
+      - announce: 'state.x >= 6 ? "x reached " + string(state.x) : null'
+    log: '"goes with x at " + string(state.x)'
+phases: [{name: a, actions: [go]}]
+end: {when: 'turn >= 2', turn_limit: 2}
+payoffs: {value: state.x}
+policy: [{action: go}]
+"""
+
+
+def test_the_log_reads_the_state_before_the_effects_and_a_null_announce_says_nothing() -> None:
+    engine = GameEngine(spec_of(ORDER))
+    move(engine, player_0={"action": "go"})
+    move(engine, player_1={"action": "go"})
+    assert engine.done and engine.errors == []
+    lines = [(e.kind, e.text) for e in engine.events if e.kind in ("action", "announce")]
+    assert lines == [
+        ("action", "goes with x at 0"),  # the first move: no announcement (null)
+        ("action", "goes with x at 3"),
+        ("announce", "x reached 6"),
+    ]
