@@ -56,6 +56,7 @@ class LetExpr(Expr):
     """An expression that reads named expressions: its program binds them, its text is its own."""
 
     __slots__ = ("lets",)
+    lets: tuple[str, ...]  # the lets its program binds, in binding order
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ class GameEngine:
                 v = e(scope) if e is not None else None
             except ExprError:
                 continue  # the spec checks report it
-            if is_number(v):
+            if v is not None and is_number(v):
                 counts[r.name] = int(v)
         total = sum(counts.values())
         if total > n:
@@ -688,7 +688,8 @@ class GameEngine:
             return SubmitResult(valid=False, feedback="No action was available to you; your turn passed.")
         parsed = act.parse_action(text, self._offered())
         if parsed.error is None and parsed.name not in names:
-            args, problems = {}, [f"`{parsed.name}` is not available now; legal actions: {names}"]
+            args: dict[str, Any] = {}
+            problems = [f"`{parsed.name}` is not available now; legal actions: {names}"]
         elif parsed.error is None:
             assert parsed.name is not None
             args, problems = self._check(player, parsed.name, parsed.args)
@@ -1149,8 +1150,10 @@ class GameEngine:
             )
             self._check_range(b, path, ("min_items", "max_items"))
             lo, hi = b.get("min_items"), b.get("max_items")
-            b["min_items"] = int(lo) if is_number(lo) else 0
-            b["max_items"] = min(int(hi), MAX_LIST_ITEMS) if is_number(hi) else MAX_LIST_ITEMS
+            b["min_items"] = int(lo) if lo is not None and is_number(lo) else 0
+            b["max_items"] = (
+                min(int(hi), MAX_LIST_ITEMS) if hi is not None and is_number(hi) else MAX_LIST_ITEMS
+            )
         if prm.type == "object" and prm.fields is not None:
             fields = exprs.get("fields", {})
             b["fields"] = {
@@ -1251,7 +1254,7 @@ def _reaction_depth(spec: GameSpec) -> int:
         seen |= frontier
         frontier = {
             r for n in frontier
-            for r in (spec.actions[n].reactions.actions if spec.actions[n].reactions else [])
+            for r in spec.actions[n].answers()
             if spec.actions.get(r) is not None and spec.actions[r].reactions is not None and r not in seen
         }  # fmt: skip
     return depth

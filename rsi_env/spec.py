@@ -231,6 +231,10 @@ class Action(_Model):
     log: Expression | None = Field(None, description="CEL string for transcripts (read before effects).")
     reactions: Reactions | None = None
 
+    def answers(self) -> list[str]:
+        """The actions that answer this one out of turn (none without `reactions`)."""
+        return self.reactions.actions if self.reactions is not None else []
+
     @model_validator(mode="after")
     def _recipient(self) -> Action:
         if self.visibility == "recipient":

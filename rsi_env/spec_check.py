@@ -589,16 +589,16 @@ def _check_lets(spec: GameSpec, game: CompiledGame, problems: list[str]) -> None
                 problems.append(f"{here}: `{name}` is a name the game already provides; choose another")
             elif name in outer:
                 problems.append(f"{here}: `{name}` is already a spec-level let; choose another name")
-            e = exprs.get(name)
-            if e is not None:
-                later = sorted((set(decls) - set(declared)) & e.variables)
+            let = exprs.get(name)
+            if let is not None:
+                later = sorted((set(decls) - set(declared)) & let.variables)
                 if later:
                     problems.append(
                         f"{here}: reads {later}, declared at or after it "
                         "(a let reads only the ones before it)"
                     )
                 _check_expr(
-                    here, e, all_names, problems, spec, random_ok=True, names=False,
+                    here, let, all_names, problems, spec, random_ok=True, names=False,
                     lets=dict(game.top_lets.exprs) if path != "let" else {},
                 )  # fmt: skip
                 if name not in read and name != "groups":
@@ -663,8 +663,7 @@ def _check_reachability(spec: GameSpec, problems: list[str]) -> None:
     used = {a for ph in spec.phases if ph.name in reachable for a in ph.actions}
     frontier = set(used)
     while frontier:  # reactions to a usable move are usable (and reactions to those)
-        more = {r for a in frontier if a in spec.actions and spec.actions[a].reactions
-                for r in spec.actions[a].reactions.actions}  # fmt: skip
+        more = {r for a in frontier if a in spec.actions for r in spec.actions[a].answers()}
         frontier = more - used
         used |= more
     for name in spec.actions:
