@@ -863,3 +863,24 @@ def test_the_log_reads_the_state_before_the_effects_and_a_null_announce_says_not
         ("action", "goes with x at 3"),
         ("announce", "x reached 6"),
     ]
+
+
+def test_a_v1_game_keeps_the_spec_hash_records_written_before_v2_carry() -> None:
+    """The v1 language stays valid and hashes as before: the games in records written before v2 (and
+    before typed events) have the hash those records carry, so their episode ids still match."""
+    from pathlib import Path
+
+    from rsi_env.catalog import load_game
+
+    records = Path(__file__).parent / "records" / "before_typed_events.jsonl"
+    seen = {}
+    for line in records.read_text().splitlines():
+        ep = json.loads(line)
+        ep = ep.get("episode", ep)
+        seen.setdefault(ep["game"], set()).add(ep["spec_hash"])
+    assert {"negotiation", "werewolf", "auction"} <= set(seen)
+    for game, hashes in seen.items():
+        assert load_game(game).spec_hash() in hashes, game
+    # The v2 fields a v1 spec leaves at their defaults are what is left out; used, they count.
+    spec = load_game("negotiation")
+    assert spec.model_copy(update={"let": {"x": "1"}}).spec_hash() != spec.spec_hash()
