@@ -55,8 +55,9 @@ class CEffect:
 class LetExpr(Expr):
     """An expression that reads named expressions: its program binds them, its text is its own."""
 
-    __slots__ = ("lets",)
+    __slots__ = ("lets", "reads")
     lets: tuple[str, ...]  # the lets its program binds, in binding order
+    reads: frozenset[str]  # the names its program reads, through its lets too (its lets' names aside)
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,18 @@ def _bind_lets(e: Expr, names: list[str], lets: Lets) -> Expr:
         body = f"[(\n{lets.sources[name]}\n)].map({name}, (\n{body}\n))[0]"
     out = LetExpr(e.source)
     try:
-        out.program = Expr(body).program
+        bound = Expr(body)
     except ExprError:
         return e  # a let that does not compile is reported where it is declared
+    out.program = bound.program
     out.lets = tuple(names)
+    out.reads = frozenset(bound.variables) - set(names)
     return out
+
+
+def reads(e: Expr) -> frozenset[str]:
+    """The names `e` needs in its scope when it runs: its own, and its lets' in place of their names."""
+    return e.reads if isinstance(e, LetExpr) else frozenset(e.variables)
 
 
 def let_functions(e: Expr | None, lets: Mapping[str, Expr]) -> frozenset[str]:

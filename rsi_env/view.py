@@ -16,7 +16,7 @@ from functools import cache
 from typing import Any
 
 from . import actions as act
-from .compiled import compiled
+from .compiled import compiled, reads
 from .engine import GameEngine
 from .events import Event
 from .expr import ExprError, OverBudget, Scope, select_functions
@@ -282,7 +282,7 @@ def _hints(spec: GameSpec, view: dict[str, Any], over_budget: list[str] | None =
         return []
     # Every observation and every LLM prompt renders the hints: converting only the view variables
     # they read (not all players' views, roles, ...) makes that 2-5x cheaper, with the same result.
-    names = frozenset().union(*(e.variables for e in hints.values() if e is not None)) - {"events"}
+    names = frozenset().union(*(reads(e) for e in hints.values() if e is not None)) - {"events"}
     scope = Scope(
         {k: view[k] for k in names if k in view}, _functions(game.view_function_names), Budget(VIEW_LIMITS)
     )
