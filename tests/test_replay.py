@@ -33,7 +33,7 @@ from rsi_env.trajectory import CallInfo, DimensionScore, Episode, Verdict
 from rsi_env.trajectory_store import TrajectoryWriter
 
 REPO = Path(__file__).resolve().parent.parent
-WIDE = 400  # no wrapping: a line of the rendering is a line of the episode
+WIDE = 1000  # no wrapping: a line of the rendering is a line of the episode
 
 
 # --- test doubles ------------------------------------------------------------------------------
