@@ -884,3 +884,37 @@ def test_a_v1_game_keeps_the_spec_hash_records_written_before_v2_carry() -> None
     # The v2 fields a v1 spec leaves at their defaults are what is left out; used, they count.
     spec = load_game("negotiation")
     assert spec.model_copy(update={"let": {"x": "1"}}).spec_hash() != spec.spec_hash()
+
+
+@pytest.mark.parametrize(
+    ("base", "old", "new", "dry_run", "says"),
+    [
+        ("CLAIMS", "  wait: {}",
+         "  wait: {effects: [{set: state.events, value: 'state.events + [pending.player]'}]}",
+         False, "actions.wait.effects[0].value: unknown name(s) ['pending']"),
+        ("CLAIMS", "  wait: {}", "  wait: {effects: [{cancel: 'true'}]}",
+         False, "actions.wait.effects[0].cancel: only a reaction's effects may cancel"),
+        ("CLAIMS", "phases: [{name: a, actions: [tax, wait]}]",
+         "phases: [{name: a, mode: simultaneous, actions: [tax, wait]}]",
+         False, "phases.a: ['tax'] have reactions, which only a sequential phase can wait for"),
+        ("TALK", "    actions: [say, huddle, whisper, done]\n    pass_action: done",
+         "    actions: [say, huddle, whisper]\n    pass_action: done",
+         False, "phases.talk.pass_action: `done` is not one of this phase's actions"),
+        ("TALK", "group: args.channel", "group: '\"blues\"'",
+         False, "actions.huddle.group: `blues` is not a group (groups: ['everyone_but_0', 'reds'])"),
+        ("TALK", "values: [reds, everyone_but_0]", "values: [reds, blues]",
+         True, "actions.huddle.group: `groups[(args.channel)]`: missing key: blues (dry run"),
+        ("TALK", "min_items: '1', max_items: '2'", "min_items: '3', max_items: '2'",
+         False, "actions.whisper.params.to: min_items (3) is above max_items (2): no length is valid"),
+    ],
+)  # fmt: skip
+def test_v2_constructs_misused_are_load_errors(
+    base: str, old: str, new: str, dry_run: bool, says: str
+) -> None:
+    """`pending` and `cancel` outside reactions, reactions where nothing can wait, a free phase whose
+    pass it does not offer, a group that does not exist (by name, or found by the dry run), a list
+    that no length fits: each one problem naming the field, before play."""
+    text = globals()[base]
+    assert old in text
+    problems = problems_of(text.replace(old, new), dry_run=dry_run)
+    assert len(problems) == 1 and problems[0].startswith(says), problems
