@@ -918,3 +918,28 @@ def test_v2_constructs_misused_are_load_errors(
     assert old in text
     problems = problems_of(text.replace(old, new), dry_run=dry_run)
     assert len(problems) == 1 and problems[0].startswith(says), problems
+
+
+def test_the_codenames_words_are_the_encyclopedia_pages_the_script_picks() -> None:
+    """Codenames' board words and glossaries are data from the shipped encyclopedia corpus:
+    `scripts/codenames_lexicon.py` builds the table from it, and the game holds that very table."""
+    import importlib.util
+    from pathlib import Path
+
+    from rsi_env.catalog import load_game
+    from rsi_env.expr import Expr, Scope, select_functions
+    from rsi_env.tasks import corpus
+
+    if importlib.util.find_spec(corpus.MODULE) is None:
+        pytest.skip(f"encyclopedia corpus not installed: pip install {corpus.PACKAGE}")
+    root = Path(__file__).resolve().parent.parent
+    loader = importlib.util.spec_from_file_location(
+        "codenames_lexicon", root / "scripts" / "codenames_lexicon.py"
+    )
+    assert loader is not None and loader.loader is not None
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    e = Expr(load_game("codenames").let["lexicon"])
+    in_game = e(Scope({}, select_functions(e.functions)))
+    assert in_game == module.lexicon()
+    assert len(in_game) == 16 * 8 and all(len(v) >= 1 for v in in_game.values())
