@@ -148,21 +148,28 @@ def _agents(players: list[str], seed: int, scripted_seat: str | None = None, spe
 
 
 def test_scripted_beats_random(game_id: str) -> None:
-    """Seat by seat over the same seeds: scripted (vs random others) outscores random (vs random)."""
+    """Seat by seat over the same seeds: scripted (vs random others) outscores random (vs random).
+
+    Seeds are played in order, every seat on each; the test stops early once the gain is above 4
+    standard errors after at least 20 seeds (a margin that keeps the early look honest: the slow
+    v2 games would take minutes for all 120), else it judges all 120 at 2 standard errors."""
     spec = load_game(game_id)
     env = rsi_env.make_parallel(game_id)
-    gains = []
-    for seat in env.possible_agents:
-        for seed in range(120):
+    gains: list[float] = []
+    mean = stderr = 0.0
+    for seed in range(120):
+        for seat in env.possible_agents:
             with_scripted = _agents(env.possible_agents, seed, scripted_seat=seat, spec=spec)
             all_random = _agents(env.possible_agents, seed)
             a = play_episode(env, lambda p, info, ag=with_scripted: ag[p].choose(info), seed)
             b = play_episode(env, lambda p, info, ag=all_random: ag[p].choose(info), seed)
             assert not a["errors"] and not b["errors"]
             gains.append(a["payoffs"][seat] - b["payoffs"][seat])
-    gains_arr = np.array(gains)
-    stderr = gains_arr.std(ddof=1) / np.sqrt(len(gains_arr))
-    assert gains_arr.mean() > 2 * stderr, f"scripted gain {gains_arr.mean():.3f} ± {stderr:.3f}"
+        gains_arr = np.array(gains)
+        mean, stderr = float(gains_arr.mean()), float(gains_arr.std(ddof=1) / np.sqrt(len(gains_arr)))
+        if seed + 1 >= 20 and mean > 4 * stderr:
+            return
+    assert mean > 2 * stderr, f"scripted gain {mean:.3f} ± {stderr:.3f}"
 
 
 def _case_files() -> list[Path]:

@@ -901,7 +901,3 @@ def test_cli_runs_programs_as_ray_tasks_with_the_same_outcomes(tmp_path: Path) -
         assert res.exit_code == 0 and res.stdout.strip() == "45"
     finally:
         ray.shutdown()
-    # With --ray the runs really go through Ray: an address nobody answers at is an error, not a
-    # quiet fallback to this process.
-    with pytest.raises(RuntimeError, match="cannot join or start Ray"):
-        asyncio.run(run_program("print(1)", limits=SandboxLimits(), ray="127.0.0.1:1"))
