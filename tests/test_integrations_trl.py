@@ -5,6 +5,7 @@ with a tiny model built here (in the `trl` extra)."""
 from __future__ import annotations
 
 import json
+import keyword
 import os
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,14 @@ def test_every_spec_action_is_a_typed_tool_whose_schema_parses(game: str) -> Non
         action = spec.actions[name]
         assert schema["name"] == name
         params = schema["parameters"]["properties"]
-        want = {p for p, prm in action.params.items() if not prm.optional}
+        # A spec parameter named like a Python keyword (Coup's `as`) is `as_` in the tool.
+        py = {p: p + "_" if keyword.iskeyword(p) else p for p in action.params}
+        want = {py[p] for p, prm in action.params.items() if not prm.optional}
         if action.message == "required":
             want.add("message")
         assert set(schema["parameters"].get("required", [])) == want
         for pname, prm in action.params.items():
-            got = params[pname]
+            got = params[py[pname]]
             assert got.get("description")
             kinds = {"int": "integer", "float": "number", "bool": "boolean", "text": "string"}
             if prm.type in kinds:

@@ -173,12 +173,18 @@ def action_tool(spec: GameSpec, name: str, players: list[str]) -> Callable[..., 
     docs: list[str] = []
     hints: dict[str, Any] = {}
     params = dict(action.params)
-    for pname, prm in params.items():
-        if keyword.iskeyword(pname) or pname == "self":
+    # A spec parameter named like a Python keyword (Coup's `as`) becomes `as_` in the tool, as PEP 8
+    # spells it, and goes back to its spec name in the move.
+    spec_name: dict[str, str] = {}
+    for spec_pname, prm in params.items():
+        pname = spec_pname + "_" if keyword.iskeyword(spec_pname) or spec_pname == "self" else spec_pname
+        if pname != spec_pname and (pname in params or pname == "message"):
             raise ValueError(
-                f"{spec.id}: parameter `{name}.{pname}` cannot be a Python argument; use tools='act'"
+                f"{spec.id}: parameter `{name}.{spec_pname}` cannot be a Python argument (and "
+                f"`{pname}` is taken); use tools='act'"
             )
-        hint, desc = _param(pname, prm, players)
+        spec_name[pname] = spec_pname
+        hint, desc = _param(spec_pname, prm, players)
         if prm.optional:
             hints[pname] = hint | None
             optional.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=None))
@@ -206,7 +212,13 @@ def action_tool(spec: GameSpec, name: str, players: list[str]) -> Callable[..., 
 
     def tool(self: GameEnvironment, **kwargs: Any) -> str:
         move: dict[str, Any] = {"action": name}
-        move.update({k: v for k, v in kwargs.items() if v is not None and not (k == "message" and v == "")})
+        move.update(
+            {
+                spec_name.get(k, k): v
+                for k, v in kwargs.items()
+                if v is not None and not (k == "message" and v == "")
+            }
+        )
         return self._play(move)
 
     summary = _clean(action.description) or f"The `{name}` move."
