@@ -145,7 +145,11 @@ class Runner:
         loop = asyncio.get_running_loop()
         # Shielded: a Ctrl-C while the line is queued still writes it (the pool is drained before the
         # file closes), so a finished episode is never lost.
-        written = await asyncio.shield(loop.run_in_executor(self._write_pool, self._writer.append_new, ep))
+        write = loop.run_in_executor(self._write_pool, self._writer.append_new, ep)
+        # A lane cancelled while its line is queued (another lane's write failed: a full disk) no longer
+        # awaits it; its error is the one already raised, so it is marked seen rather than logged at exit.
+        write.add_done_callback(_mark_seen)
+        written = await asyncio.shield(write)
         if not written:
             self._skipped(ep.episode_id)
             return
@@ -194,3 +198,8 @@ class Runner:
                 t.cancel()  # Ctrl-C: in-flight episodes are dropped, the file keeps whole lines
             # A lane that failed (a full disk) must not leave others running on the file being closed.
             await asyncio.gather(*lanes, return_exceptions=True)
+
+
+def _mark_seen(write: asyncio.Future[bool]) -> None:
+    if not write.cancelled():
+        write.exception()
