@@ -9,6 +9,9 @@ action schema and the profile's sampling).
 
     ideal = calls x latency / concurrency        eff = ideal / achieved
 
+`run eff` leaves out the Ray actors' start-up (`start s`, inside `actual s`): a pool is started once
+and then serves as many episodes as the run has, so the start-up is printed apart and the run is
+judged without it (`eff` keeps it).
 `steady` is the efficiency from the first episode's start until the last episode (call) started:
 it leaves out the run's start (reading the file; starting Ray actors) and its end, a tail of long
 episodes finishing with fewer than `concurrency` in flight, which no runner avoids and a long run
@@ -78,12 +81,13 @@ class Timing(BaseModel):
     elapsed: float
     steady_s: float
     steady_calls: int
+    start_s: float = 0.0  # of `elapsed`: starting the Ray actors (a pool started once serves many runs)
 
 
 async def run_runner(
     spec: GameSpec, base_url: str, episodes: int, concurrency: int, actors: int, out: Path
-) -> tuple[Timing, float]:
-    """One runner row (`actors` 0: one process); its timing and the actors' start-up seconds."""
+) -> Timing:
+    """One runner row (`actors` 0: one process), the actors' start-up included and counted apart."""
     factory = AgentFactory([AGENT], spec, EndpointOverride(base_url=base_url, model=MODEL))
     kw: dict[str, Any] = {"ray": "auto", "workers": actors} if actors else {}
     runner = Runner(spec, factory, out, concurrency=concurrency, progress=False, **kw)
@@ -106,8 +110,12 @@ async def run_runner(
             for c in (*turn.failed_calls, turn.call):
                 t += c.latency_s
                 steady_calls += (1 + c.retries) * (t <= last_start)
-    timing = Timing(elapsed=elapsed, steady_s=last_start - first_start, steady_calls=steady_calls)
-    return timing, stats.ray_start_s
+    return Timing(
+        elapsed=elapsed,
+        steady_s=last_start - first_start,
+        steady_calls=steady_calls,
+        start_s=stats.ray_start_s,
+    )
 
 
 def first_turn_request(spec: GameSpec) -> dict[str, Any]:
@@ -207,18 +215,38 @@ def tokens_by_turns(episodes: list[Episode]) -> None:
     print(f"prompt tokens of the k-th turn of an episode (mean): {row}")
 
 
-def row(
-    conc: int, name: str, calls: int, latency: float, timing: Timing, cpu: float, tail: str = ""
-) -> float:
-    """Print one row; returns the steady-state efficiency."""
+class Effs(BaseModel):
+    """A row's efficiencies: over the whole run, the run without the actors' start-up, the steady state."""
+
+    whole: float
+    run: float
+    steady: float
+
+    def over(self, bare: Effs) -> Effs:
+        return Effs(whole=self.whole / bare.whole, run=self.run / bare.run, steady=self.steady / bare.steady)
+
+
+def efficiencies(calls: int, latency: float, conc: int, timing: Timing) -> Effs:
     ideal = calls * latency / conc
-    steady = timing.steady_calls * latency / conc / timing.steady_s
+    return Effs(
+        whole=ideal / timing.elapsed,
+        run=ideal / (timing.elapsed - timing.start_s),
+        steady=timing.steady_calls * latency / conc / timing.steady_s,
+    )
+
+
+def row(conc: int, name: str, calls: int, latency: float, timing: Timing, cpu: float, tail: str = "") -> None:
+    e = efficiencies(calls, latency, conc, timing)
     print(
-        f"{conc:>4} {name:<18}{calls:>7}{ideal:>9.2f}{timing.elapsed:>10.2f}{calls / timing.elapsed:>9.1f}"
-        f"{ideal / timing.elapsed:>7.2f}{steady:>8.2f}{cpu * 1000 / calls:>9.2f}{tail}",
+        f"{conc:>4} {name:<15}{calls:>6}{calls * latency / conc:>8.2f}{timing.elapsed:>9.2f}"
+        f"{timing.start_s:>8.2f}{calls / timing.elapsed:>8.1f}{e.whole:>7.2f}{e.run:>8.2f}{e.steady:>8.2f}"
+        f"{cpu * 1000 / calls:>8.2f}{tail}",
         flush=True,
     )
-    return steady
+
+
+def mark(r: float) -> str:
+    return f"{r:.2f} {'ok ' if r >= 0.9 else 'LOW'}"
 
 
 def main() -> None:
@@ -237,6 +265,7 @@ def main() -> None:
     config = FaultConfig(latency_s=ns.latency)
     last_out: Path | None = None
     rows = [0, ns.actors] if ns.ray else [0]
+    ratios: dict[tuple[int, str], list[Effs]] = defaultdict(list)
     with (
         FaultServerProcess("--config", config.model_dump_json()) as server,
         tempfile.TemporaryDirectory() as tmp,
@@ -244,15 +273,16 @@ def main() -> None:
         url = server.base_url
         print(
             f"{spec.id}: {ns.episodes} episodes per runner row; fault server {url} in its own process, "
-            f"latency {ns.latency * 1000:.0f} ms, no faults; {os.cpu_count()} CPU(s)"
+            f"latency {ns.latency * 1000:.0f} ms, no faults; {os.cpu_count()} CPU(s); "
+            f"load average {os.getloadavg()[0]:.1f}"
         )
         if ns.ray:
             from rsi_env.runner.ray_backend import connect
 
             print(f"Ray started on this machine in {connect('auto'):.2f} s (once, before the rows)")
         print(
-            f"{'conc':>4} {'client':<18}{'calls':>7}{'ideal s':>9}{'actual s':>10}{'calls/s':>9}"
-            f"{'eff':>7}{'steady':>8}{'cpu ms':>9}   runner/bare: eff steady"
+            f"{'conc':>4} {'client':<15}{'calls':>6}{'ideal s':>8}{'actual s':>9}{'start s':>8}{'calls/s':>8}"
+            f"{'eff':>7}{'run eff':>8}{'steady':>8}{'cpu ms':>8}   runner/bare: eff, run eff, steady"
         )
         for conc in ns.concurrency:
             for rep in range(ns.repeat):
@@ -260,25 +290,30 @@ def main() -> None:
                     out = Path(tmp) / f"c{conc}-a{actors}-r{rep}"
                     before = server_requests(url)
                     cpu0 = cpu_time()
-                    runner, start_s = asyncio.run(run_runner(spec, url, ns.episodes, conc, actors, out))
+                    runner = asyncio.run(run_runner(spec, url, ns.episodes, conc, actors, out))
                     cpu = cpu_time() - cpu0
                     calls = server_requests(url) - before
                     last_out = out
                     name = f"ray {actors} actors" if actors else "one process"
-                    tail = f"   (actors ready in {start_s:.2f} s)" if actors else ""
-                    steady_runner = row(conc, name, calls, ns.latency, runner, cpu, tail)
+                    row(conc, name, calls, ns.latency, runner, cpu)
                     # The same calls at the same concurrency, right after, on the same server.
                     cpu0 = time.process_time()
                     messages = recorded_requests(list(read_episodes(out)))
                     if len(messages) != calls:
                         raise RuntimeError(f"rebuilt {len(messages)} requests of the {calls} the server saw")
-                    bare = asyncio.run(run_bare(url, conc, request, messages))
+                    bare_timing = asyncio.run(run_bare(url, conc, request, messages))
                     cpu = time.process_time() - cpu0
-                    ratio = bare.elapsed / runner.elapsed  # = runner efficiency / bare efficiency
-                    steady_bare = bare.steady_calls * ns.latency / conc / bare.steady_s
-                    steady_ratio = steady_runner / steady_bare
-                    marks = " ".join(f"{r:.2f} {'ok' if r >= 0.9 else 'LOW'}" for r in (ratio, steady_ratio))
-                    row(conc, "bare openai", calls, ns.latency, bare, cpu, f"{'':>17}{marks}")
+                    r = efficiencies(calls, ns.latency, conc, runner).over(
+                        efficiencies(calls, ns.latency, conc, bare_timing)
+                    )
+                    ratios[conc, name].append(r)
+                    row(conc, "  bare openai", calls, ns.latency, bare_timing, cpu,
+                        f"   {mark(r.whole)} {mark(r.run)} {mark(r.steady)}")  # fmt: skip
+        print(f"\nrunner / bare client, median of {ns.repeat} pair(s) (target >= 0.90)")
+        print(f"{'conc':>4} {'client':<15}{'whole':>8}{'run':>8}{'steady':>8}")
+        for (conc, name), rs in ratios.items():
+            med = [statistics.median(getattr(r, k) for r in rs) for k in ("whole", "run", "steady")]
+            print(f"{conc:>4} {name:<15}" + "".join(f"{m:>8.2f}" for m in med))
         if last_out is not None:
             tokens_by_turns(list(read_episodes(last_out)))
 
