@@ -39,7 +39,13 @@ def test_bench_runner_prints_runner_and_bare_client_efficiency() -> None:
 def test_bench_runner_with_ray_adds_ray_rows_and_the_start_up_cost() -> None:
     pytest.importorskip("ray")
     out = _script("bench_runner.py", "--episodes", "6", "--concurrency", "4", "--ray", "--actors", "2")
-    assert "Ray started on this machine in" in out and "ray 2 actors" in out and "actors ready in" in out
+    assert "Ray started on this machine in" in out
+    rows = {" ".join(w[1:-9]): w[-9:] for line in out.splitlines() if (w := line.split())[:1] == ["4"]}
+    # columns after the name: calls, ideal s, actual s, start s, calls/s, eff, run eff, steady, cpu ms
+    ray, here = rows["ray 2 actors"], rows["one process"]
+    assert float(ray[3]) > 0 and float(here[3]) == 0, "the actors' start-up, in its own column"
+    assert float(ray[6]) > float(ray[5]), "`run eff` leaves the start-up out"
+    assert "runner / bare client, median of 1 pair(s)" in out
 
 
 def test_bench_client_and_bench_expr_print_their_tables() -> None:
