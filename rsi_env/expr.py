@@ -325,6 +325,26 @@ KNOWN_FUNCTIONS = NATIVE_FUNCTION_NAMES | STDLIB_FUNCTION_NAMES | frozenset(PURE
 
 _UNSET = object()
 
+_TO_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_TO_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _lower_ascii(s: Any) -> Any:
+    """The package's `lowerAscii`, one table lookup per string instead of a generator per character:
+    the same ASCII letters change, the same way (anything but a str goes to the package's own)."""
+    return s.translate(_TO_LOWER) if type(s) is str else cel_stdlib.lower_ascii(s)
+
+
+def _upper_ascii(s: Any) -> Any:
+    """The package's `upperAscii`, as `_lower_ascii`."""
+    return s.translate(_TO_UPPER) if type(s) is str else cel_stdlib.upper_ascii(s)
+
+
+# Faster stand-ins for some of the package's stdlib functions (same results, same errors).
+_FASTER_STDLIB: dict[str, Callable[..., Any]] = {"lowerAscii": _lower_ascii, "upperAscii": _upper_ascii}
+for _name, _fn in _FASTER_STDLIB.items():
+    _fn.__doc__ = cel_stdlib.STDLIB_FUNCTIONS[_name].__doc__
+
 
 def select_functions(
     names: Iterable[str], random: SeededRandom | None = None
@@ -338,7 +358,7 @@ def select_functions(
     out = {n: f for n, f in PURE_FUNCTIONS.items() if n in wanted}
     for full, fn in cel_stdlib.STDLIB_FUNCTIONS.items():
         if full.rsplit(".", 1)[-1] in wanted and full not in NATIVE_FUNCTION_NAMES:
-            out[full] = fn
+            out[full] = _FASTER_STDLIB.get(full, fn)
     if random is not None:
         out.update({n: f for n, f in random.functions().items() if n in wanted})
     return out
