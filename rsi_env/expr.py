@@ -51,7 +51,7 @@ class Expr:
     The program that runs is the source with its comprehensions instrumented for the evaluation
     budget (`expr_budget.instrument`); what it reads is taken from the source as written."""
 
-    __slots__ = ("fields", "functions", "player_fields", "program", "run", "source", "variables")
+    __slots__ = ("fields", "functions", "let_count", "player_fields", "program", "run", "source", "variables")
 
     def __init__(self, source: str | int | float | bool) -> None:
         # YAML turns `0` or `true` into numbers/bools; an expression is their CEL spelling.
@@ -68,6 +68,7 @@ class Expr:
         except (ValueError, RuntimeError) as exc:
             raise ExprError(_first_line(str(exc))) from None
         self.run = self.program
+        self.let_count = 0  # the lets its program binds (`compiled.LetExpr`), for the budget
         text = instrument(self.source)
         try:
             if text is None:
@@ -90,7 +91,7 @@ class Expr:
     def __call__(self, scope: Scope) -> Any:
         budget = scope.budget
         try:
-            budget.start_eval()
+            budget.start_eval(self.let_count)
             result = self.run.execute(scope.context)
             if isinstance(result, dict | list | str | bytes):
                 measure(result, budget.limits)

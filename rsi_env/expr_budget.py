@@ -50,6 +50,9 @@ LIMITS = Limits()
 # Units (~1 µs here) of one item walked by a comprehension, and of copying one accumulated node.
 WALK_UNITS = 3
 COPY_UNITS = 0.5
+# Units of binding one let (`compiled._measured_binding`): what its one-element comprehension was
+# charged when it was instrumented too, a walk of one item (3 + 1) and its one item (0 + 1).
+LET_UNITS = 5
 # Hints and the scripted policy run on every observation: a tighter budget per evaluation.
 VIEW_LIMITS = Limits(eval_units=20_000, tick_units=100_000)
 
@@ -72,11 +75,14 @@ class Budget:
     def start_tick(self) -> None:
         self.tick_used = 0
 
-    def start_eval(self) -> None:
+    def start_eval(self, lets: int = 0) -> None:
+        """A new evaluation, of an expression binding `lets` named expressions (`compiled`)."""
         self.eval_used = 0
         self.tripped = None
         self.building.clear()
         self.charge(2)
+        if lets:
+            self.charge(LET_UNITS * lets - 1)
 
     def charge(self, units: float) -> None:
         units = int(units) + 1
