@@ -207,7 +207,7 @@ class GameEngine:
             self.state[name] = self._draw(
                 var.type, self.game.var_init[name], self.game.var_where[name], {}, f"state.{name}"
             )
-            self._touch("state")  # later draws may read it: re-convert just this root
+            self._touch("state", name)  # later draws may read it: re-convert just this field
         for name, var in self.spec.player_state.items():
             for p in self.players:
                 self.pstate[p][name] = self._draw(
@@ -278,12 +278,13 @@ class GameEngine:
         self._scope = None
         self._changed()
 
-    def _touch(self, root: str) -> None:
-        """Refresh one root variable in the live scope after an effect wrote it."""
+    def _touch(self, root: str, field: Any = None) -> None:
+        """Refresh one root variable in the live scope after an effect wrote it (for `state`, the
+        field written, when known)."""
         self._changed()
         if self._scope is not None:
             if root == "state":
-                self._scope.refresh("state", self.state)
+                self._scope.refresh("state", self.state, field=field)
             else:
                 self._scope.refresh("P", self.pstate, stale=("my",))
 
@@ -480,7 +481,7 @@ class GameEngine:
                 del container[last]
             self._abort(f"{path}: {exc}")
             return
-        self._touch("state" if target.root == "state" else "P")
+        self._touch("state" if target.root == "state" else "P", keys[0])
 
     # --- events ----------------------------------------------------------------------------------
 

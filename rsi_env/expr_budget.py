@@ -302,7 +302,8 @@ class _Tok:
     end: int
 
 
-def _tokens(source: str) -> list[_Tok] | None:
+def tokens(source: str) -> list[_Tok] | None:
+    """CEL tokens of `source` (strings whole), or None for what this lexer does not know (a comment)."""
     out: list[_Tok] = []
     pos, end = 0, len(source.rstrip())
     while pos < end:
@@ -396,7 +397,7 @@ def instrument(source: str) -> str | None:
         xs.map(x, p, f)     ->  _rsi_done(_rsi_build(xs).map(x, p, _rsi_item(f)))
         xs.filter(x, p)     ->  _rsi_done(_rsi_build(xs).filter(x, _rsi_keep(x, p)))
     """
-    toks = _tokens(source)
+    toks = tokens(source)
     if toks is None:
         return None
     # (start, end, prefix, suffix, size of the macro call it belongs to) character spans to wrap
