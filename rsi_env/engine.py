@@ -262,7 +262,7 @@ class GameEngine:
     def _scoped(self, **bindings: Any) -> Scope:
         """The scope of the current state (rebuilt after changes), with per-call bindings."""
         if self._scope is None:
-            self._scope = self._context.reset(self._base_values())
+            self._scope = self._context.reset(self._base_values(), kept=("state", "P"))
         if "me" in bindings and "my" not in bindings:
             bindings["my"] = self.pstate.get(bindings["me"], {})
         return self._scope.bind(**bindings) if bindings else self._scope
@@ -279,14 +279,13 @@ class GameEngine:
         self._changed()
 
     def _touch(self, root: str, field: Any = None) -> None:
-        """Refresh one root variable in the live scope after an effect wrote it (for `state`, the
-        field written, when known)."""
+        """Refresh one root variable in the context after an effect wrote it (for `state`, the field
+        written, when known), live scope or not: so `_scoped` need not convert `state` and `P` again."""
         self._changed()
-        if self._scope is not None:
-            if root == "state":
-                self._scope.refresh("state", self.state, field=field)
-            else:
-                self._scope.refresh("P", self.pstate, stale=("my",))
+        if root == "state":
+            self._context.refresh("state", self.state, field=field)
+        else:
+            self._context.refresh("P", self.pstate, stale=("my",))
 
     def _eval(self, expr: Expr | None, scope: Scope, default: Any = None, path: str = "") -> Any:
         """The value of `expr` here; `default` when it fails (the error is recorded) or is missing

@@ -454,7 +454,7 @@ class Scope:
     it otherwise, or reads a field the state does not have (it fails as it always did).
     """
 
-    __slots__ = ("bound", "budget", "context", "state", "whole")
+    __slots__ = ("bound", "budget", "context", "held", "state", "whole")
 
     def __init__(
         self,
@@ -465,6 +465,7 @@ class Scope:
         """`budget` counts the work of every evaluation on this scope (a fresh one by default); the
         functions are registered checked by it (`Budget.guard`), with its comprehension hooks."""
         self.bound: dict[str, Any] = {}
+        self.held: dict[str, Any] = {}  # the object each root variable was last converted from
         self.budget = budget if budget is not None else Budget()
         self.context = cel.Context()
         self.state: dict[str, Any] | None = None  # the state map, when it is held field by field
@@ -476,18 +477,22 @@ class Scope:
             self.context.add_function(name, fn)
 
     def _load(self, values: dict[str, Any]) -> None:
-        state = values.get("state")
-        if not isinstance(state, dict):
+        plain = dict(values)
+        state = plain.pop("state", _UNSET)
+        if isinstance(state, dict):
+            self.state, self.whole = state, False
+            plain.update({STATE_FIELD + k: v for k, v in state.items() if _is_name(k)})
+        elif state is not _UNSET:
             self.state, self.whole = None, True
-            self.context.update(values)
-            return
-        self.state, self.whole = state, False
-        rest = {k: v for k, v in values.items() if k != "state"}
-        self.context.update({**rest, **{STATE_FIELD + k: v for k, v in state.items() if _is_name(k)}})
+            plain["state"] = state
+        self.held.update(values)
+        self.context.update(plain)
 
-    def reset(self, values: dict[str, Any]) -> Scope:
+    def reset(self, values: dict[str, Any], kept: tuple[str, ...] = ()) -> Scope:
+        """Replace the variables. Those named in `kept` that are the very objects converted last are
+        left as they are: the caller refreshes them after every change it makes (`refresh`)."""
         self.bound = {}
-        self._load(values)
+        self._load({k: v for k, v in values.items() if k not in kept or self.held.get(k, _UNSET) is not v})
         return self
 
     def bind(self, **bindings: Any) -> Scope:
@@ -498,13 +503,14 @@ class Scope:
                     self.refresh(name, value)
                     continue
                 self.context.add_variable(name, value)
-                self.bound[name] = value
+                self.bound[name] = self.held[name] = value
         return self
 
     def refresh(self, name: str, value: Any, stale: tuple[str, ...] = (), field: Any = None) -> None:
         """Re-convert a variable whose object was mutated in place (for `state`, only its `field`
         when that is the one written); forget bindings derived from it."""
         self.bound[name] = value
+        self.held[name] = value
         for s in stale:
             self.bound.pop(s, None)
         if name != "state":
