@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import threading
 from collections.abc import Callable
 from functools import cache
@@ -328,20 +329,13 @@ def _evaluate_hints(game: CompiledGame, values: dict[str, Any]) -> tuple[list[st
 
 
 def _digest(values: dict[str, Any]) -> bytes | None:
-    """A digest of plain data (None, bool, int, float, str, lists, str- or int-keyed maps) that tells
-    apart what CEL tells apart (`1`, `1.0` and `true`; `{1: x}` and `{"1": x}`); None for anything
-    else, which is then not cached."""
-    stack: list[Any] = [values]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, dict):
-            stack.extend(v.values())
-            stack.extend(v.keys())
-        elif isinstance(v, list):
-            stack.extend(v)
-        elif v is not None and type(v) not in (bool, int, float, str):
-            return None
-    return hashlib.blake2b(repr(values).encode(), digest_size=16).digest()
+    """A digest of `values` that tells apart what CEL tells apart (`1`, `1.0` and `true`; `{1: x}`
+    and `{"1": x}`): of their pickle, which records every type; None when they do not pickle."""
+    try:
+        data = pickle.dumps(values, protocol=5)
+    except Exception:  # pickling raises what the object's own reducer raises
+        return None
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def render_observation(
