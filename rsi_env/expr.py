@@ -9,7 +9,7 @@ This module is the runtime, the one place where spec expressions are compiled an
 - `Expr`: one compiled expression, with the names it reads (for the spec's static checks);
 - the helper functions every spec may call (`tally`, `argmax`, `count`, ...), and the seeded random
   functions that only setup and effects may call (`randint`, `choice`, ...);
-- `Scope`: a CEL context bound to one game state, rebuilt only when the state changes.
+- `Scope`: a CEL context bound to one game state, converting as little of it as it can.
 
 The static type of an expression, for the spec checks, is `expr_types.infer_type`.
 """
@@ -446,12 +446,15 @@ class Scope:
     turns a string, list or map into a CEL value in ~2.5 µs (it tries it as an int, a float, a date
     and a duration first, each failing with a Python exception), an int in ~0.1 µs, and changing any
     variable makes the next evaluation copy every variable into a new environment (~0.2 µs a value).
-    Hence one context lives as long as its game, `reset` replaces the state wholesale after a change,
-    `bind` skips re-binding the very same object, and the state is held field by field: each field
-    `f` is variable `_rsi_state_f`, which every expression reading state only as `state.f` reads
-    (`split_state`), so a write re-converts the field it wrote, not the whole state (codenames' holds a
-    lexicon of ~2,000 strings). The `state` map itself is converted only for an expression that reads
-    it otherwise, or reads a field the state does not have (it fails as it always did).
+    So every value is converted as seldom as the engine allows:
+    - one context lives as long as its game; `bind` skips re-binding the very same object;
+    - the state is held field by field: field `f` is variable `_rsi_state_f`, which an expression
+      reading state only as `state.f` reads instead (`split_state`), so a write re-converts the field
+      written (`refresh`), not the whole state (a write in codenames cost ~1.3 ms so); the `state` map
+      itself is converted only for an expression that reads it otherwise or reads a field the state
+      does not have (it fails as it always did);
+    - `reset` (after a turn or phase change) leaves alone the roots its caller keeps in step by
+      refreshing them after every write (the engine's `state` and `P`), when they are the same objects.
     """
 
     __slots__ = ("bound", "budget", "context", "held", "state", "whole")
