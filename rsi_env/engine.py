@@ -207,7 +207,7 @@ class GameEngine:
             self.state[name] = self._draw(
                 var.type, self.game.var_init[name], self.game.var_where[name], {}, f"state.{name}"
             )
-            self._touch("state")  # later draws may read it: re-convert just this root
+            self._touch("state", name)  # later draws may read it: re-convert just this field
         for name, var in self.spec.player_state.items():
             for p in self.players:
                 self.pstate[p][name] = self._draw(
@@ -262,7 +262,7 @@ class GameEngine:
     def _scoped(self, **bindings: Any) -> Scope:
         """The scope of the current state (rebuilt after changes), with per-call bindings."""
         if self._scope is None:
-            self._scope = self._context.reset(self._base_values())
+            self._scope = self._context.reset(self._base_values(), kept=("state", "P"))
         if "me" in bindings and "my" not in bindings:
             bindings["my"] = self.pstate.get(bindings["me"], {})
         return self._scope.bind(**bindings) if bindings else self._scope
@@ -278,14 +278,14 @@ class GameEngine:
         self._scope = None
         self._changed()
 
-    def _touch(self, root: str) -> None:
-        """Refresh one root variable in the live scope after an effect wrote it."""
+    def _touch(self, root: str, field: Any = None) -> None:
+        """Refresh one root variable in the context after an effect wrote it (for `state`, the field
+        written, when known), live scope or not: so `_scoped` need not convert `state` and `P` again."""
         self._changed()
-        if self._scope is not None:
-            if root == "state":
-                self._scope.refresh("state", self.state)
-            else:
-                self._scope.refresh("P", self.pstate, stale=("my",))
+        if root == "state":
+            self._context.refresh("state", self.state, field=field)
+        else:
+            self._context.refresh("P", self.pstate, stale=("my",))
 
     def _eval(self, expr: Expr | None, scope: Scope, default: Any = None, path: str = "") -> Any:
         """The value of `expr` here; `default` when it fails (the error is recorded) or is missing
@@ -480,7 +480,7 @@ class GameEngine:
                 del container[last]
             self._abort(f"{path}: {exc}")
             return
-        self._touch("state" if target.root == "state" else "P")
+        self._touch("state" if target.root == "state" else "P", keys[0])
 
     # --- events ----------------------------------------------------------------------------------
 

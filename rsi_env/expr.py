@@ -9,7 +9,7 @@ This module is the runtime, the one place where spec expressions are compiled an
 - `Expr`: one compiled expression, with the names it reads (for the spec's static checks);
 - the helper functions every spec may call (`tally`, `argmax`, `count`, ...), and the seeded random
   functions that only setup and effects may call (`randint`, `choice`, ...);
-- `Scope`: a CEL context bound to one game state, rebuilt only when the state changes.
+- `Scope`: a CEL context bound to one game state, converting as little of it as it can.
 
 The static type of an expression, for the spec checks, is `expr_types.infer_type`.
 """
@@ -24,7 +24,7 @@ import cel
 import numpy as np
 from cel import stdlib as cel_stdlib
 
-from .expr_budget import LIMITS, Budget, BudgetExceeded, instrument, measure
+from .expr_budget import LIMITS, Budget, BudgetExceeded, instrument, measure, tokens
 
 
 class ExprError(Exception):
@@ -51,7 +51,10 @@ class Expr:
     The program that runs is the source with its comprehensions instrumented for the evaluation
     budget (`expr_budget.instrument`); what it reads is taken from the source as written."""
 
-    __slots__ = ("fields", "functions", "player_fields", "program", "run", "source", "variables")
+    __slots__ = (
+        "fields", "functions", "let_count", "player_fields", "program", "run", "run_split", "source",
+        "state_fields", "variables",
+    )  # fmt: skip
 
     def __init__(self, source: str | int | float | bool) -> None:
         # YAML turns `0` or `true` into numbers/bools; an expression is their CEL spelling.
@@ -68,6 +71,7 @@ class Expr:
         except (ValueError, RuntimeError) as exc:
             raise ExprError(_first_line(str(exc))) from None
         self.run = self.program
+        self.let_count = 0  # the lets its program binds (`compiled.LetExpr`), for the budget
         text = instrument(self.source)
         try:
             if text is None:
@@ -79,6 +83,13 @@ class Expr:
                 "its comprehensions cannot be measured: write them as `LIST.map(x, ...)`, with a name "
                 "for the element"
             ) from None
+        # The same, reading each `state.f` as its own variable (`Scope`), when it reads state only so.
+        self.run_split: cel.Program | None = None
+        self.state_fields: frozenset[str] = frozenset()
+        split = split_state(self.source)
+        if split is not None:
+            self.run_split = compile_split(split[0], self.source, self.run)
+            self.state_fields = split[1]
         bound = set(_BOUND_VAR.findall(self.source))
         self.variables: frozenset[str] = frozenset(set(refs["variables"]) - bound)
         # Operators show up as `_+_`, `!_`, `@in`...; only named functions matter for checks.
@@ -90,8 +101,8 @@ class Expr:
     def __call__(self, scope: Scope) -> Any:
         budget = scope.budget
         try:
-            budget.start_eval()
-            result = self.run.execute(scope.context)
+            budget.start_eval(self.let_count)
+            result = self._program(scope).execute(scope.context)
             if isinstance(result, dict | list | str | bytes):
                 measure(result, budget.limits)
         except BudgetExceeded as exc:
@@ -102,12 +113,75 @@ class Expr:
             raise ExprError(_failure(self.source, scope, exc)) from None
         return normalize(result) if isinstance(result, dict | list) else result
 
+    def _program(self, scope: Scope) -> cel.Program:
+        """The split program when the scope holds every state field it reads, else the one reading
+        `state` whole (converted now if it is stale): a missing field fails as it always did."""
+        split = self.run_split
+        if split is not None:
+            fields = self.state_fields
+            if not fields:
+                return split
+            state = scope.state
+            if state is not None and all(f in state for f in fields):
+                return split
+        scope.whole_state()
+        return self.run
+
     def short(self, limit: int = 80) -> str:
         src = " ".join(self.source.split())
         return src if len(src) <= limit else src[: limit - 3] + "..."
 
     def __repr__(self) -> str:
         return f"Expr({self.source!r})"
+
+
+STATE_FIELD = "_rsi_state_"  # `state.f` reads as variable `_rsi_state_f` (no spec name starts with _)
+
+
+def split_state(source: str) -> tuple[str, frozenset[str]] | None:
+    """`source` with every read of a state field, `state.f`, made a read of variable `_rsi_state_f`,
+    and the fields it reads; None when it reads `state` some other way (whole, by `[key]`, by
+    `has(state.f)`, as a receiver, or binds the name itself), so that it must read the whole map."""
+    if "state" not in source:
+        return source, frozenset()
+    toks = tokens(source)
+    if toks is None or "state" in _BOUND_VAR.findall(source):
+        return None
+    out: list[str] = []
+    fields: set[str] = set()
+    pos = 0
+    for i, t in enumerate(toks):
+        if t.kind != "name" or t.text != "state":
+            continue
+        if i > 0 and toks[i - 1].kind == "op" and toks[i - 1].text == ".":
+            continue  # `x.state`: a key of something else
+        field = toks[i + 2] if i + 2 < len(toks) else None
+        if field is None or toks[i + 1].text != "." or toks[i + 1].kind != "op" or field.kind != "name":
+            return None
+        if i + 3 < len(toks) and toks[i + 3].text == "(":
+            return None  # `state.f(...)`: a function of the whole map
+        if i >= 2 and toks[i - 1].text == "(" and toks[i - 2].text == "has":
+            return None  # `has(state.f)` tests the key
+        out += [source[pos : t.start], STATE_FIELD + field.text]
+        pos = field.end
+        fields.add(field.text)
+    out.append(source[pos:])
+    return "".join(out), frozenset(fields)
+
+
+def compile_split(text: str, source: str, whole: cel.Program) -> cel.Program | None:
+    """The program of `source` split (`text`, from `split_state`), instrumented like `whole`, the
+    program of `source`; `whole` itself when nothing was split, None when it does not compile (then
+    the whole one runs)."""
+    if text == source:
+        return whole
+    run = instrument(text)
+    if run is None:
+        return None
+    try:
+        return cel.compile(run)
+    except (ValueError, RuntimeError):
+        return None
 
 
 def is_number(value: Any) -> bool:
@@ -137,6 +211,7 @@ def _failure(source: str, scope: Scope, exc: Exception) -> str:
     if isinstance(exc, TypeError):
         from .expr_errors import explain  # the error path only
 
+        scope.whole_state()  # it evaluates parts of `source`, which reads `state`
         why = explain(source, scope.context)
         if why is not None:
             whole = f"`{' '.join(source.split())}`: "
@@ -325,6 +400,26 @@ KNOWN_FUNCTIONS = NATIVE_FUNCTION_NAMES | STDLIB_FUNCTION_NAMES | frozenset(PURE
 
 _UNSET = object()
 
+_TO_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_TO_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _lower_ascii(s: Any) -> Any:
+    """The package's `lowerAscii`, one table lookup per string instead of a generator per character:
+    the same ASCII letters change, the same way (anything but a str goes to the package's own)."""
+    return s.translate(_TO_LOWER) if type(s) is str else cel_stdlib.lower_ascii(s)
+
+
+def _upper_ascii(s: Any) -> Any:
+    """The package's `upperAscii`, as `_lower_ascii`."""
+    return s.translate(_TO_UPPER) if type(s) is str else cel_stdlib.upper_ascii(s)
+
+
+# Faster stand-ins for some of the package's stdlib functions (same results, same errors).
+_FASTER_STDLIB: dict[str, Callable[..., Any]] = {"lowerAscii": _lower_ascii, "upperAscii": _upper_ascii}
+for _name, _fn in _FASTER_STDLIB.items():
+    _fn.__doc__ = cel_stdlib.STDLIB_FUNCTIONS[_name].__doc__
+
 
 def select_functions(
     names: Iterable[str], random: SeededRandom | None = None
@@ -338,7 +433,7 @@ def select_functions(
     out = {n: f for n, f in PURE_FUNCTIONS.items() if n in wanted}
     for full, fn in cel_stdlib.STDLIB_FUNCTIONS.items():
         if full.rsplit(".", 1)[-1] in wanted and full not in NATIVE_FUNCTION_NAMES:
-            out[full] = fn
+            out[full] = _FASTER_STDLIB.get(full, fn)
     if random is not None:
         out.update({n: f for n, f in random.functions().items() if n in wanted})
     return out
@@ -347,13 +442,22 @@ def select_functions(
 class Scope:
     """A CEL context for one game state.
 
-    Converting a game state to CEL values costs ~70 µs and every variable change makes the next
-    evaluation rebuild the environment (~8 µs), while an evaluation itself is ~0.4 µs: so one
-    context lives as long as its game, `reset` replaces the state wholesale after a change, and
-    `bind` skips re-binding the very same object.
+    Converting Python values to CEL values is what costs here, not evaluating: the cel package (0.10)
+    turns a string, list or map into a CEL value in ~2.5 µs (it tries it as an int, a float, a date
+    and a duration first, each failing with a Python exception), an int in ~0.1 µs, and changing any
+    variable makes the next evaluation copy every variable into a new environment (~0.2 µs a value).
+    So every value is converted as seldom as the engine allows:
+    - one context lives as long as its game; `bind` skips re-binding the very same object;
+    - the state is held field by field: field `f` is variable `_rsi_state_f`, which an expression
+      reading state only as `state.f` reads instead (`split_state`), so a write re-converts the field
+      written (`refresh`), not the whole state (a write in codenames cost ~1.3 ms so); the `state` map
+      itself is converted only for an expression that reads it otherwise or reads a field the state
+      does not have (it fails as it always did);
+    - `reset` (after a turn or phase change) leaves alone the roots its caller keeps in step by
+      refreshing them after every write (the engine's `state` and `P`), when they are the same objects.
     """
 
-    __slots__ = ("bound", "budget", "context", "values")
+    __slots__ = ("bound", "budget", "context", "held", "state", "whole")
 
     def __init__(
         self,
@@ -363,32 +467,72 @@ class Scope:
     ) -> None:
         """`budget` counts the work of every evaluation on this scope (a fresh one by default); the
         functions are registered checked by it (`Budget.guard`), with its comprehension hooks."""
-        self.values = values
         self.bound: dict[str, Any] = {}
+        self.held: dict[str, Any] = {}  # the object each root variable was last converted from
         self.budget = budget if budget is not None else Budget()
-        self.context = cel.Context(values)
+        self.context = cel.Context()
+        self.state: dict[str, Any] | None = None  # the state map, when it is held field by field
+        self.whole = True  # whether variable `state` is the state as it is now
+        self._load(values)
         for name, fn in (PURE_FUNCTIONS if functions is None else functions).items():
             self.context.add_function(name, self.budget.guard(name, fn))
         for name, fn in self.budget.hooks().items():
             self.context.add_function(name, fn)
 
-    def reset(self, values: dict[str, Any]) -> Scope:
-        self.values = values
+    def _load(self, values: dict[str, Any]) -> None:
+        plain = dict(values)
+        state = plain.pop("state", _UNSET)
+        if isinstance(state, dict):
+            self.state, self.whole = state, False
+            plain.update({STATE_FIELD + k: v for k, v in state.items() if _is_name(k)})
+        elif state is not _UNSET:
+            self.state, self.whole = None, True
+            plain["state"] = state
+        self.held.update(values)
+        self.context.update(plain)
+
+    def reset(self, values: dict[str, Any], kept: tuple[str, ...] = ()) -> Scope:
+        """Replace the variables. Those named in `kept` that are the very objects converted last are
+        left as they are: the caller refreshes them after every change it makes (`refresh`)."""
         self.bound = {}
-        self.context.update(values)
+        self._load({k: v for k, v in values.items() if k not in kept or self.held.get(k, _UNSET) is not v})
         return self
 
     def bind(self, **bindings: Any) -> Scope:
         """Set per-call variables (e.g. `args`, `p`) on this scope and return it."""
         for name, value in bindings.items():
             if self.bound.get(name, _UNSET) is not value:
+                if name == "state":
+                    self.refresh(name, value)
+                    continue
                 self.context.add_variable(name, value)
-                self.bound[name] = value
+                self.bound[name] = self.held[name] = value
         return self
 
-    def refresh(self, name: str, value: Any, stale: tuple[str, ...] = ()) -> None:
-        """Re-convert a variable whose object was mutated in place; forget bindings derived from it."""
-        self.context.add_variable(name, value)
+    def refresh(self, name: str, value: Any, stale: tuple[str, ...] = (), field: Any = None) -> None:
+        """Re-convert a variable whose object was mutated in place (for `state`, only its `field`
+        when that is the one written); forget bindings derived from it."""
         self.bound[name] = value
+        self.held[name] = value
         for s in stale:
             self.bound.pop(s, None)
+        if name != "state":
+            self.context.add_variable(name, value)
+        elif not isinstance(value, dict):
+            self.state, self.whole = None, True
+            self.context.add_variable(name, value)
+        elif value is self.state and isinstance(field, str) and _is_name(field) and field in value:
+            self.context.add_variable(STATE_FIELD + field, value[field])
+            self.whole = False
+        else:
+            self._load({"state": value})
+
+    def whole_state(self) -> None:
+        """Make variable `state` the state as it is now (for an expression that reads it whole)."""
+        if not self.whole:
+            self.context.add_variable("state", self.state)
+            self.whole = True
+
+
+def _is_name(key: Any) -> bool:
+    return isinstance(key, str) and key.isidentifier()

@@ -50,6 +50,9 @@ LIMITS = Limits()
 # Units (~1 µs here) of one item walked by a comprehension, and of copying one accumulated node.
 WALK_UNITS = 3
 COPY_UNITS = 0.5
+# Units of binding one let (`compiled._measured_binding`): what its one-element comprehension was
+# charged when it was instrumented too, a walk of one item (3 + 1) and its one item (0 + 1).
+LET_UNITS = 5
 # Hints and the scripted policy run on every observation: a tighter budget per evaluation.
 VIEW_LIMITS = Limits(eval_units=20_000, tick_units=100_000)
 
@@ -72,11 +75,14 @@ class Budget:
     def start_tick(self) -> None:
         self.tick_used = 0
 
-    def start_eval(self) -> None:
+    def start_eval(self, lets: int = 0) -> None:
+        """A new evaluation, of an expression binding `lets` named expressions (`compiled`)."""
         self.eval_used = 0
         self.tripped = None
         self.building.clear()
         self.charge(2)
+        if lets:
+            self.charge(LET_UNITS * lets - 1)
 
     def charge(self, units: float) -> None:
         units = int(units) + 1
@@ -154,6 +160,9 @@ class Budget:
                 if problem:
                     self.trip(f"{name}(...) {problem}")
             result = fn(*args)
+            if type(result) is str and len(result) <= self.limits.max_string:
+                self.charge(1 + len(result) // 100)  # what `measure` gives a string, without the call
+                return result
             try:
                 size = measure(result, self.limits, f"{name}(...) gives")
             except BudgetExceeded as exc:
@@ -296,7 +305,8 @@ class _Tok:
     end: int
 
 
-def _tokens(source: str) -> list[_Tok] | None:
+def tokens(source: str) -> list[_Tok] | None:
+    """CEL tokens of `source` (strings whole), or None for what this lexer does not know (a comment)."""
     out: list[_Tok] = []
     pos, end = 0, len(source.rstrip())
     while pos < end:
@@ -390,7 +400,7 @@ def instrument(source: str) -> str | None:
         xs.map(x, p, f)     ->  _rsi_done(_rsi_build(xs).map(x, p, _rsi_item(f)))
         xs.filter(x, p)     ->  _rsi_done(_rsi_build(xs).filter(x, _rsi_keep(x, p)))
     """
-    toks = _tokens(source)
+    toks = tokens(source)
     if toks is None:
         return None
     # (start, end, prefix, suffix, size of the macro call it belongs to) character spans to wrap

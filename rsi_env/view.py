@@ -10,13 +10,16 @@ Visibility rules (the spec declares them per variable, role and action):
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
+import threading
 from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 from . import actions as act
-from .compiled import compiled, reads
+from .compiled import CompiledGame, compiled, reads
 from .engine import GameEngine
 from .events import Event
 from .expr import ExprError, OverBudget, Scope, select_functions
@@ -273,31 +276,66 @@ def view_scope(spec: GameSpec, view: dict[str, Any]) -> Scope:
     return Scope(values, _functions(compiled(spec).view_function_names), Budget(VIEW_LIMITS))
 
 
+# Hints are pure functions of the view values they read, and those often repeat between observations
+# (random play: codenames 66 distinct of 488, diplomacy 243 of 390), while evaluating them costs
+# ~1-8 ms: the lines are kept per game under a digest of those values, for the latest HINT_CACHE.
+HINT_CACHE = 256
+_HINT_LINES: dict[CompiledGame, dict[bytes, tuple[list[str], list[str]]]] = {}
+_HINT_LOCK = threading.Lock()
+
+
 def _hints(spec: GameSpec, view: dict[str, Any], over_budget: list[str] | None = None) -> list[str]:
     """The hint lines of `view`. A hint that fails is not shown; one over the evaluation budget is
     not shown either, and named in `over_budget` (the dry run reports it as a spec error)."""
     game = compiled(spec)
-    hints = game.hints
-    if not hints:
+    if not game.hints:
         return []
     # Every observation and every LLM prompt renders the hints: converting only the view variables
     # they read (not all players' views, roles, ...) makes that 2-5x cheaper, with the same result.
-    names = frozenset().union(*(reads(e) for e in hints.values() if e is not None)) - {"events"}
-    scope = Scope(
-        {k: view[k] for k in names if k in view}, _functions(game.view_function_names), Budget(VIEW_LIMITS)
-    )
-    out = []
-    for label, expr in hints.items():
+    names = frozenset().union(*(reads(e) for e in game.hints.values() if e is not None)) - {"events"}
+    values = {k: view[k] for k in sorted(names) if k in view}
+    key = _digest(values)
+    with _HINT_LOCK:
+        hit = _HINT_LINES.get(game, {}).get(key) if key is not None else None
+    if hit is None:
+        hit = _evaluate_hints(game, values)
+        if key is not None:
+            with _HINT_LOCK:
+                kept = _HINT_LINES.setdefault(game, {})
+                if len(kept) >= HINT_CACHE:
+                    del kept[next(iter(kept))]  # the oldest
+                kept[key] = hit
+    lines, over = hit
+    if over_budget is not None:
+        over_budget.extend(over)
+    return list(lines)
+
+
+def _evaluate_hints(game: CompiledGame, values: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The hint lines over `values`, and the hints over the evaluation budget (with why)."""
+    scope = Scope(values, _functions(game.view_function_names), Budget(VIEW_LIMITS))
+    out: list[str] = []
+    over: list[str] = []
+    for label, expr in game.hints.items():
         if expr is None:
             continue
         try:
             out.append(f"- {label}: {fmt_value(expr(scope))}")
         except OverBudget as exc:
-            if over_budget is not None:
-                over_budget.append(f"hints.{label}: {exc}")
+            over.append(f"hints.{label}: {exc}")
         except ExprError:
             continue  # a hint that does not apply in this state is simply not shown
-    return out
+    return out, over
+
+
+def _digest(values: dict[str, Any]) -> bytes | None:
+    """A digest of `values` that tells apart what CEL tells apart (`1`, `1.0` and `true`; `{1: x}`
+    and `{"1": x}`): of their pickle, which records every type; None when they do not pickle."""
+    try:
+        data = pickle.dumps(values, protocol=5)
+    except Exception:  # pickling raises what the object's own reducer raises
+        return None
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def render_observation(
