@@ -7,15 +7,19 @@ Three parts:
    prompt tokens, and the tokens a server must evaluate when it keeps (a) only its one context, as
    before, or (b) every conversation it served (a prefix cache of unbounded size). For each prompt
    layout: `before` (player named in the system prompt, the rules after the player's own lines, the
-   history window sliding by one turn) and `after` (rules first, the window dropping in blocks with a
-   note); `after-slide` isolates the window scheme on games long enough to fill it.
+   history window sliding by one turn), `after-full` (rules first, the window dropping in blocks with
+   a note) and `after` (that, and later turns leaving out what the first prompt states: unchanged
+   state lines, the legal actions' descriptions); `after-slide` isolates the window scheme on games
+   long enough to fill it.
 2. Episodes on the model (`--rounds`): the quick-start negotiation and a 5-player werewolf, played by
    the default `local` profile, one episode at a time; in each round every variant plays the same
    seeds, in rotating order (paired, interleaved: the machine's load hits all variants alike).
      before      llama-cpp-python's server without a cache, the old prompt layout (today before this)
      prefix      our server's PrefixCache, the old layout
      layout      no cache, the new layout
-     after       PrefixCache and the new layout (what the package now runs)
+     after-full  PrefixCache and the block window, later turns re-stating the whole state and
+                 the legal actions (the package before the compact turns)
+     after       PrefixCache, the block window and compact later turns (what the package now runs)
      stock-ram   llama-cpp-python's own `--cache true --cache_type ram`, the old layout
      stock-disk  the same on disk
      per-seat    one server (no cache) per seat, the old layout: each keeps its player's context
@@ -63,6 +67,7 @@ from rsi_env.env import GameParallelEnv
 from rsi_env.llm import ChatClient, ChatResult, Endpoint
 from rsi_env.runner import continue_episode, new_episode
 from rsi_env.spec import GameSpec
+from rsi_env.view import render_observation
 
 QUICK_START = "negotiation"
 PLAYERS = {"negotiation": 2, "werewolf": 5}
@@ -108,15 +113,24 @@ def before_first_prompt(text: str, spec: GameSpec, player: str, info: dict[str, 
 
 
 class BeforeLayoutAgent(LLMAgent):
-    """An LLM agent with the prompt layout before issue 18 (same model calls, old prompts)."""
+    """An LLM agent with an earlier prompt layout (same model calls, old prompts): `slide` (the window
+    sliding by one turn), `old_header` (player named first, rules after its own lines), `full_turns`
+    (later turns re-state the whole state and the legal actions, as before the compact turns)."""
 
-    def __init__(self, *args: Any, slide: bool = True, old_header: bool = True, **kw: Any) -> None:
+    def __init__(
+        self, *args: Any, slide: bool = True, old_header: bool = True, full_turns: bool = True, **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
-        self.slide, self.old_header = slide, old_header
+        self.slide, self.old_header, self.full_turns = slide, old_header, full_turns
         if old_header:
             self.system = before_system(self.profile, self.spec, self.player)
 
     def prompt_for(self, info: dict[str, Any]) -> str:
+        if self.full_turns and self.exchanges:
+            return render_observation(
+                self.spec, info["view"], info["action_schema"], info.get("feedback"),
+                include_rules=False, since_tick=self.last_tick,
+            )  # fmt: skip
         text = super().prompt_for(info)
         if self.exchanges or not self.old_header:
             return text
@@ -132,7 +146,8 @@ class BeforeLayoutAgent(LLMAgent):
 LAYOUTS = {
     "before": dict(slide=True, old_header=True),
     "after-slide": dict(slide=True, old_header=False),
-    "after": None,
+    "after-full": dict(slide=False, old_header=False),  # the block window, later turns in full
+    "after": None,  # the package's: the block window and compact later turns
 }
 
 
@@ -251,7 +266,7 @@ async def offline(episodes: int) -> None:
     print("the server before) or every conversation it served (`cache`, a prefix cache)\n")
     rows = []
     for game in ("negotiation", "werewolf", "prisoners_dilemma", "commons"):
-        for layout in ("before", "after-slide", "after"):
+        for layout in ("before", "after-slide", "after-full", "after"):
             sim = await simulate(tok, game, layout, episodes, profile)
             ctx, cache = statistics.mean(sim.eval_context), statistics.mean(sim.eval_cache)
             rows.append([game, layout, len(sim.prompt), round(statistics.mean(sim.prompt)), round(ctx),
@@ -320,6 +335,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "before": dict(cache="none", layout="before", servers="one"),
     "prefix": dict(cache="prefix", layout="before", servers="one"),
     "layout": dict(cache="none", layout="after", servers="one"),
+    "after-full": dict(cache="prefix", layout="after-full", servers="one"),
     "after": dict(cache="prefix", layout="after", servers="one"),
     "stock-ram": dict(cache="ram", layout="before", servers="one"),
     "stock-disk": dict(cache="disk", layout="before", servers="one"),
