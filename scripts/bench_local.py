@@ -19,10 +19,13 @@ Three parts:
      layout      no cache, the new layout
      after-full  PrefixCache and the block window, later turns re-stating the whole state and
                  the legal actions (the package before the compact turns)
-     after       PrefixCache, the block window and compact later turns (what the package now runs)
+     compact     `after-full` with compact later turns
+     after       `compact` with the grammar checking the sampled token instead of filtering the
+                 whole vocabulary first (what the package now runs)
      stock-ram   llama-cpp-python's own `--cache true --cache_type ram`, the old layout
      stock-disk  the same on disk
      per-seat    one server (no cache) per seat, the old layout: each keeps its player's context
+     per-seat-after  one server (no cache) per seat with `after`'s layout and sampling
      inproc      the `after` server's app called in this process (no HTTP, no second process)
    Per variant: seconds per episode and per call (wall), the server's CPU seconds per call (less
    sensitive to other load than wall time), prompt tokens per call split into evaluated and reused
@@ -331,16 +334,20 @@ class RecordingChat:
         await self.inner.aclose()
 
 
+# grammar: "first" is llama-cpp-python's sampling (the grammar filters the whole vocabulary at each
+# token), "checked" the package's (the grammar checks the sampled token; see local_server).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "before": dict(cache="none", layout="before", servers="one"),
-    "prefix": dict(cache="prefix", layout="before", servers="one"),
-    "layout": dict(cache="none", layout="after", servers="one"),
-    "after-full": dict(cache="prefix", layout="after-full", servers="one"),
-    "after": dict(cache="prefix", layout="after", servers="one"),
-    "stock-ram": dict(cache="ram", layout="before", servers="one"),
-    "stock-disk": dict(cache="disk", layout="before", servers="one"),
-    "per-seat": dict(cache="none", layout="before", servers="per-seat"),
-    "inproc": dict(cache="prefix", layout="after", servers="in-process"),
+    "before": dict(cache="none", layout="before", servers="one", grammar="first"),
+    "prefix": dict(cache="prefix", layout="before", servers="one", grammar="first"),
+    "layout": dict(cache="none", layout="after", servers="one", grammar="first"),
+    "after-full": dict(cache="prefix", layout="after-full", servers="one", grammar="first"),
+    "compact": dict(cache="prefix", layout="after", servers="one", grammar="first"),
+    "after": dict(cache="prefix", layout="after", servers="one", grammar="checked"),
+    "stock-ram": dict(cache="ram", layout="before", servers="one", grammar="first"),
+    "stock-disk": dict(cache="disk", layout="before", servers="one", grammar="first"),
+    "per-seat": dict(cache="none", layout="before", servers="per-seat", grammar="first"),
+    "per-seat-after": dict(cache="none", layout="after", servers="per-seat", grammar="checked"),
+    "inproc": dict(cache="prefix", layout="after", servers="in-process", grammar="checked"),
 }
 
 
@@ -358,7 +365,10 @@ class Backend:
 
     def _server(self) -> local_model.LocalServer:
         s = local_model.LocalServer(
-            cache=self.cfg["cache"], n_threads=self.n_threads, cache_states=self.cache_states
+            cache=self.cfg["cache"],
+            n_threads=self.n_threads,
+            cache_states=self.cache_states,
+            grammar=self.cfg["grammar"],
         )
         s.start()
         self.servers.append(s)
@@ -385,7 +395,8 @@ class Backend:
             threads = self.n_threads or os.cpu_count() or 1
             args = local_server.build_parser().parse_args(
                 ["--model", str(local_model.gguf_path()), "--model_alias", local_model.MODEL_ALIAS,
-                 "--n_ctx", str(local_model.DEFAULT_N_CTX), "--n_threads", str(threads)]
+                 "--n_ctx", str(local_model.DEFAULT_N_CTX), "--n_threads", str(threads),
+                 "--grammar", self.cfg["grammar"]]
             )  # fmt: skip
             self._inproc, _ = local_server.build_app(args)
         ep = Endpoint(
