@@ -15,6 +15,11 @@ How a call reuses a prefix: llama-cpp-python compares the new prompt's tokens wi
 holds and evaluates only the rest; before that, it loads the cached state sharing the longest prefix
 with the prompt when that prefix is longer than the context's. Two players alternating on one
 context therefore each find their own previous conversation in the cache.
+
+Sampling under a JSON grammar (`GrammarCheckedSampler`): llama-cpp-python applies the grammar to
+every vocabulary entry before sampling; here the token is sampled first and the grammar checks it,
+falling back to the full filter only when it refuses (measured on SmolLM2: ~31 instead of ~40 ms
+CPU per decoded token; the replies are still schema-valid, and the same with and without the cache).
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ Three parts:
      inproc      the `after` server's app called in this process (no HTTP, no second process)
    Per variant: seconds per episode and per call (wall), the server's CPU seconds per call (less
    sensitive to other load than wall time), prompt tokens per call split into evaluated and reused
-   (the server's `cached_tokens`), and each figure as a ratio to `before` over the same seeds.
+   (the server's `cached_tokens`), the turns the game refused as invalid, and each figure as a
+   ratio to `before` over the same seeds.
    Then prompt tokens per call by call index (flat or growing) and tokens per episode against turns.
 3. Memory (`--mem-episodes`): the `after` server over N negotiation episodes: its resident memory and
    its cache's bytes against the configured capacity.
@@ -420,6 +421,7 @@ class EpisodeRun:
     turns: int
     calls: list[Call]
     actions: list[str | None]
+    invalid: int  # turns whose reply the game refused
 
 
 async def play(
@@ -444,7 +446,10 @@ async def play(
         await cl.inner.aclose()
     if ep.status == "aborted":
         print(f"  ! {backend.name} {game} seed {seed} aborted: {ep.abort_reason}", file=sys.stderr)
-    return EpisodeRun(backend.name, game, seed, wall, len(ep.turns), calls, [t.action for t in ep.turns])
+    invalid = sum(1 for t in ep.turns if not t.valid)
+    return EpisodeRun(
+        backend.name, game, seed, wall, len(ep.turns), calls, [t.action for t in ep.turns], invalid
+    )
 
 
 def _gmean(xs: list[float]) -> float:
@@ -484,10 +489,11 @@ def report(runs: list[EpisodeRun], variants: list[str], games: list[str]) -> Non
                 game, v, len(rs), len(calls), statistics.mean(r.wall_s for r in rs),
                 statistics.mean(c.wall_s for c in calls), statistics.mean(c.cpu_s for c in calls),
                 round(prompt), round(prompt - reused), f"{reused / prompt:.0%}",
+                f"{sum(r.invalid for r in rs)}/{sum(r.turns for r in rs)}",
                 x["wall"], x["cpu"], x["eval"],
             ])  # fmt: skip
     table(["game", "variant", "eps", "calls", "s/episode", "s/call", "cpu s/call", "prompt/call", "eval/call",
-           "reused", "x s/call", "x cpu", "x eval"], rows)  # fmt: skip
+           "reused", "invalid", "x s/call", "x cpu", "x eval"], rows)  # fmt: skip
     print()
     for game in games:
         print(f"### {game}: prompt tokens / evaluated tokens by the player's k-th call")
