@@ -333,7 +333,7 @@ def render_observation(
         if role_spec.description:
             lines.append(f"YOUR ROLE: {role_spec.description}")
     elif first_prompt is not None:
-        lines = [f"You are {me}. Lines unchanged since your first turn are not repeated."]
+        lines = [f"You are {me}. Lines the same as in your first turn are not repeated."]
     else:
         lines = [f"GAME: {spec.name} — you are {me}, role: {role}"]
     stated = set(first_prompt.splitlines()) if first_prompt is not None else set()
