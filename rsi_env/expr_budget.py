@@ -99,6 +99,15 @@ class Budget:
                 "(too many evaluations, or too costly ones)"
             )
 
+    def replay(self, units: int) -> bool:
+        """Charge this tick `units` of work that a result kept from before cost when it was computed,
+        unless that goes over the tick's limit: then False, and the caller computes it again (so
+        the work it does, and where it stops, are what they would have been)."""
+        if self.tick_used + units > self.limits.tick_units:
+            return False
+        self.tick_used += units
+        return True
+
     def trip(self, message: str) -> None:
         self.tripped = BudgetExceeded(message)
         raise self.tripped
