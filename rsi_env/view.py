@@ -309,8 +309,15 @@ def _hints(spec: GameSpec, view: dict[str, Any], over_budget: list[str] | None =
         return []
     # Every observation and every LLM prompt renders the hints: converting only the view variables
     # they read (not all players' views, roles, ...) makes that 2-5x cheaper, with the same result.
-    names = frozenset().union(*(reads(e) for e in game.hints.values() if e is not None)) - {"events"}
+    exprs = [e for e in game.hints.values() if e is not None]
+    names = frozenset().union(*(reads(e) for e in exprs)) - {"events"}
     values = {k: view[k] for k in sorted(names) if k in view}
+    if isinstance(values.get("state"), dict) and all(e.run_split is not None for e in exprs):
+        # Every hint reads state only as `state.f`: the fields they read are all it needs (the same
+        # values, a field the view lacks missing as before), and the digest then ignores the others
+        # (diplomacy: the promises and the orders' log change every turn, the armies once a year).
+        fields = frozenset().union(*(e.state_fields for e in exprs))
+        values["state"] = {f: v for f, v in values["state"].items() if f in fields}
     key = _digest(values)
     with _HINT_LOCK:
         hit = _HINT_LINES.get(game, {}).get(key) if key is not None else None
