@@ -240,10 +240,18 @@ def _legal_example(engine: GameEngine, player: str, schema: dict[str, Any], trie
 
 
 def fmt_value(v: Any) -> str:
+    """A value as observations show it. Strings and ints, most of what states hold, are told apart
+    by their exact type first (every observation formats the whole public state: codenames' board
+    and glossary are ~100 values)."""
+    t = type(v)
+    if t is str:
+        return v
+    if t is int:
+        return str(v)
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {fmt_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join([f"{k}: {fmt_value(x)}" for k, x in v.items()]) + "}"
     if isinstance(v, list):
-        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
+        return "[" + ", ".join([x if type(x) is str else fmt_value(x) for x in v]) + "]"
     if v is None:
         return "none"
     if isinstance(v, bool):
