@@ -86,7 +86,7 @@ class GameEngine:
         self.max_ticks = max_ticks or spec.end.turn_limit * (allowance + 1) * windows + 10
         self.random = SeededRandom(np.random.default_rng(0))
         # One CEL context per engine, holding just the functions this spec calls.
-        self._context = Scope({}, select_functions(self.game.function_names, self.random))
+        self._context = Scope({}, select_functions(self.game.function_names, self.random), memo=True)
         # The evaluation budget (`expr_budget`): its units start again at every tick; setup is one.
         self.budget = self._context.budget
         self._scope: Scope | None = None

@@ -108,6 +108,15 @@ class Budget:
         self.tick_used += units
         return True
 
+    def replay_eval(self, units: int) -> bool:
+        """The evaluation started (`start_eval`) gives a result kept from before, which cost `units`
+        once started: charged as it was, unless that goes over the tick's limit (False: the caller
+        evaluates it again, and stops where it would have)."""
+        if not self.replay(units):
+            return False
+        self.eval_used += units
+        return True
+
     def trip(self, message: str) -> None:
         self.tripped = BudgetExceeded(message)
         raise self.tripped
