@@ -97,7 +97,7 @@ class GameEngine:
         self._legal: dict[str, list[str]] = {}  # available actions per current actor, until the next change
         # What `view.legal_example` found per player until the next change (it tries up to 8 moves on the
         # engine, and an observation is rendered again after every invalid reply), with its units of work.
-        self.examples: dict[tuple[str, int], tuple[Any, Any, int]] = {}
+        self.examples: dict[str, tuple[Any, int]] = {}
         self.generation = 0  # counts the changes (`_changed`): a result computed across one is stale
         self._any_available_if = any(a.available_if for a in spec.actions.values()) or any(
             ph.available_if for ph in spec.phases

@@ -113,7 +113,7 @@ def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY)
         "payoffs": engine.payoffs,
         # A legal move to show as the answer's format (None when not on turn): tried on the engine,
         # so it is a move the game accepts, not only one its schema does.
-        "example": legal_example(engine, player, schema) if schema is not None else None,
+        "example": _kept_example(engine, player, schema) if schema is not None else None,
     }
 
 
@@ -211,25 +211,25 @@ def _example_value(s: dict[str, Any], variant: int = 0) -> Any:
     return "..."
 
 
-def legal_example(engine: GameEngine, player: str, schema: dict[str, Any], tries: int = 8) -> dict[str, Any]:
-    """An example move `player` could make now: the first of a few schema instances (each branch in
-    turn, with shifted choices) that the game accepts; the plain schema instance if none is.
-
-    Kept on the engine until its next change (`GameEngine.examples`): an observation is rendered
-    after every tick, and an invalid reply changes nothing, while trying the moves evaluates the
-    actions' checks up to 8 times (codenames: ~2 ms). The work it did is charged again to the tick."""
-    key = (player, tries)
-    hit = engine.examples.get(key)
-    if hit is not None and hit[0] == schema and engine.budget.replay(hit[2]):
-        return copy.deepcopy(hit[1])
+def _kept_example(engine: GameEngine, player: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """`legal_example` for `player_view`, whose schema is `action_schema(engine, player)`: a function
+    of the engine's state, so the move found is kept on the engine until its next change
+    (`GameEngine.examples`). An observation is rendered after every tick, and an invalid reply
+    changes nothing, while trying the moves evaluates the actions' checks up to 8 times (codenames:
+    ~2 ms). The work it did is charged to the tick again (over the tick's limit it is done again)."""
+    hit = engine.examples.get(player)
+    if hit is not None and engine.budget.replay(hit[1]):
+        return copy.deepcopy(hit[0])
     generation, used = engine.generation, engine.budget.tick_used
-    move = _legal_example(engine, player, schema, tries)
+    move = legal_example(engine, player, schema)
     if engine.generation == generation and engine.budget.tick_used >= used:
-        engine.examples[key] = (copy.deepcopy(schema), copy.deepcopy(move), engine.budget.tick_used - used)
+        engine.examples[player] = (copy.deepcopy(move), engine.budget.tick_used - used)
     return move
 
 
-def _legal_example(engine: GameEngine, player: str, schema: dict[str, Any], tries: int) -> dict[str, Any]:
+def legal_example(engine: GameEngine, player: str, schema: dict[str, Any], tries: int = 8) -> dict[str, Any]:
+    """An example move `player` could make now: the first of a few schema instances (each branch in
+    turn, with shifted choices) that the game accepts; the plain schema instance if none is."""
     branches = schema["anyOf"] if "anyOf" in schema else [schema]
     for variant in range(tries):
         for i in range(len(branches)):
