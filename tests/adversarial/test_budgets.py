@@ -149,10 +149,12 @@ def test_one_evaluation_over_the_budget_is_an_error_naming_the_limit(source: str
 
 def busy_spec() -> GameSpec:
     """A spec within every per-evaluation and per-tick limit whose dry run still does ~20M units of
-    work (ten costly effects a tick, until the dry run's own cap stops it): seconds of CPU time."""
+    work (ten costly effects a tick, until the dry run's own cap stops it): seconds of CPU time.
+    Each effect reads what the one before wrote, so none gives a result kept from before (`Expr.memo`),
+    which would charge the same units without the CPU time."""
     data = yaml.safe_load(BASE_YAML.format(id="busy", name="Busy"))
     data["state"]["x"] = {"type": "int", "init": "0"}
-    costly = {"set": "state.x", "value": "lists.range(550).map(i, i).size()"}
+    costly = {"set": "state.x", "value": "lists.range(550).map(i, i).size() + state.x % 2"}
     data["actions"]["go"]["effects"] += [costly] * 10
     data["end"] = {"when": "false", "turn_limit": 500}
     return parse_spec(data, "busy")
