@@ -86,7 +86,7 @@ class GameEngine:
         self.max_ticks = max_ticks or spec.end.turn_limit * (allowance + 1) * windows + 10
         self.random = SeededRandom(np.random.default_rng(0))
         # One CEL context per engine, holding just the functions this spec calls.
-        self._context = Scope({}, select_functions(self.game.function_names, self.random))
+        self._context = Scope({}, select_functions(self.game.function_names, self.random), memo=True)
         # The evaluation budget (`expr_budget`): its units start again at every tick; setup is one.
         self.budget = self._context.budget
         self._scope: Scope | None = None
@@ -95,6 +95,10 @@ class GameEngine:
         # check of the move it answers read the same ones.
         self._bounds: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._legal: dict[str, list[str]] = {}  # available actions per current actor, until the next change
+        # What `view.legal_example` found per player until the next change (it tries up to 8 moves on the
+        # engine, and an observation is rendered again after every invalid reply), with its units of work.
+        self.examples: dict[str, tuple[Any, int]] = {}
+        self.generation = 0  # counts the changes (`_changed`): a result computed across one is stale
         self._any_available_if = any(a.available_if for a in spec.actions.values()) or any(
             ph.available_if for ph in spec.phases
         )
@@ -272,6 +276,8 @@ class GameEngine:
         self._actors = None
         self._bounds = {}
         self._legal = {}
+        self.examples = {}
+        self.generation += 1
 
     def _dirty(self) -> None:
         """The state or the turn changed: drop the scope and the cached actors."""

@@ -99,28 +99,50 @@ class Budget:
                 "(too many evaluations, or too costly ones)"
             )
 
+    def replay(self, units: int) -> bool:
+        """Charge this tick `units` of work that a result kept from before cost when it was computed,
+        unless that goes over the tick's limit: then False, and the caller computes it again (so
+        the work it does, and where it stops, are what they would have been)."""
+        if self.tick_used + units > self.limits.tick_units:
+            return False
+        self.tick_used += units
+        return True
+
+    def replay_eval(self, units: int) -> bool:
+        """The evaluation started (`start_eval`) gives a result kept from before, which cost `units`
+        once started: charged as it was, unless that goes over the tick's limit (False: the caller
+        evaluates it again, and stops where it would have)."""
+        if not self.replay(units):
+            return False
+        self.eval_used += units
+        return True
+
     def trip(self, message: str) -> None:
         self.tripped = BudgetExceeded(message)
         raise self.tripped
 
     # -- hooks called from inside CEL (see `instrument`) -------------------------------------------------
 
-    def walk(self, items: Any) -> Any:
+    # Each hook gives back true, never the value it was passed: a value a Python function returns is
+    # converted back to CEL (~2.5 us a string in cel 0.10), and the comprehension reads its own copy
+    # (`instrument` binds it).
+
+    def walk(self, items: Any) -> bool:
         """Before `all`/`exists`/`exists_one` over `items`: linear work."""
         self.charge(WALK_UNITS * self._length(items))
-        return items
+        return True
 
-    def build(self, items: Any) -> Any:
+    def build(self, items: Any) -> bool:
         """Before `map`/`filter` over `items`: opens a count of what the comprehension accumulates."""
         self.charge(WALK_UNITS * self._length(items))
         self.building.append(0)
-        return items
+        return True
 
-    def item(self, value: Any) -> Any:
+    def item(self, value: Any) -> bool:
         """Each value `map` adds: cel-rust copies everything accumulated so far at every step, so a
         step costs what is already there, and the whole map the square of it."""
         self._accumulate(value)
-        return value
+        return True
 
     def keep(self, value: Any, kept: Any) -> Any:
         """Each step of `filter`: `value` is accumulated when the predicate `kept` holds."""
@@ -128,11 +150,11 @@ class Budget:
             self._accumulate(value)
         return kept
 
-    def done(self, result: Any) -> Any:
+    def done(self, result: Any) -> bool:
         """After a `map`/`filter`: its count closes."""
         if self.building:
             self.building.pop()
-        return result
+        return True
 
     def _accumulate(self, value: Any) -> None:
         try:
@@ -284,6 +306,8 @@ _PRECHECKS: dict[str, Callable[..., str | None]] = {
 # Hook names: not names a spec can declare (those start with a letter).
 WALK, BUILD, ITEM, KEEP, DONE = "_rsi_walk", "_rsi_build", "_rsi_item", "_rsi_keep", "_rsi_done"
 HOOK_NAMES = frozenset({WALK, BUILD, ITEM, KEEP, DONE})
+# The names `instrument` binds: the list walked, a value `map` adds, what `map`/`filter` gave.
+_L, _V, _R = "_rsi_l", "_rsi_v", "_rsi_r"
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -395,16 +419,26 @@ def instrument(source: str) -> str | None:
     """`source` with every comprehension reporting to the budget, or None when it cannot be rewritten
     (the caller refuses the expression):
 
-        xs.exists(x, p)     ->  _rsi_walk(xs).exists(x, p)
-        xs.map(x, f)        ->  _rsi_done(_rsi_build(xs).map(x, _rsi_item(f)))
-        xs.map(x, p, f)     ->  _rsi_done(_rsi_build(xs).map(x, p, _rsi_item(f)))
-        xs.filter(x, p)     ->  _rsi_done(_rsi_build(xs).filter(x, _rsi_keep(x, p)))
+        xs.exists(x, p)  ->  [xs].exists(_rsi_l, _rsi_walk(_rsi_l) ? _rsi_l.exists(x, p) : false)
+        xs.map(x, f)     ->  [[xs].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.map(x, ITEM) : [])[0]]
+                                 .map(_rsi_r, _rsi_done(_rsi_r) ? _rsi_r : _rsi_r)[0]
+            with ITEM = [f].map(_rsi_v, _rsi_item(_rsi_v) ? _rsi_v : _rsi_v)[0]
+        xs.map(x, p, f)  ->  the same, with `_rsi_l.map(x, p, ITEM)`
+        xs.filter(x, p)  ->  the same, with `_rsi_l.filter(x, _rsi_keep(x, p))`
+
+    Each hook is called where it was when it passed its value through (`_rsi_walk(xs).exists(...)`,
+    `_rsi_done(_rsi_build(xs).map(x, _rsi_item(f)))`), in the same order, on the same values, and
+    charges the same units; it gives back true instead, and the value it saw is bound by a
+    one-element comprehension, which the budget does not measure: converting each value back to
+    CEL cost more than the comprehension (diplomacy's hints, codenames' checks). A failing hook
+    fails the condition of its `?:`, so its error stops the evaluation as before.
     """
     toks = tokens(source)
     if toks is None:
         return None
-    # (start, end, prefix, suffix, size of the macro call it belongs to) character spans to wrap
-    spans: list[tuple[int, int, str, str, int]] = []
+    # (start, end, prefix, suffix, size of the macro call it belongs to, rank among the spans of one
+    # macro call with the same extent: the higher, the further out) character spans to wrap
+    spans: list[tuple[int, int, str, str, int, int]] = []
     for i, t in enumerate(toks):
         if not (
             t.kind == "name"
@@ -426,22 +460,28 @@ def instrument(source: str) -> str | None:
         start, target_end, end = toks[first].start, toks[i - 2].end, toks[close].end
         size = end - start
         if t.text in ("all", "exists", "exists_one"):
-            spans.append((start, target_end, f"{WALK}(", ")", size))
+            spans.append((start, target_end, "[", f"].{t.text}({_L}, {WALK}({_L}) ? {_L}", size, 0))
+            spans.append((start, end, "", " : false)", size, 0))
             continue
-        spans.append((start, end, f"{DONE}(", ")", size))
-        spans.append((start, target_end, f"{BUILD}(", ")", size))
+        spans.append((start, end, "[", f"].map({_R}, {DONE}({_R}) ? {_R} : {_R})[0]", size, 1))
+        spans.append((start, target_end, "[", f"].map({_L}, {BUILD}({_L}) ? {_L}", size, 0))
+        spans.append((start, end, "", " : [])[0]", size, 0))
         body_first, body_last = args[-1]
-        prefix = f"{ITEM}(" if t.text == "map" else f"{KEEP}({var}, "
-        spans.append((toks[body_first].start, toks[body_last].end, prefix, ")", size))
+        body = (toks[body_first].start, toks[body_last].end)
+        if t.text == "map":
+            spans.append((*body, "[", f"].map({_V}, {ITEM}({_V}) ? {_V} : {_V})[0]", size, 0))
+        else:
+            spans.append((*body, f"{KEEP}({var}, ", ")", size, 0))
     if not spans:
         return source
     # Insert from the end of the text (so a later insert at one position lands before an earlier one).
-    # At one position closings come before openings; of two spans opening there the longer one opens
-    # first, and of two equal spans the one of the larger macro call (the enclosing one) does.
-    inserts: list[tuple[int, int, int, int, str]] = []
-    for start, end, prefix, suffix, size in spans:
-        inserts.append((end, 0, 0, 0, suffix))
-        inserts.append((start, 1, -end, -size, prefix))
+    # At one position closings come before openings; of two spans closing there the one further out
+    # (starting first, else of the larger macro call, else of the higher rank) closes last, and of two
+    # opening there the one further out (ending last, then the same) opens first.
+    inserts: list[tuple[int, int, int, int, int, str]] = []
+    for start, end, prefix, suffix, size, rank in spans:
+        inserts.append((end, 0, -start, size, rank, suffix))
+        inserts.append((start, 1, -end, -size, -rank, prefix))
     out = source
     for pos, *_, text in sorted(inserts, reverse=True):
         out = out[:pos] + text + out[pos:]

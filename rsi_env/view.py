@@ -10,6 +10,7 @@ Visibility rules (the spec declares them per variable, role and action):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import pickle
@@ -112,7 +113,7 @@ def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY)
         "payoffs": engine.payoffs,
         # A legal move to show as the answer's format (None when not on turn): tried on the engine,
         # so it is a move the game accepts, not only one its schema does.
-        "example": legal_example(engine, player, schema) if schema is not None else None,
+        "example": _kept_example(engine, player, schema) if schema is not None else None,
     }
 
 
@@ -210,6 +211,22 @@ def _example_value(s: dict[str, Any], variant: int = 0) -> Any:
     return "..."
 
 
+def _kept_example(engine: GameEngine, player: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """`legal_example` for `player_view`, whose schema is `action_schema(engine, player)`: a function
+    of the engine's state, so the move found is kept on the engine until its next change
+    (`GameEngine.examples`). An observation is rendered after every tick, and an invalid reply
+    changes nothing, while trying the moves evaluates the actions' checks up to 8 times (codenames:
+    ~2 ms). The work it did is charged to the tick again (over the tick's limit it is done again)."""
+    hit = engine.examples.get(player)
+    if hit is not None and engine.budget.replay(hit[1]):
+        return copy.deepcopy(hit[0])
+    generation, used = engine.generation, engine.budget.tick_used
+    move = legal_example(engine, player, schema)
+    if engine.generation == generation and engine.budget.tick_used >= used:
+        engine.examples[player] = (copy.deepcopy(move), engine.budget.tick_used - used)
+    return move
+
+
 def legal_example(engine: GameEngine, player: str, schema: dict[str, Any], tries: int = 8) -> dict[str, Any]:
     """An example move `player` could make now: the first of a few schema instances (each branch in
     turn, with shifted choices) that the game accepts; the plain schema instance if none is."""
@@ -223,10 +240,18 @@ def legal_example(engine: GameEngine, player: str, schema: dict[str, Any], tries
 
 
 def fmt_value(v: Any) -> str:
+    """A value as observations show it. Strings and ints, most of what states hold, are told apart
+    by their exact type first (every observation formats the whole public state: codenames' board
+    and glossary are ~100 values)."""
+    t = type(v)
+    if t is str:
+        return v
+    if t is int:
+        return str(v)
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {fmt_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join([f"{k}: {fmt_value(x)}" for k, x in v.items()]) + "}"
     if isinstance(v, list):
-        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
+        return "[" + ", ".join([x if type(x) is str else fmt_value(x) for x in v]) + "]"
     if v is None:
         return "none"
     if isinstance(v, bool):
@@ -292,8 +317,15 @@ def _hints(spec: GameSpec, view: dict[str, Any], over_budget: list[str] | None =
         return []
     # Every observation and every LLM prompt renders the hints: converting only the view variables
     # they read (not all players' views, roles, ...) makes that 2-5x cheaper, with the same result.
-    names = frozenset().union(*(reads(e) for e in game.hints.values() if e is not None)) - {"events"}
+    exprs = [e for e in game.hints.values() if e is not None]
+    names = frozenset().union(*(reads(e) for e in exprs)) - {"events"}
     values = {k: view[k] for k in sorted(names) if k in view}
+    if isinstance(values.get("state"), dict) and all(e.run_split is not None for e in exprs):
+        # Every hint reads state only as `state.f`: the fields they read are all it needs (the same
+        # values, a field the view lacks missing as before), and the digest then ignores the others
+        # (diplomacy: the promises and the orders' log change every turn, the armies once a year).
+        fields = frozenset().union(*(e.state_fields for e in exprs))
+        values["state"] = {f: v for f, v in values["state"].items() if f in fields}
     key = _digest(values)
     with _HINT_LOCK:
         hit = _HINT_LINES.get(game, {}).get(key) if key is not None else None

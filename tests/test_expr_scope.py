@@ -58,3 +58,30 @@ def test_reset_keeps_what_the_caller_kept_in_step() -> None:
     other = {"a": 10}
     scope.reset({"state": other, "turn": 1}, kept=("state",))  # another object: converted
     assert Expr("state.a + turn")(scope) == 11
+
+
+def test_a_kept_result_is_the_evaluation_s_own_and_charged_as_it() -> None:
+    from rsi_env.expr import SeededRandom, seeded_rng, select_functions
+
+    state: dict = {"words": ["Apple", "Pear"], "n": 1}
+    check = Expr("!state.words.exists(w, w.lowerAscii().contains(args.word.lowerAscii()))")
+    scope = Scope({"state": state, "turn": 0}, select_functions(check.functions), memo=True)
+    scope.bind(args={"word": "app", "count": 1})
+    assert check(scope) is False
+    units = scope.budget.eval_used
+    scope.bind(args={"word": "app", "count": 2})  # a field it does not read
+    assert check(scope) is False and len(check.memo) == 1  # kept
+    assert scope.budget.eval_used == units and scope.budget.tick_used == 2 * units
+    scope.bind(args={"word": "kiwi", "count": 2})
+    assert check(scope) is True and len(check.memo) == 2
+    state["words"] = ["Kiwi"]
+    scope.refresh("state", state, field="words")
+    assert check(scope) is False  # the field written is a new input
+    total = Expr("state.n + turn")
+    assert total(scope) == 1
+    scope.reset({"state": state, "turn": 1}, kept=("state",))
+    assert total(scope) == 2
+    draw = Expr("randint(1, 1000000)")
+    rnd = Scope({}, select_functions(draw.functions, SeededRandom(seeded_rng(1))), memo=True)
+    assert draw(rnd) != draw(rnd) or draw(rnd) != draw(rnd)  # drawn again each time
+    assert not draw.memo

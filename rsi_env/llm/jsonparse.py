@@ -9,6 +9,7 @@ pass. It raises ValueError with a short reason, which callers show the model or 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 from typing import Any
@@ -60,7 +61,7 @@ def extract_json(
     opening = "{" if object_only else "{["
     last_error = "no JSON object found" if object_only else "no JSON object or array found"
     for cand in candidates:
-        starts = [i for i, ch in enumerate(cand) if ch in opening][:MAX_STARTS]
+        starts = _starts(cand, opening, MAX_STARTS)
         for start in starts:
             try:
                 value, _end = _DECODER.raw_decode(cand, start)
@@ -75,13 +76,23 @@ def extract_json(
                 return value
     if lenient:
         for cand in candidates:
-            starts = [i for i, ch in enumerate(cand) if ch in opening][:MAX_REPAIR_STARTS]
+            starts = _starts(cand, opening, MAX_REPAIR_STARTS)
             for start in starts:
                 value = _repaired(cand, start, max_repair_chars)
                 # Of the same kind as its bracket: json_repair reads `{braces}` as ["braces}"].
                 if value and isinstance(value, dict if cand[start] == "{" else list):
                     return value
     raise ValueError(f"the reply is not valid JSON ({last_error})")
+
+
+_OPENINGS = {"{": re.compile(r"\{"), "{[": re.compile(r"[{\[]")}
+
+
+def _starts(text: str, opening: str, limit: int) -> list[int]:
+    """The positions of the first `limit` characters of `text` that are in `opening` (`{` or `{[`),
+    found by a regex instead of a Python loop over every character (a 4,000-character reply of
+    random text cost ~0.3 ms a scan, twice a reply)."""
+    return [m.start() for m in itertools.islice(_OPENINGS[opening].finditer(text), limit)]
 
 
 def _repaired(text: str, start: int, max_chars: int) -> Any:

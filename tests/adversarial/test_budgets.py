@@ -102,11 +102,21 @@ def test_an_int_parameter_beyond_64_bits_is_an_invalid_move_not_a_value() -> Non
 
 
 def test_comprehensions_report_to_the_budget_and_give_the_same_values() -> None:
-    assert instrument("l.map(x, x * 2)") == "_rsi_done(_rsi_build(l).map(x, _rsi_item(x * 2)))"
-    assert instrument("l.filter(x, x > 1).exists(y, y == 2)") == (
-        "_rsi_walk(_rsi_done(_rsi_build(l).filter(x, _rsi_keep(x, x > 1)))).exists(y, y == 2)"
+    # Each hook sees the value it measures, gives back true, and the value goes on bound by a
+    # one-element comprehension (converting it back from Python cost more than the comprehension).
+    item = "[x * 2].map(_rsi_v, _rsi_item(_rsi_v) ? _rsi_v : _rsi_v)[0]"
+    done = "].map(_rsi_r, _rsi_done(_rsi_r) ? _rsi_r : _rsi_r)[0]"
+    assert instrument("l.map(x, x * 2)") == (
+        f"[[l].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.map(x, {item}) : [])[0]{done}"
     )
-    assert instrument("x in [1, 2].map(z, z)") == "x in _rsi_done(_rsi_build([1, 2]).map(z, _rsi_item(z)))"
+    assert instrument("l.filter(x, x > 1).exists(y, y == 2)") == (
+        "[[[l].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.filter(x, _rsi_keep(x, x > 1)) : [])[0]"
+        f"{done}].exists(_rsi_l, _rsi_walk(_rsi_l) ? _rsi_l.exists(y, y == 2) : false)"
+    )
+    assert instrument("x in [1, 2].map(z, z)") == (
+        "x in [[[1, 2]].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.map(z, "
+        f"[z].map(_rsi_v, _rsi_item(_rsi_v) ? _rsi_v : _rsi_v)[0]) : [])[0]{done}"
+    )
     for source, value in [
         ("l.map(x, l.map(y, x * y))", [[1, 2, 3], [2, 4, 6], [3, 6, 9]]),
         ("l.filter(x, x > 1).map(x, [x])", [[2], [3]]),
@@ -139,10 +149,12 @@ def test_one_evaluation_over_the_budget_is_an_error_naming_the_limit(source: str
 
 def busy_spec() -> GameSpec:
     """A spec within every per-evaluation and per-tick limit whose dry run still does ~20M units of
-    work (ten costly effects a tick, until the dry run's own cap stops it): seconds of CPU time."""
+    work (ten costly effects a tick, until the dry run's own cap stops it): seconds of CPU time.
+    Each effect reads what the one before wrote, so none gives a result kept from before (`Expr.memo`),
+    which would charge the same units without the CPU time."""
     data = yaml.safe_load(BASE_YAML.format(id="busy", name="Busy"))
     data["state"]["x"] = {"type": "int", "init": "0"}
-    costly = {"set": "state.x", "value": "lists.range(550).map(i, i).size()"}
+    costly = {"set": "state.x", "value": "lists.range(550).map(i, i).size() + state.x % 2"}
     data["actions"]["go"]["effects"] += [costly] * 10
     data["end"] = {"when": "false", "turn_limit": 500}
     return parse_spec(data, "busy")
