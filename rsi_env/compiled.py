@@ -349,7 +349,6 @@ class CPhase:
     on_resolve: list[CEffect]
     on_exit: list[CEffect]
     next: list[tuple[Expr, str]]
-    default_args: dict[str, Expr]  # the first default move's
     default_moves: list[tuple[str, str, dict[str, Expr]]] = field(default_factory=list)  # path, action, args
     available: dict[str, Expr] = field(default_factory=dict)
     budget: Expr | None = None
@@ -452,7 +451,6 @@ class CompiledGame:
                 on_resolve=compile_effects(ph.on_resolve, f"{base}.on_resolve", p, lets),
                 on_exit=compile_effects(ph.on_exit, f"{base}.on_exit", p, lets),
                 next=nxt,
-                default_args=defaults[0][2] if defaults else {},
                 default_moves=defaults,
                 available={
                     k: e

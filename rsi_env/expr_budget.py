@@ -305,7 +305,6 @@ _PRECHECKS: dict[str, Callable[..., str | None]] = {
 
 # Hook names: not names a spec can declare (those start with a letter).
 WALK, BUILD, ITEM, KEEP, DONE = "_rsi_walk", "_rsi_build", "_rsi_item", "_rsi_keep", "_rsi_done"
-HOOK_NAMES = frozenset({WALK, BUILD, ITEM, KEEP, DONE})
 # The names `instrument` binds: the list walked, a value `map` adds, what `map`/`filter` gave.
 _L, _V, _R = "_rsi_l", "_rsi_v", "_rsi_r"
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})

@@ -38,7 +38,6 @@ from importlib import resources
 from typing import Literal
 
 Level = Literal["none", "suspected", "unambiguous"]
-_RANK = {"none": 0, "suspected": 1, "unambiguous": 2}
 MAX_SCANNED = 4000  # characters of one text scanned (messages are capped at 600, raw replies at 200)
 
 
@@ -375,7 +374,3 @@ def detect(text: str | None) -> Detection:
         if reason:
             return Detection("unambiguous", f"{reason} (hidden: {name})")
     return Detection("suspected", weak) if weak else Detection("none")
-
-
-def stronger(a: Detection, b: Detection) -> Detection:
-    return a if _RANK[a.level] >= _RANK[b.level] else b
