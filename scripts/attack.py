@@ -18,6 +18,7 @@ case fails.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -25,11 +26,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotations only (they are strings at run time)
+    from tests.adversarial.cases import SpecCase
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from tests.adversarial.cases import SpecCase, spec_cases  # noqa: E402  (the repository's own test data)
+
+def _load_cases() -> ModuleType:
+    """The repository's own test data (`tests/adversarial/cases.py`), loaded from its file: `tests` is
+    not an installed package, and a script must not put the repository on `sys.path` to reach it."""
+    path = REPO / "tests" / "adversarial" / "cases.py"
+    spec = importlib.util.spec_from_file_location("rsi_adversarial_cases", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+spec_cases = _load_cases().spec_cases
 
 
 @dataclass

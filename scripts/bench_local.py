@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Before llama.cpp loads (the tokenizer, the in-process variant): idle OpenMP threads must not spin,
 # as in the server processes rsi_env starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -64,3 +64,46 @@ def test_bench_local_prints_tokens_variants_and_memory() -> None:
         "--mem-episodes", "1", "--offline-episodes", "1", timeout=1200,
     )  # fmt: skip
     assert "eval cache" in out and "x s/call" in out and "against a capacity of" in out
+
+
+def _edits_sys_path(source: str) -> list[int]:
+    """Lines that change `sys.path` (`sys.path.insert(...)`, `.append`, `sys.path = ...`, `+=`)."""
+    import ast
+
+    def is_sys_path(node: ast.AST) -> bool:
+        return (
+            isinstance(node, ast.Attribute)
+            and node.attr == "path"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        )
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and is_sys_path(node.func.value)
+        ):
+            lines.append(node.lineno)
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AugAssign)
+            else []
+        )
+        lines += [node.lineno for t in targets if is_sys_path(t)]
+    return sorted(lines)
+
+
+def test_no_script_edits_sys_path() -> None:
+    """Scripts import rsi_env as installed (the test doubles are in `rsi_env.testing`): a script that puts
+    the repository on `sys.path` would run another checkout's code than the one installed."""
+    assert _edits_sys_path("import sys\nsys.path.insert(0, 'x')\nsys.path += ['y']\n") == [2, 3]
+    edits = {
+        p.name: found
+        for p in sorted((REPO / "scripts").glob("*.py"))
+        if (found := _edits_sys_path(p.read_text()))
+    }
+    assert edits == {}
