@@ -234,3 +234,36 @@ def test_lists_and_text_made_from_maps_are_in_key_order(expr: str, want: object)
 
     e = Expr(expr)
     assert e(Scope({}, select_functions(e.functions))) == want
+
+
+def test_adding_a_game_is_one_yaml_file_in_a_folder_of_your_own(tmp_path: Path) -> None:
+    """The README's "Adding a game": one YAML file (its id is its file name) in a folder named by
+    RSI_ENV_GAMES; `games validate` accepts it, `games list` shows it and `play --game <id>` plays it."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "**Adding a game** needs no Python: write `games/<id>.yaml`" in readme
+    assert "RSI_ENV_GAMES" in readme
+    folder = tmp_path / "my_games"
+    folder.mkdir()
+    text = (root / "games" / "prisoners_dilemma.yaml").read_text(encoding="utf-8")
+    (folder / "my_dilemma.yaml").write_text(text.replace("id: prisoners_dilemma", "id: my_dilemma", 1))
+    env = {**os.environ, "RSI_ENV_GAMES": str(folder)}
+
+    def rsi(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    done = rsi("rsi_env.games", "validate", str(folder / "my_dilemma.yaml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = rsi("rsi_env.games", "list")
+    assert listed.returncode == 0 and "my_dilemma" in listed.stdout
+    played = rsi("rsi_env.play", "--game", "my_dilemma", "--agents", "random", "--episodes", "2",
+                 "--out", str(tmp_path / "run"), "--quiet")  # fmt: skip
+    assert played.returncode == 0, played.stderr[-2000:]
+    episodes = [json.loads(ln) for ln in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
+    assert len(episodes) == 2 and {ep["game"] for ep in episodes} == {"my_dilemma"}
+    assert all(ep["status"] in ("complete", "truncated") and ep["payoffs"] for ep in episodes)
