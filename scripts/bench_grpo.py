@@ -13,6 +13,11 @@ other seats are `--opponents` (default `local`: the embedded SmolLM2-135M on lla
     session   the learner's seat driven through SeatSession by a scripted policy (no learner model),
               beside the same games through PettingZoo's env.step: the session machinery's overhead
 
+The embedded model is started before anything is timed, and each phase's opponent model calls are
+summed (calls, decoded tokens, prompt tokens and the part the server's prefix cache reused, seconds
+waited): replay sends the very prompts GRPO sent, so its calls may reuse more of the cache, and
+the ratio of time per opponent call says how much of the difference is the model's.
+
 Figures on a shared machine are noisy: read the ratios, measured in one run.
 
     python scripts/bench_grpo.py [--game negotiation] [--opponents local] [--steps 4] [--generations 4]
@@ -40,7 +45,7 @@ from rsi_env.integrations.session import SeatSession
 from rsi_env.integrations.trl import dataset, environment
 from rsi_env.runner import build_agents, continue_episode, new_episode
 from rsi_env.testing.tiny_lm import tool_calling_model
-from rsi_env.trajectory import Episode
+from rsi_env.trajectory import CallInfo, Episode
 
 REPLIES = {
     "negotiation": [{"name": "propose", "arguments": {"books": 1, "hats": 1, "balls": 1}}],
@@ -130,10 +135,27 @@ class ReplayAgent:
         return raw
 
 
+def model_calls(episodes: list[Episode]) -> dict[str, float]:
+    """The opponents' model calls of `episodes`, summed (the learner's turns are not model calls)."""
+    calls: list[CallInfo] = []
+    for ep in episodes:
+        agent = {p.player: p.agent for p in ep.players}
+        calls += [t.call for t in ep.turns if agent[t.player] != "learner" and t.call.latency_s > 0]
+    return {
+        "calls": len(calls),
+        "decoded": sum(c.completion_tokens for c in calls),
+        "prompt": sum(c.prompt_tokens for c in calls),
+        "cached": sum(c.cached_tokens or 0 for c in calls),
+        "wait_s": sum(c.latency_s for c in calls),
+    }
+
+
 def bench_replay(args: argparse.Namespace, episodes: list[Episode]) -> dict[str, Any]:
     """The GRPO rollouts' very episodes again, by the runner alone: the learner's seat replays its
     recorded moves, the opponents are rebuilt with the same seeds (an LLM samples the same calls)."""
     spec = load_game(args.game)
+
+    replayed: list[Episode] = []
 
     async def run() -> tuple[int, int]:
         ticks = same = 0
@@ -148,6 +170,7 @@ def bench_replay(args: argparse.Namespace, episodes: list[Episode]) -> dict[str,
             agents[learner] = ReplayAgent([t.raw for t in ep.turns if t.player == learner])
             again = new_episode(f"replay-{ep.episode_id}", "", spec, env, names, agents, ep.seed)
             again = await continue_episode(again, env, agents)
+            replayed.append(again)
             ticks += env.engine.tick_no
             same += again.payoffs == ep.payoffs and [t.raw for t in again.turns] == [t.raw for t in ep.turns]
             await factory.aclose()
@@ -155,7 +178,13 @@ def bench_replay(args: argparse.Namespace, episodes: list[Episode]) -> dict[str,
 
     t0 = time.perf_counter()
     ticks, same = asyncio.run(run())
-    return {"seconds": time.perf_counter() - t0, "rollouts": len(episodes), "ticks": ticks, "identical": same}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "rollouts": len(episodes),
+        "ticks": ticks,
+        "identical": same,
+        "model": model_calls(replayed),
+    }
 
 
 def bench_session(game: str, episodes: int) -> dict[str, float]:
@@ -201,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import tempfile
 
+    if "local" in args.opponents.split(","):
+        # The embedded model's start (seconds of loading) is not an environment step of either phase.
+        from rsi_env.local_model import ensure_local_endpoint
+
+        ensure_local_endpoint()
     with tempfile.TemporaryDirectory() as tmp:
         grpo = bench_grpo(args, Path(tmp))
+    grpo["model"] = model_calls(Counts.episodes)
     play = bench_replay(args, Counts.episodes)
     session = bench_session(args.game, args.session_episodes)
 
@@ -227,6 +262,21 @@ def main(argv: list[str] | None = None) -> int:
         f"move for move); grpo env time / replay time {grpo['env_s'] / play['seconds']:.2f}, "
         f"grpo/replay rollouts/s {rate(grpo, 'rollouts') / rate(play, 'rollouts'):.2f}"
     )
+    for name, d in (("grpo", grpo), ("replay", play)):
+        m = d["model"]
+        if m["calls"]:
+            print(
+                f"{name} opponent model calls: {m['calls']}, {m['wait_s'] / m['calls']:.2f} s per call, "
+                f"{m['decoded'] / m['calls']:.0f} decoded and {m['prompt'] / m['calls']:.0f} prompt tokens "
+                f"per call, {m['cached'] / max(m['prompt'], 1):.0%} of them from the prefix cache"
+            )
+    g, r = grpo["model"], play["model"]
+    if g["calls"] and r["calls"]:
+        print(
+            f"s per opponent call grpo/replay {g['wait_s'] / g['calls'] / (r['wait_s'] / r['calls']):.2f}; "
+            f"environment time outside opponent calls: grpo {grpo['env_s'] - g['wait_s']:.1f} s, "
+            f"replay {play['seconds'] - r['wait_s']:.1f} s"
+        )
     s = session
     print(
         f"session: {s['moves'] / s['session_s']:.0f} learner moves/s (scripted opponents) vs "

@@ -129,8 +129,11 @@ def test_concurrent_sessions_are_independent() -> None:
     with serving(create_app("negotiation", opponents="scripted", max_sessions=4)) as url:
         a, b = GameClient(base_url=url).sync(), GameClient(base_url=url).sync()
         with a, b:
-            ra, rb = a.reset(seed=1), b.reset(seed=2)
+            ra, rb = a.reset(seed=1, episode_id="run-a"), b.reset(seed=2)
             assert ra.observation.view["my"] != rb.observation.view["my"]  # two deals
+            # OpenEnv's `reset(seed, episode_id)`: the client's id names the episode, else the engine's
+            assert a.state().episode_id == "run-a"
+            assert b.state().episode_id.startswith("negotiation-s2-") and b.state().seed == 2
             ra2 = a.step(GameAction(text=""))
             assert ra2.observation.tick > ra.observation.tick
             assert b.state().step_count == 0

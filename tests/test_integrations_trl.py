@@ -22,6 +22,7 @@ from rsi_env.integrations.trl import (
     decision_dataset,
     environment,
     environments,
+    task_environment,
 )
 from rsi_env.prefs.__main__ import build_parser
 from rsi_env.prefs.__main__ import main as prefs_main
@@ -285,6 +286,36 @@ def test_programming_family_scores_in_the_sandbox() -> None:
     env.reset(seed=0, index=index)
     env.submit(answer="def mask_card(number):\n    return number\n")
     assert env.get_reward() is not None and env.get_reward() < 1.0
+
+
+def test_trivia_family_on_given_tasks_scores_token_f1() -> None:
+    """Trivia-v0 with its tasks given (the built-in ones need the corpus): options reach the family's
+    env, `submit` is its one tool, and the reward is the family's own (token F1, no judge)."""
+    from rsi_env.tasks.trivia import TriviaTask, token_f1
+
+    tasks = [
+        TriviaTask(id=f"t{i}", title=t, extract=f"{t} is a page.", question=q, answer=a)
+        for i, (t, q, a) in enumerate(
+            [
+                ("Mount Everest", "Which mountain is the highest above sea level?", "Mount Everest"),
+                ("2001", "Who directed 2001: A Space Odyssey?", "Stanley Kubrick"),
+            ]
+        )
+    ]
+    env = environment("Trivia-v0", tasks=tasks)()
+    assert list(tools_of(env)) == ["submit"]
+    text = env.reset(seed=0, index=1)
+    assert tasks[1].question in text and "`submit`" in text
+    env.submit(answer="Kubrick")
+    want = token_f1("Kubrick", "Stanley Kubrick")
+    assert 0.0 < want < 1.0 and env.get_reward() == pytest.approx(want)
+    env.reset(seed=0, index=1)
+    env.submit(answer='{"answer": "Stanley Kubrick"}')
+    assert env.get_reward() == 1.0
+    with pytest.raises(ValueError, match="unknown task family"):
+        task_environment("Riddles-v0")
+    rows = dataset("Trivia-v0", 2, seed=0)
+    assert rows["environment"] == ["Trivia-v0", "Trivia-v0"]
 
 
 # --- GRPOTrainer itself ------------------------------------------------------------------------------------
