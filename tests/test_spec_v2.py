@@ -120,6 +120,29 @@ def test_random_and_scripted_agents_produce_legal_lists() -> None:
     assert json.loads(raw) == {"action": "propose", "team": ["player_0", "player_1"]}
 
 
+def test_the_example_shown_is_a_legal_move_at_every_turn_of_every_game() -> None:
+    """Every built-in game, two random episodes: whenever a player is to move, the example its
+    observation shows is a move the game accepts (codenames' clue must be a word of letters that is
+    no board word: the placeholder "..." is not one)."""
+    from rsi_env.catalog import game_files
+
+    for game in sorted(game_files()):
+        shown = 0
+        for seed in range(2):
+            env = rsi_env.make_parallel(game)
+            _obs, infos = env.reset(seed=seed)
+            agents = {p: RandomAgent(seed * 7 + i) for i, p in enumerate(env.possible_agents)}
+            while env.agents:
+                for p in env.engine.current_actors():
+                    if action_schema(env.engine, p) is not None:
+                        example = player_view(env.engine, p)["example"]
+                        assert env.engine.accepts(p, example), (game, env.engine.phase, example)
+                        shown += 1
+                moves = {p: agents[p].choose(infos[p]) for p in env.agents if infos[p]["is_turn"]}
+                _obs, _rewards, _terms, _truncs, infos = env.step(moves)
+        assert shown > 0, game
+
+
 ORDERS = """
 players: {min: 2, max: 2}
 state:
