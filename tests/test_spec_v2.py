@@ -439,6 +439,31 @@ def test_reactions_resolve_in_order_and_a_successful_challenge_cancels() -> None
     assert engine.state["gold"]["player_1"] == 0 and engine.done
 
 
+def test_a_declared_order_decides_which_reaction_counts_and_all_resolves_every_one() -> None:
+    """`order` (CEL, reading the mover `me`) replaces the seats-after-the-mover default; with
+    `resolve: all` every reaction runs, in that order."""
+    tax_window = "      actions: [challenge, block, allow]\n      pass: allow\n"
+    assert tax_window in CLAIMS
+    order = "      order: 'players.filter(q, q != me)'\n"
+    ordered = CLAIMS.replace(tax_window, tax_window + order)
+    engine = GameEngine(spec_of(ordered))
+    move(engine, player_0={"action": "wait"})
+    move(engine, player_1={"action": "tax"})
+    # The default order would take player_2 first (as in the test above); the declared one, seat order.
+    move(engine, player_0={"action": "challenge"}, player_2={"action": "challenge"})
+    assert engine.state["events"] == ["player_0 challenges player_1's tax"]
+    every = ordered.replace(order, order + "      resolve: all\n")
+    engine = GameEngine(spec_of(every))
+    move(engine, player_0={"action": "wait"})
+    move(engine, player_1={"action": "tax"})
+    move(engine, player_2={"action": "challenge"}, player_0={"action": "challenge"})
+    assert engine.state["events"] == [
+        "player_0 challenges player_1's tax",
+        "player_2 challenges player_1's tax",
+    ]
+    assert engine.state["gold"]["player_1"] == 0 and engine.errors == []
+
+
 def test_a_reaction_can_be_reacted_to() -> None:
     engine = GameEngine(spec_of(CLAIMS))
     move(engine, player_0={"action": "tax"})
