@@ -731,12 +731,22 @@ def test_an_unquoted_comma_in_a_flow_mapping_names_the_line_and_the_quoting() ->
             "`P[state.victim]`: the index is null (not set yet?), so it names nothing in map `P`",
         ),
         ("state.victim.c + 1", "`state.victim.c`: `state.victim` is null, which has no field `c`"),
+        ("state.x > 0 && state.x", "&& takes bools, got bool (True) and int (1)"),
+        ("state.x ? 1 : 2", "the condition `state.x` is not a bool but int (1)"),
+        # The package calls a known function given an operand it has no overload for "undefined".
+        ("size(state.x)", "`size` does not take int (1)"),
+        # Inside a macro: the body with its variable bound to the first item it fails on.
+        ("state.l.exists(q, q)", "the condition `q` is not a bool but int (1) (where q = int (1))"),
+        (
+            'state.l.map(q, q > 1, q + "a")',
+            "`q + \"a\"`: + cannot combine int (2) and string ('a') (where q = int (2))",
+        ),
     ],
 )
 def test_a_type_error_names_what_the_operation_saw(source: str, says: str) -> None:
     from rsi_env.expr import Expr, ExprError, Scope
 
-    scope = Scope({"state": {"victim": None, "x": 1, "f": 1.5}, "P": {"a": {"c": 1}}})
+    scope = Scope({"state": {"victim": None, "x": 1, "f": 1.5, "l": [1, 2]}, "P": {"a": {"c": 1}}})
     with pytest.raises(ExprError) as err:
         Expr(source)(scope)
     assert says in str(err.value) and "uint" not in str(err.value)
