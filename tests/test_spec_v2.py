@@ -825,9 +825,10 @@ def test_the_readme_shows_each_v2_construct_with_its_current_json_schema() -> No
     assert module.render(readme) == readme, "run python scripts/readme_schema.py --write"
     marked = " ".join(m.group(0) for m in module._MARK.finditer(readme))
     constructs = [
-        "Param: items min_items max_items unique fields", "GameSpec: let", "Action: available_if",
-        "Phase: mode pass_action budget", "Channels: groups", "Reactions:", "Effect: cancel", "Repeat:",
-        "Option:", "PolicyRule: weight", "Phase: default_move",
+        "Param: items min_items max_items unique fields", "GameSpec: let", "Phase: let", "Action: let",
+        "Action: available_if", "Phase: available_if", "Phase: mode pass_action budget", "Channels: groups",
+        "Action: visibility group recipient", "Reactions:", "Action: reactions", "Effect: cancel", "Repeat:",
+        "Effect: repeat", "Option:", "GameSpec: options", "PolicyRule: weight", "Phase: default_move",
     ]  # fmt: skip
     for construct in constructs:
         assert construct in marked, construct
