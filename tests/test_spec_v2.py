@@ -844,6 +844,7 @@ def test_the_generator_knows_v2_a_v2_game_fits_both_structured_output_schemas(ga
     reference names every v2 construct."""
     from rsi_env.catalog import game_files
     from rsi_env.generate.generator import (
+        MECHANICS,
         REFERENCE,
         Brief,
         GenerationConfig,
@@ -868,6 +869,8 @@ def test_the_generator_knows_v2_a_v2_game_fits_both_structured_output_schemas(ga
     brief = Brief(theme="a market", mechanic="sealed bids", existing=[], examples=[])
     messages, parts = build_messages(brief, GenerationConfig(context_tokens=32768))
     assert "reference" in parts and "reactions" in messages[-1]["content"]
+    # Briefs also ask for the mechanics the v2 constructs exist for, e.g. challenges out of turn.
+    assert any("out of turn" in m for m in MECHANICS) and any("channels" in m for m in MECHANICS)
 
 
 @pytest.mark.parametrize(
