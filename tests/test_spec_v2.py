@@ -896,6 +896,24 @@ def test_a_hint_that_reads_what_its_player_cannot_see_is_rejected(extra: str, sa
     assert problems_of(f"{text}hints: {{own: 'P[me].secret + 1'}}\n", dry_run=False) == []
 
 
+def test_a_policy_or_hint_that_reads_a_secret_through_a_let_is_rejected() -> None:
+    """The privacy check follows named expressions: a spec-level let that reads another player's
+    private field is fine where only the engine reads it, an error once a hint or a policy does."""
+    text = MIXED.replace(
+        "players: {min: 2, max: 2}", "players: {min: 2, max: 2}\nlet:\n  theirs: 'P[players[1]].secret'"
+    )
+    secret = "reads ['P[players[1]].secret']: another player's private field"
+    assert problems_of(text + "hints: {h: 'theirs + 1'}\n", dry_run=False) == [
+        f"hints.h (through let `theirs`): {secret}, or a hidden one, which players cannot see"
+    ]
+    in_policy = text.replace("side: '\"middle\"'", "side: 'theirs > 0 ? \"middle\" : \"left\"'")
+    assert problems_of(in_policy, dry_run=False) == [
+        f"policy[2].args.side (through let `theirs`): {secret}, or a hidden one, which players cannot see"
+    ]
+    in_payoff = text.replace("payoffs: {value: '0'}", "payoffs: {value: 'theirs'}")
+    assert problems_of(in_payoff, dry_run=False) == []
+
+
 ORDER = """
 players: {min: 2, max: 2}
 state:
