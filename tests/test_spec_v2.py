@@ -558,12 +558,24 @@ def test_options_are_read_in_expressions_and_chosen_at_make() -> None:
         ({"rounds": 9}, "options.rounds: 9 is above the maximum 5"),
         ({"rounds": "many"}, "options.rounds: expected a whole number, got 'many'"),
         ({"speed": 1}, "options.speed: t has no such option (its options: judge, rounds)"),
+        ({"judge": "maybe"}, "options.judge: expected true or false, got 'maybe'"),
     ],
 )
 def test_a_bad_option_is_one_clear_error(options: dict, says: str) -> None:
     with pytest.raises(SpecError) as err:
         rsi_env.make_parallel(spec_of(OPTIONS), options=options)
     assert err.value.problems == [says]
+
+
+def test_an_option_whose_default_breaks_its_own_declaration_is_a_load_error() -> None:
+    text = OPTIONS.replace("default: 2, min: 1", "default: 9, min: 1").replace(
+        "  judge: {type: bool, default: false}",
+        "  judge: {type: bool, default: false}\n  size: {type: enum, default: x, values: [a]}",
+    )
+    assert problems_of(text, dry_run=False) == [
+        "options.rounds: default: 9 is above the maximum 5",
+        "options.size: default: expected one of ['a'], got 'x'",
+    ]
 
 
 def test_an_option_that_breaks_the_role_counts_names_the_role_it_changed() -> None:
