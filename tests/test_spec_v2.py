@@ -957,6 +957,27 @@ def test_the_log_reads_the_state_before_the_effects_and_a_null_announce_says_not
     ]
 
 
+@pytest.mark.parametrize(
+    ("effect", "says"),
+    [
+        ("announce: null", "`announce: null` is YAML's null, not an expression; quote it as CEL: "
+         "announce: 'null' (an announcement of null says nothing)"),
+        ("announce: ~", "`announce: null` is YAML's null"),
+        ("{set: state.x, value: null}", "`value: null` is YAML's null, not an expression; quote it as CEL: "
+         "value: 'null'"),
+        ("{set: state.x}", "`set` needs a `value`"),
+    ],
+)  # fmt: skip
+def test_an_unquoted_yaml_null_where_cel_is_expected_says_to_quote_it(effect: str, says: str) -> None:
+    """`announce: 'null'` (CEL) says nothing; `announce: null` unquoted is YAML's null, no expression
+    at all: the message says so instead of "an effect needs exactly one of ... got none"."""
+    old = "      - announce: 'state.x >= 6 ? \"x reached \" + string(state.x) : null'"
+    assert old in ORDER
+    problems = problems_of(ORDER.replace(old, "      - " + effect), dry_run=False)
+    assert len(problems) == 1 and problems[0].startswith("actions.go.effects.1: " + says), problems
+    assert problems_of(ORDER.replace(old, "      - announce: 'null'"), dry_run=False) == []
+
+
 def test_a_v1_game_keeps_the_spec_hash_records_written_before_v2_carry() -> None:
     """The v1 language stays valid and hashes as before: the games in records written before v2 (and
     before typed events) have the hash those records carry, so their episode ids still match."""
