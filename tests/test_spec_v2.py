@@ -918,7 +918,7 @@ def test_a_policy_or_hint_that_reads_a_secret_through_a_let_is_rejected() -> Non
     assert problems_of(text + "hints: {h: 'theirs + 1'}\n", dry_run=False) == [
         f"hints.h (through let `theirs`): {secret}, or a hidden one, which players cannot see"
     ]
-    in_policy = text.replace("side: '\"middle\"'", "side: 'theirs > 0 ? \"middle\" : \"left\"'")
+    in_policy = text.replace("side: '\"middle\"'", 'side: \'theirs > 0 ? "middle" : "left"\'')
     assert problems_of(in_policy, dry_run=False) == [
         f"policy[2].args.side (through let `theirs`): {secret}, or a hidden one, which players cannot see"
     ]
