@@ -550,6 +550,14 @@ def test_options_are_read_in_expressions_and_chosen_at_make() -> None:
         env.step({p: '{"action": "pass"}' for p in env.agents})
     assert env.engine.turn == 4 and env.engine.payoffs == {f"player_{i}": 4.0 for i in range(3)}
     assert env.spec.spec_hash() != spec.spec_hash() == spec.with_options({"rounds": 2}).spec_hash()
+    # The AEC env takes them too (README: `rsi_env.make("leduc_holdem", options={"raises": 1})`).
+    aec = rsi_env.make(spec, options={"rounds": 3})
+    aec.reset(seed=0)
+    for _agent in aec.agent_iter():
+        _obs, _r, term, trunc, _info = aec.last()
+        aec.step(None if term or trunc else '{"action": "pass"}')
+    assert aec.unwrapped.engine.turn == 3
+    assert aec.unwrapped.engine.payoffs == {f"player_{i}": 3.0 for i in range(3)}
 
 
 @pytest.mark.parametrize(
