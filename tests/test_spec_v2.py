@@ -728,6 +728,23 @@ def test_an_episode_with_a_failed_default_move_is_a_game_error_not_a_zero(tmp_pa
         "game_error: tick 0: actions.bid.effects[0]"
     )
     assert "division by zero" in ep.abort_reason
+    # And the default move itself: agents that never answer in JSON run out of attempts each turn.
+
+    class Mute(RandomAgent):
+        def choose(self, info: dict[str, Any]) -> str:
+            return "I would rather not say"
+
+    class MuteFactory(AgentFactory):
+        def build(self, name: str, player: str, seed: int) -> Any:
+            return Mute(seed)
+
+    mute = MuteFactory(["random"], spec)
+    asyncio.run(Runner(spec, mute, tmp_path / "mute", progress=False).run(plan(spec, mute, 1)))
+    (ep,) = list(read_episodes(tmp_path / "mute"))
+    assert ep.status == "aborted" and ep.payoffs is None
+    assert ep.abort_reason is not None and ep.abort_reason.startswith(
+        "game_error: tick 2: phases.a.default_move: `bid(amount=0)` is not a legal move"
+    )  # tick 2: each of the 3 attempts allowed takes a tick
 
 
 def test_an_unquoted_comma_in_a_flow_mapping_names_the_line_and_the_quoting() -> None:
