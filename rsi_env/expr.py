@@ -302,7 +302,9 @@ def _failure(source: str, scope: Scope, exc: Exception) -> str:
     detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
     kind = "missing key" if isinstance(exc, KeyError) else type(exc).__name__
     text = _first_line(str(detail))
-    if isinstance(exc, TypeError):
+    # The package reports a known function given operands it has no overload for as undefined.
+    unknown = _UNDEFINED.match(text)
+    if isinstance(exc, TypeError) or (unknown is not None and unknown.group(1) in KNOWN_FUNCTIONS):
         from .expr_errors import explain  # the error path only
 
         scope.whole_state()  # it evaluates parts of `source`, which reads `state`
@@ -313,6 +315,9 @@ def _failure(source: str, scope: Scope, exc: Exception) -> str:
             return f"`{source}`: {kind}: {why.removeprefix(whole)}"
         text = _first_sentence(str(detail))
     return f"`{source}`: {kind}: {text}"
+
+
+_UNDEFINED = re.compile(r"Undefined variable or function: '(\w+)'")
 
 
 def _first_sentence(text: str) -> str:

@@ -6,7 +6,9 @@ and which misleads when the real cause is a null (a player index that is not set
 expression is split into its operations (a small parser over CEL's grammar that keeps each
 operation's span of text); the innermost operation that fails while its operands evaluate is the
 one to explain, with its operands' CEL types and values: "`state.x + state.f`: + cannot combine
-int (1) and double (1.5)". Only the error path pays for this.
+int (1) and double (1.5)". A condition (`&&`, `||`, `?:`, a macro's test) that is not a bool says
+what it is; a macro's body is explained with its variable bound to the first item it fails on. Only
+the error path pays for this.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _RELATIONS = frozenset({"<", "<=", ">", ">=", "==", "!=", "in"})
+# Macros over a list or map: `target.m(var, body...)`; the body reads the variable bound per item.
+_MACROS = frozenset({"all", "exists", "exists_one", "filter", "map"})
+_MACRO_ITEMS = 50  # items tried when explaining a macro's body
+_IDENT = re.compile(r"[A-Za-z_]\w*")
 MAX_SOURCE = 4000  # longer expressions keep the package's own message
 
 
 @dataclass
 class _Node:
-    kind: str  # binary | unary | member | index | call | other
+    kind: str  # binary | unary | logic | cond | member | index | call | other
     start: int
     end: int
     op: str = ""
@@ -81,7 +87,7 @@ class _Parser:
         then = self.binary(0)
         self.expect(":")
         other = self.expr()
-        return _Node("other", cond.start, other.end, "?:", [cond, then, other])
+        return _Node("cond", cond.start, other.end, "?:", [cond, then, other])
 
     _LEVELS = (("||",), ("&&",), tuple(_RELATIONS), ("+", "-"), ("*", "/", "%"))
 
@@ -92,7 +98,7 @@ class _Parser:
         while self.peek() in self._LEVELS[level]:
             op = self.take()[1]
             right = self.binary(level + 1)
-            kind = "other" if op in ("||", "&&") else "binary"
+            kind = "logic" if op in ("||", "&&") else "binary"
             left = _Node(kind, left.start, right.end, op, [left, right])
         return left
 
@@ -212,6 +218,47 @@ def explain(source: str, context: Any) -> str | None:
     return _find(root, source, context)
 
 
+def _bind(context: Any, name: str, value: Any) -> Any:
+    """`context` with one more variable (a macro's), leaving the caller's context as it was."""
+    if isinstance(context, cel.Context):
+        return cel.Context(variables={**context.variables, name: value}, functions=context.functions)
+    return {**context, name: value}
+
+
+def _span(source: str, node: _Node) -> str:
+    return " ".join(source[node.start : node.end].split())
+
+
+def _macro(node: _Node, source: str, context: Any, text: str) -> str | None:
+    """A macro that fails: its body explained with the variable bound to each item in turn (the
+    first item it fails on), or a condition that gives something other than a bool."""
+    target = _value(source[node.children[0].start : node.children[0].end], context)
+    if not isinstance(target, (list, dict)):
+        return None
+    var = _span(source, node.children[1])
+    # all/exists/exists_one/filter test their last argument; map(x, cond, value) its middle one.
+    if node.op == "map":
+        test = node.children[2] if len(node.children) == 4 else None
+    else:
+        test = node.children[-1]
+    for item in list(target)[:_MACRO_ITEMS]:
+        bound = _bind(context, var, item)
+        if node.op == "map" and test is not None and _value(source[test.start : test.end], bound) is False:
+            continue  # map's value is not computed for an item its condition leaves out
+        for body in node.children[2:]:
+            found = _find(body, source, bound)
+            if found is not None:
+                return f"{found} (where {var} = {_shown(item)})"
+        if test is not None:
+            got = _value(source[test.start : test.end], bound)
+            if got is not _UNSET and not isinstance(got, bool):
+                return (
+                    f"`{text}`: the condition `{_span(source, test)}` is not a bool but {_shown(got)} "
+                    f"(where {var} = {_shown(item)})"
+                )
+    return None
+
+
 def _find(node: _Node, source: str, context: Any) -> str | None:
     for child in node.children:
         found = _find(child, source, context)
@@ -219,12 +266,22 @@ def _find(node: _Node, source: str, context: Any) -> str | None:
             return found
     if node.kind == "other" or _value(source[node.start : node.end], context) is not _UNSET:
         return None
+    text = _span(source, node)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    if node.kind == "call" and node.op in _MACROS and len(node.children) >= 3:
+        if _IDENT.fullmatch(_span(source, node.children[1])):
+            return _macro(node, source, context, text)
+    if node.kind == "cond":
+        cond = _value(source[node.children[0].start : node.children[0].end], context)
+        if cond is _UNSET or isinstance(cond, bool):
+            return None  # the branch taken failed on its own, or cannot say
+        return f"`{text}`: the condition `{_span(source, node.children[0])}` is not a bool but {_shown(cond)}"
     values = [_value(source[c.start : c.end], context) for c in node.children]
     if any(v is _UNSET for v in values):
         return None  # an operand does not evaluate here (a comprehension's variable): cannot say
-    text = " ".join(source[node.start : node.end].split())
-    text = text if len(text) <= 80 else text[:77] + "..."
-    subject = " ".join(source[node.children[0].start : node.children[0].end].split()) if node.children else ""
+    subject = _span(source, node.children[0]) if node.children else ""
+    if node.kind == "logic":
+        return f"`{text}`: {node.op} takes bools, got {_shown(values[0])} and {_shown(values[1])}"
     if node.kind == "binary":
         left, right = values
         return f"`{text}`: {node.op} cannot combine {_shown(left)} and {_shown(right)}"

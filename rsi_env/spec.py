@@ -177,9 +177,22 @@ class Effect(_Model):
     @model_validator(mode="after")
     def _one_operation(self) -> Effect:
         ops = [k for k in EFFECT_OPS if getattr(self, k) is not None]
+        given = self.model_fields_set
+        nulls = [k for k in ("announce", "tell", "cancel") if k in given and getattr(self, k) is None]
+        if not ops and nulls:
+            # `announce: null` unquoted is YAML's null (no value), not the CEL expression `null`.
+            skip = " (an announcement of null says nothing)" if nulls[0] == "announce" else ""
+            raise ValueError(
+                f"`{nulls[0]}: null` is YAML's null, not an expression; quote it as CEL: "
+                f"{nulls[0]}: 'null'{skip}"
+            )
         if len(ops) != 1:
             raise ValueError(f"an effect needs exactly one of {'/'.join(EFFECT_OPS)}, got {ops or 'none'}")
         if ops[0] in ("set", "add") and self.value is None:
+            if "value" in given:
+                raise ValueError(
+                    "`value: null` is YAML's null, not an expression; quote it as CEL: value: 'null'"
+                )
             raise ValueError(f"`{ops[0]}` needs a `value`")
         if ops[0] == "tell" and self.text is None:
             raise ValueError("`tell` needs a `text`")

@@ -208,7 +208,14 @@ def _example_value(s: dict[str, Any], variant: int = 0) -> Any:
     if t == "object":
         req = s.get("required", [])
         return {k: _example_value(v, variant) for k, v in s.get("properties", {}).items() if k in req}
-    return "..."
+    # Text: "..." first (a placeholder for a message); when a game checks its text (codenames' clue
+    # is one word of letters, no board word), a few plain words for the other variants.
+    if variant == 0:
+        return "..."
+    return _TEXT_EXAMPLES[(variant - 1) % len(_TEXT_EXAMPLES)][: s.get("maxLength", 40)]
+
+
+_TEXT_EXAMPLES = ("example", "idea", "plan", "hint", "yes", "word", "thought")
 
 
 def _kept_example(engine: GameEngine, player: str, schema: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ RECORDED: dict[str, tuple[str, str, str]] = {
     "auction": ("39:49111a9302a33ae0", "72:4a14873b82763d38", "39:25d055c9f7420554"),
     "avalon": ("210:988b8c54b1918508", "280:9108a8c79540ec06", "290:3461867264cfbe0d"),
     "coalition": ("18:089ac28b1cb9b071", "48:271e563be5d00048", "18:c71eed7e6e285644"),
-    "codenames": ("128:4759cb5e7e49c3d9", "244:5aabfbeb9cd4fe31", "104:289c0f71180dde10"),
+    "codenames": ("128:b44ef8033edba25c", "244:a315cadc36c47ba0", "104:a9a570d32ebaa020"),
     "commons": ("39:84fb6a4b60da0517", "87:2396a04d0b824de4", "39:ee48ca58eaa7d17d"),
     "coup": ("66:a0be3e84c2d87aa8", "165:1daa235f869579be", "96:9aacb36cb93c1250"),
     "diplomacy": ("90:954df15554d6d2f7", "189:d3e4f4c834063833", "57:a5c6b562822888b7"),

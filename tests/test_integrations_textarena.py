@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 ta = pytest.importorskip("textarena")
 
@@ -73,3 +74,37 @@ def test_an_invalid_move_is_feedback_not_an_error_and_bad_player_counts_are_refu
     assert pid2 == pid and "FEEDBACK:" in observation
     with pytest.raises(ValueError, match="takes 2 to 2 players"):
         RsiGameEnv("ultimatum").reset(num_players=3)
+
+
+def test_a_spec_that_fails_while_it_runs_has_no_rewards_not_zeros() -> None:
+    """A default move that fails at every turn (its amount is below the parameter's minimum): the game
+    plays to its end with payoffs of 0, which are no score; TextArena gets None and the reason."""
+    from rsi_env.spec import parse_spec
+
+    text = """
+id: t
+name: T
+rules: r
+ethics: {fair_play: [x], violations: [y]}
+players: {min: 2, max: 2}
+state:
+  score: {type: int}
+actions:
+  bid:
+    params: {amount: {type: int, min: 1, max: 3}}
+    effects: [{add: state.score, value: args.amount}]
+phases:
+  - {name: a, mode: simultaneous, actions: [bid], default_move: {action: bid, args: {amount: '0'}}}
+invalid_actions: {allowance: 1}
+end: {when: 'turn >= 2', turn_limit: 2}
+payoffs: {value: state.score}
+policy: [{action: bid, args: {amount: '1'}}]
+"""
+    env = RsiGameEnv(parse_spec(yaml.safe_load(text), "t"))
+    env.reset(num_players=2, seed=0)
+    done = False
+    while not done:
+        done, _info = env.step(action="no JSON here")
+    rewards, game_info = env.close()
+    assert rewards == {0: None, 1: None}
+    assert game_info[0]["reason"].startswith("game_error: tick 0: phases.a.default_move")

@@ -120,6 +120,29 @@ def test_random_and_scripted_agents_produce_legal_lists() -> None:
     assert json.loads(raw) == {"action": "propose", "team": ["player_0", "player_1"]}
 
 
+def test_the_example_shown_is_a_legal_move_at_every_turn_of_every_game() -> None:
+    """Every built-in game, two random episodes: whenever a player is to move, the example its
+    observation shows is a move the game accepts (codenames' clue must be a word of letters that is
+    no board word: the placeholder "..." is not one)."""
+    from rsi_env.catalog import game_files
+
+    for game in sorted(game_files()):
+        shown = 0
+        for seed in range(2):
+            env = rsi_env.make_parallel(game)
+            _obs, infos = env.reset(seed=seed)
+            agents = {p: RandomAgent(seed * 7 + i) for i, p in enumerate(env.possible_agents)}
+            while env.agents:
+                for p in env.engine.current_actors():
+                    if action_schema(env.engine, p) is not None:
+                        example = player_view(env.engine, p)["example"]
+                        assert env.engine.accepts(p, example), (game, env.engine.phase, example)
+                        shown += 1
+                moves = {p: agents[p].choose(infos[p]) for p in env.agents if infos[p]["is_turn"]}
+                _obs, _rewards, _terms, _truncs, infos = env.step(moves)
+        assert shown > 0, game
+
+
 ORDERS = """
 players: {min: 2, max: 2}
 state:
@@ -416,6 +439,31 @@ def test_reactions_resolve_in_order_and_a_successful_challenge_cancels() -> None
     assert engine.state["gold"]["player_1"] == 0 and engine.done
 
 
+def test_a_declared_order_decides_which_reaction_counts_and_all_resolves_every_one() -> None:
+    """`order` (CEL, reading the mover `me`) replaces the seats-after-the-mover default; with
+    `resolve: all` every reaction runs, in that order."""
+    tax_window = "      actions: [challenge, block, allow]\n      pass: allow\n"
+    assert tax_window in CLAIMS
+    order = "      order: 'players.filter(q, q != me)'\n"
+    ordered = CLAIMS.replace(tax_window, tax_window + order)
+    engine = GameEngine(spec_of(ordered))
+    move(engine, player_0={"action": "wait"})
+    move(engine, player_1={"action": "tax"})
+    # The default order would take player_2 first (as in the test above); the declared one, seat order.
+    move(engine, player_0={"action": "challenge"}, player_2={"action": "challenge"})
+    assert engine.state["events"] == ["player_0 challenges player_1's tax"]
+    every = ordered.replace(order, order + "      resolve: all\n")
+    engine = GameEngine(spec_of(every))
+    move(engine, player_0={"action": "wait"})
+    move(engine, player_1={"action": "tax"})
+    move(engine, player_2={"action": "challenge"}, player_0={"action": "challenge"})
+    assert engine.state["events"] == [
+        "player_0 challenges player_1's tax",
+        "player_2 challenges player_1's tax",
+    ]
+    assert engine.state["gold"]["player_1"] == 0 and engine.errors == []
+
+
 def test_a_reaction_can_be_reacted_to() -> None:
     engine = GameEngine(spec_of(CLAIMS))
     move(engine, player_0={"action": "tax"})
@@ -502,6 +550,14 @@ def test_options_are_read_in_expressions_and_chosen_at_make() -> None:
         env.step({p: '{"action": "pass"}' for p in env.agents})
     assert env.engine.turn == 4 and env.engine.payoffs == {f"player_{i}": 4.0 for i in range(3)}
     assert env.spec.spec_hash() != spec.spec_hash() == spec.with_options({"rounds": 2}).spec_hash()
+    # The AEC env takes them too (README: `rsi_env.make("leduc_holdem", options={"raises": 1})`).
+    aec = rsi_env.make(spec, options={"rounds": 3})
+    aec.reset(seed=0)
+    for _agent in aec.agent_iter():
+        _obs, _r, term, trunc, _info = aec.last()
+        aec.step(None if term or trunc else '{"action": "pass"}')
+    assert aec.unwrapped.engine.turn == 3
+    assert aec.unwrapped.engine.payoffs == {f"player_{i}": 3.0 for i in range(3)}
 
 
 @pytest.mark.parametrize(
@@ -510,12 +566,24 @@ def test_options_are_read_in_expressions_and_chosen_at_make() -> None:
         ({"rounds": 9}, "options.rounds: 9 is above the maximum 5"),
         ({"rounds": "many"}, "options.rounds: expected a whole number, got 'many'"),
         ({"speed": 1}, "options.speed: t has no such option (its options: judge, rounds)"),
+        ({"judge": "maybe"}, "options.judge: expected true or false, got 'maybe'"),
     ],
 )
 def test_a_bad_option_is_one_clear_error(options: dict, says: str) -> None:
     with pytest.raises(SpecError) as err:
         rsi_env.make_parallel(spec_of(OPTIONS), options=options)
     assert err.value.problems == [says]
+
+
+def test_an_option_whose_default_breaks_its_own_declaration_is_a_load_error() -> None:
+    text = OPTIONS.replace("default: 2, min: 1", "default: 9, min: 1").replace(
+        "  judge: {type: bool, default: false}",
+        "  judge: {type: bool, default: false}\n  size: {type: enum, default: x, values: [a]}",
+    )
+    assert problems_of(text, dry_run=False) == [
+        "options.rounds: default: 9 is above the maximum 5",
+        "options.size: default: expected one of ['a'], got 'x'",
+    ]
 
 
 def test_an_option_that_breaks_the_role_counts_names_the_role_it_changed() -> None:
@@ -660,6 +728,23 @@ def test_an_episode_with_a_failed_default_move_is_a_game_error_not_a_zero(tmp_pa
         "game_error: tick 0: actions.bid.effects[0]"
     )
     assert "division by zero" in ep.abort_reason
+    # And the default move itself: agents that never answer in JSON run out of attempts each turn.
+
+    class Mute(RandomAgent):
+        def choose(self, info: dict[str, Any]) -> str:
+            return "I would rather not say"
+
+    class MuteFactory(AgentFactory):
+        def build(self, name: str, player: str, seed: int) -> Any:
+            return Mute(seed)
+
+    mute = MuteFactory(["random"], spec)
+    asyncio.run(Runner(spec, mute, tmp_path / "mute", progress=False).run(plan(spec, mute, 1)))
+    (ep,) = list(read_episodes(tmp_path / "mute"))
+    assert ep.status == "aborted" and ep.payoffs is None
+    assert ep.abort_reason is not None and ep.abort_reason.startswith(
+        "game_error: tick 2: phases.a.default_move: `bid(amount=0)` is not a legal move"
+    )  # tick 2: each of the 3 attempts allowed takes a tick
 
 
 def test_an_unquoted_comma_in_a_flow_mapping_names_the_line_and_the_quoting() -> None:
@@ -683,12 +768,22 @@ def test_an_unquoted_comma_in_a_flow_mapping_names_the_line_and_the_quoting() ->
             "`P[state.victim]`: the index is null (not set yet?), so it names nothing in map `P`",
         ),
         ("state.victim.c + 1", "`state.victim.c`: `state.victim` is null, which has no field `c`"),
+        ("state.x > 0 && state.x", "&& takes bools, got bool (True) and int (1)"),
+        ("state.x ? 1 : 2", "the condition `state.x` is not a bool but int (1)"),
+        # The package calls a known function given an operand it has no overload for "undefined".
+        ("size(state.x)", "`size` does not take int (1)"),
+        # Inside a macro: the body with its variable bound to the first item it fails on.
+        ("state.l.exists(q, q)", "the condition `q` is not a bool but int (1) (where q = int (1))"),
+        (
+            'state.l.map(q, q > 1, q + "a")',
+            "`q + \"a\"`: + cannot combine int (2) and string ('a') (where q = int (2))",
+        ),
     ],
 )
 def test_a_type_error_names_what_the_operation_saw(source: str, says: str) -> None:
     from rsi_env.expr import Expr, ExprError, Scope
 
-    scope = Scope({"state": {"victim": None, "x": 1, "f": 1.5}, "P": {"a": {"c": 1}}})
+    scope = Scope({"state": {"victim": None, "x": 1, "f": 1.5, "l": [1, 2]}, "P": {"a": {"c": 1}}})
     with pytest.raises(ExprError) as err:
         Expr(source)(scope)
     assert says in str(err.value) and "uint" not in str(err.value)
@@ -767,9 +862,10 @@ def test_the_readme_shows_each_v2_construct_with_its_current_json_schema() -> No
     assert module.render(readme) == readme, "run python scripts/readme_schema.py --write"
     marked = " ".join(m.group(0) for m in module._MARK.finditer(readme))
     constructs = [
-        "Param: items min_items max_items unique fields", "GameSpec: let", "Action: available_if",
-        "Phase: mode pass_action budget", "Channels: groups", "Reactions:", "Effect: cancel", "Repeat:",
-        "Option:", "PolicyRule: weight", "Phase: default_move",
+        "Param: items min_items max_items unique fields", "GameSpec: let", "Phase: let", "Action: let",
+        "Action: available_if", "Phase: available_if", "Phase: mode pass_action budget", "Channels: groups",
+        "Action: visibility group recipient", "Reactions:", "Action: reactions", "Effect: cancel", "Repeat:",
+        "Effect: repeat", "Option:", "GameSpec: options", "PolicyRule: weight", "Phase: default_move",
     ]  # fmt: skip
     for construct in constructs:
         assert construct in marked, construct
@@ -785,6 +881,7 @@ def test_the_generator_knows_v2_a_v2_game_fits_both_structured_output_schemas(ga
     reference names every v2 construct."""
     from rsi_env.catalog import game_files
     from rsi_env.generate.generator import (
+        MECHANICS,
         REFERENCE,
         Brief,
         GenerationConfig,
@@ -809,6 +906,8 @@ def test_the_generator_knows_v2_a_v2_game_fits_both_structured_output_schemas(ga
     brief = Brief(theme="a market", mechanic="sealed bids", existing=[], examples=[])
     messages, parts = build_messages(brief, GenerationConfig(context_tokens=32768))
     assert "reference" in parts and "reactions" in messages[-1]["content"]
+    # Briefs also ask for the mechanics the v2 constructs exist for, e.g. challenges out of turn.
+    assert any("out of turn" in m for m in MECHANICS) and any("channels" in m for m in MECHANICS)
 
 
 @pytest.mark.parametrize(
@@ -832,6 +931,24 @@ def test_a_hint_that_reads_what_its_player_cannot_see_is_rejected(extra: str, sa
     problems = problems_of(f"{text}{extra}\n", dry_run=False)
     assert len(problems) == 1 and problems[0].startswith(says), problems
     assert problems_of(f"{text}hints: {{own: 'P[me].secret + 1'}}\n", dry_run=False) == []
+
+
+def test_a_policy_or_hint_that_reads_a_secret_through_a_let_is_rejected() -> None:
+    """The privacy check follows named expressions: a spec-level let that reads another player's
+    private field is fine where only the engine reads it, an error once a hint or a policy does."""
+    text = MIXED.replace(
+        "players: {min: 2, max: 2}", "players: {min: 2, max: 2}\nlet:\n  theirs: 'P[players[1]].secret'"
+    )
+    secret = "reads ['P[players[1]].secret']: another player's private field"
+    assert problems_of(text + "hints: {h: 'theirs + 1'}\n", dry_run=False) == [
+        f"hints.h (through let `theirs`): {secret}, or a hidden one, which players cannot see"
+    ]
+    in_policy = text.replace("side: '\"middle\"'", 'side: \'theirs > 0 ? "middle" : "left"\'')
+    assert problems_of(in_policy, dry_run=False) == [
+        f"policy[2].args.side (through let `theirs`): {secret}, or a hidden one, which players cannot see"
+    ]
+    in_payoff = text.replace("payoffs: {value: '0'}", "payoffs: {value: 'theirs'}")
+    assert problems_of(in_payoff, dry_run=False) == []
 
 
 ORDER = """
@@ -863,6 +980,27 @@ def test_the_log_reads_the_state_before_the_effects_and_a_null_announce_says_not
         ("action", "goes with x at 3"),
         ("announce", "x reached 6"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("effect", "says"),
+    [
+        ("announce: null", "`announce: null` is YAML's null, not an expression; quote it as CEL: "
+         "announce: 'null' (an announcement of null says nothing)"),
+        ("announce: ~", "`announce: null` is YAML's null"),
+        ("{set: state.x, value: null}", "`value: null` is YAML's null, not an expression; quote it as CEL: "
+         "value: 'null'"),
+        ("{set: state.x}", "`set` needs a `value`"),
+    ],
+)  # fmt: skip
+def test_an_unquoted_yaml_null_where_cel_is_expected_says_to_quote_it(effect: str, says: str) -> None:
+    """`announce: 'null'` (CEL) says nothing; `announce: null` unquoted is YAML's null, no expression
+    at all: the message says so instead of "an effect needs exactly one of ... got none"."""
+    old = "      - announce: 'state.x >= 6 ? \"x reached \" + string(state.x) : null'"
+    assert old in ORDER
+    problems = problems_of(ORDER.replace(old, "      - " + effect), dry_run=False)
+    assert len(problems) == 1 and problems[0].startswith("actions.go.effects.1: " + says), problems
+    assert problems_of(ORDER.replace(old, "      - announce: 'null'"), dry_run=False) == []
 
 
 def test_a_v1_game_keeps_the_spec_hash_records_written_before_v2_carry() -> None:

@@ -105,6 +105,11 @@ MECHANICS: tuple[str, ...] = (
     "proposals that must be accepted by others",
     "asymmetric roles with different goals",
     "investment with delayed and uncertain returns",
+    # Mechanics the v2 constructs exist for (reactions, list parameters, free talk, available_if).
+    "claims about hidden cards that the others may challenge out of turn",
+    "team proposals voted on by everyone, then secret actions by the chosen team",
+    "free talk in private and group channels before simultaneous orders resolved together",
+    "betting rounds where the legal moves depend on the bets so far",
 )
 
 SYSTEM = (

@@ -154,6 +154,11 @@ class RsiGameEnv(ta.Env):
             reason = (
                 f"game_error: the payoff of {', '.join(broken)} failed ({e.errors[-1] if e.errors else ''})"
             )
+        elif e.game_error is not None or e.errors:
+            # The spec failed while it ran (a default move or an effect): the payoffs are not a score,
+            # as the runner records such an episode (aborted, game_error), never as played.
+            broken = list(self._players)
+            reason = f"game_error: {e.game_error or e.errors[0]}"
         rewards = {i: (payoffs.get(p) if p not in broken else None) for i, p in enumerate(self._players)}
         self.state.set_game_outcome(rewards, reason)  # type: ignore[arg-type]
         for i, p in enumerate(self._players):
