@@ -8,6 +8,9 @@ referee manipulation like a message. The generator's parsing of a whole reply is
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,11 @@ from rsi_env.runner.episode import play_episode
 from rsi_env.spec import parse_spec
 from rsi_env.testing.fault_server import FaultConfig, FaultServer
 from rsi_env.trajectory import MAX_STORED_REPLY_CHARS, Episode
+from rsi_env.trajectory_store import read_episodes
 
 from .cases import BASE_YAML
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def played() -> Episode:
@@ -169,3 +175,35 @@ def test_a_reply_of_nested_brackets_is_an_invalid_move_recorded_not_a_crash() ->
         assert ep.turns and not any(t.valid for t in ep.turns), depth
         assert all(t.feedback and "invalid" in t.feedback for t in ep.turns)
         assert ep.invalid_counts and sum(ep.invalid_counts.values()) == len(ep.turns)
+
+
+def test_an_endpoint_answering_nested_brackets_is_recorded_by_play_and_games_generate(tmp_path: Path) -> None:
+    """Through a real client: Python's parser reads 1,000 levels, and the schema check of the value
+    then overflowed (`play` exited 2 with nothing recorded, `games generate` ended in a traceback)."""
+    reply = "[" * 1000 + "]" * 1000
+    with FaultServer(responder=lambda body: reply) as srv:
+        profile = tmp_path / "deep.yaml"
+        profile.write_text(
+            yaml.safe_dump(
+                {"backend": "endpoint", "base_url": srv.base_url, "model": srv.config.model, "timeout_s": 5.0}
+            )
+        )
+        out = tmp_path / "run"
+        done = subprocess.run(
+            [sys.executable, "-m", "rsi_env.play", "--game", "ultimatum", "--agents", f"{profile},random",
+             "--episodes", "1", "--quiet", "--out", str(out)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        [ep] = read_episodes(out)
+        mine = [t for t in ep.turns if t.prompt is not None]
+        assert mine and not any(t.valid for t in mine)
+        assert all(t.call.status == "invalid_output" and "nested" in (t.call.error or "") for t in mine)
+        done = subprocess.run(
+            [sys.executable, "-m", "rsi_env.games", "generate", "--n", "1", "--seed", "5",
+             "--base-url", srv.base_url, "--model", srv.config.model, "--judges", "",
+             "--out", str(tmp_path / "games"), "--log", str(tmp_path / "log.jsonl")],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OPENAI_API_KEY": "x"},
+        )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "parse: the reply nests brackets 1000 levels deep" in done.stdout, done.stdout
