@@ -89,12 +89,21 @@ def test_hidden_spellings_are_flagged_and_ordinary_talk_is_not() -> None:
     assert [(f.tick, f.player) for f in referee_manipulation_flags(ep)] == [(0, "player_0"), (1, "player_1")]
 
 
+# A billion laughs in a reply: nine levels of nine aliases each, 9**9 items once expanded.
+LAUGHS = "l0: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
+)
+
+
 def test_the_generator_refuses_a_reply_nested_too_deep_in_one_problem() -> None:
     for reply in (
         "[" * 1000 + "]" * 1000,
         "{" * 100_000,
         "```yaml\n" + "- " * 2000 + "x\n```",
         "a:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 400)),
+        LAUGHS,
+        "Here is the game:\n" + LAUGHS,
+        "a: &x [*x]\n",
     ):
         data, problems = parse_reply(reply)
         assert data is None and len(problems) == 1, (reply[:20], problems)
