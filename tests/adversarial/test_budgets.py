@@ -224,3 +224,20 @@ def test_the_generators_validation_leaves_the_event_loop_free() -> None:
     assert out.spec is None and out.calls[-1].validation.stage == "dry_run", out.calls[-1].validation
     assert "a list of 1,001 items" in out.calls[-1].validation.problems[0]
     assert len(during) > 1, "the event loop stood still while the spec was checked"
+
+
+def test_many_evaluations_each_within_its_budget_trip_the_budget_of_the_tick() -> None:
+    """`for_each` over 1,000 items of an effect costing ~90,000 units each: every evaluation is within
+    its 100,000, the tick (90M units, minutes of CPU) is not. The game ends as game_error at once."""
+    from rsi_env.expr_budget import LIMITS
+
+    data = yaml.safe_load(BASE_YAML.format(id="busy_tick", name="Busy tick"))
+    data["state"]["x"] = {"type": "int", "init": "0"}
+    data["actions"]["go"]["effects"].append(
+        {"add": "state.x", "value": "lists.range(300).map(i, i).size() + x", "for_each": "lists.range(1000)"}
+    )
+    engine = GameEngine(parse_spec(data, "busy_tick"))
+    me = engine.current_actors()[0]
+    engine.tick({me: '{"action": "go", "n": 1}'})
+    assert engine.done and engine.payoffs is None and engine.game_error is not None
+    assert f"the expressions of one tick do more than {LIMITS.tick_units:,} units" in engine.game_error
