@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+import rsi_env
 from rsi_env import spec_guard
 from rsi_env.agents.factory import AgentFactory
 from rsi_env.engine import GameEngine
@@ -241,3 +242,15 @@ def test_many_evaluations_each_within_its_budget_trip_the_budget_of_the_tick() -
     engine.tick({me: '{"action": "go", "n": 1}'})
     assert engine.done and engine.payoffs is None and engine.game_error is not None
     assert f"the expressions of one tick do more than {LIMITS.tick_units:,} units" in engine.game_error
+
+
+@pytest.mark.parametrize(
+    "name", ["init_nested_comprehension", "join_50m", "million_dry_run_ticks", "costly_hint", "setup_fails"]
+)
+def test_make_of_a_runaway_spec_file_is_a_spec_error_naming_it(name: str, tmp_path: Path) -> None:
+    """`rsi_env.make(path)` checks the file in the guarded child, dry run included (before, the
+    10,000 x 10,000 comprehension hung the caller and `join` over 50M items aborted it)."""
+    [case] = [c for c in spec_cases(tmp_path) if c.name == name]
+    with pytest.raises(SpecError) as exc:
+        rsi_env.make(str(case.path))
+    assert case.expect in str(exc.value)
