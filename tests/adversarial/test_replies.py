@@ -216,3 +216,26 @@ def test_an_endpoint_answering_nested_brackets_is_recorded_by_play_and_games_gen
         )  # fmt: skip
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "parse: the reply nests brackets 1000 levels deep" in done.stdout, done.stdout
+
+
+def test_the_stored_reply_cap_is_set_by_its_environment_variable() -> None:
+    """The cap is configurable (`RSI_ENV_MAX_REPLY_CHARS`): a run with 500 stores 500 characters."""
+    script = (
+        "import asyncio, yaml\n"
+        "from tests.adversarial.test_replies import HugeReplyDouble, BASE_YAML\n"
+        "from rsi_env.env import GameParallelEnv\n"
+        "from rsi_env.runner import continue_episode, new_episode\n"
+        "from rsi_env.spec import parse_spec\n"
+        "spec = parse_spec(yaml.safe_load(BASE_YAML.format(id='base', name='Base')))\n"
+        "env = GameParallelEnv(spec); env.reset(seed=0)\n"
+        "agents = {p: HugeReplyDouble(100_000) for p in env.possible_agents}\n"
+        "ep = new_episode('cap-0', 'test', spec, env, ['huge'] * 2, agents, 0)\n"
+        "ep = asyncio.run(continue_episode(ep, env, agents))\n"
+        "print(sorted({(len(t.raw), t.raw_dropped) for t in ep.turns}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RSI_ENV_MAX_REPLY_CHARS": "500"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str([(500, 100_024 - 500)]), done.stdout
