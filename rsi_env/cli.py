@@ -112,10 +112,12 @@ def endpoint_override(args: argparse.Namespace) -> EndpointOverride:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """One clear message on stderr, no traceback. The message is shown as it is: a path or a spec key
-    in it may hold `[...]`, which is not rich markup here."""
+    """One clear message on stderr, no traceback. The message is shown as text: a path or a spec key
+    in it may hold `[...]`, which is not rich markup here, or terminal escape codes, shown escaped."""
+    from .untrusted import printable  # here: it loads yaml, which this module's importers may not need
+
     Console(stderr=True, soft_wrap=True).print(
-        Text.assemble(("error:", "bold red"), " ", message), highlight=False
+        Text.assemble(("error:", "bold red"), " ", printable(message)), highlight=False
     )
     sys.exit(code)
 

@@ -11,6 +11,7 @@ from .catalog import game_files, load_game
 from .cli import run
 from .spec import SpecError, spec_json_schema
 from .spec_guard import load_untrusted_spec
+from .untrusted import printable
 
 GENERATE_CALL_TIMEOUT_S = 900.0  # a whole spec is a long reply
 
@@ -44,7 +45,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             spec = load_untrusted_spec(f, dry_run=not args.no_dry_run)
         except SpecError as exc:
             failed += 1
-            print(str(exc), file=sys.stderr)
+            print(printable(str(exc)), file=sys.stderr)  # the path may hold escape codes too
             continue
         print(f"{f}: ok ({spec.id}, {len(spec.actions)} actions, {len(spec.phases)} phases)")
     return 2 if failed else 0

@@ -14,6 +14,7 @@ import sys
 import tracemalloc
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -130,3 +131,26 @@ def test_resume_and_report_stream_the_file(tmp_path: Path) -> None:
     for name, fn in (("resume", rerun), ("report", report)):
         peak = _peak_mb(fn)
         assert peak < size_mb / 4, f"{name} held {peak:.1f} MB of a {size_mb:.0f} MB file"
+
+
+def test_episode_ids_differ_by_base_url_model_and_persona_not_by_timeouts(tmp_path: Path) -> None:
+    """`--base-url` is another player as much as `--model` is: another server may serve another model
+    under the same name. How long a call waits or retries is not."""
+    from rsi_env.agents.profiles import EndpointOverride
+    from rsi_env.runner import plan
+
+    spec = load_game(GAME)
+    agent = write_profile(tmp_path, "http://127.0.0.1:1/v1")
+
+    def ids(**override: Any) -> list[str]:
+        factory = AgentFactory([agent, "random"], spec, EndpointOverride(**override))
+        return [j.episode_id for j in plan(spec, factory, 2)]
+
+    base = ids()
+    assert ids() == base  # the same command finds its episodes again
+    assert ids(timeout_s=30.0) == base
+    for other in ({"base_url": "http://127.0.0.1:2/v1"}, {"model": "another-model"}):
+        assert set(ids(**other)).isdisjoint(base), other
+    profile = yaml.safe_load(Path(agent).read_text())
+    Path(agent).write_text(yaml.safe_dump({**profile, "persona": "You cooperate."}))
+    assert set(ids()).isdisjoint(base)

@@ -3,6 +3,7 @@ form a model sends is read as what it meant, and hostile input stays bounded."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -82,6 +83,22 @@ def test_hostile_replies_stay_bounded(hostile: str) -> None:
     except ValueError:
         return
     assert isinstance(value, dict | list) and value
+
+
+def test_a_value_nested_past_the_limit_is_a_value_error_whatever_python_can_parse() -> None:
+    """Python's parser reads ~1,000 levels; a schema check or `json.dumps` of the value then overflows
+    the recursion limit (a reply of 1,000 brackets ended `play` and `games generate` that way)."""
+    for reply in (
+        "[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1),
+        "[" * 900 + "]" * 900,
+        "say " + '{"a": ' * 900 + "1" + "}" * 900,  # in prose: the starts inside it are not tried
+    ):
+        with pytest.raises(ValueError, match="nested"):
+            extract_json(reply, lenient=True)
+    deep_enough = "[" * MAX_NESTING + "]" * MAX_NESTING
+    assert extract_json(deep_enough) == json.loads(deep_enough)
+    # Brackets in strings are text, not nesting.
+    assert extract_json('{"m": "' + "[" * 500 + '"}') == {"m": "[" * 500}
 
 
 # -- the action parser on top of it: each near-JSON form parses to the intended action ---------------

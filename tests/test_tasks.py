@@ -32,6 +32,7 @@ from rsi_env.tasks.envs import PredictEnv, ProgrammingEnv, TriviaEnv
 from rsi_env.tasks.validators import (
     UNUSABLE,
     broken_solutions,
+    parse_verdict,
     run_matrix,
     separation,
     solution_scores,
@@ -523,6 +524,31 @@ def test_predict_env_scores_exact_match_and_never_runs_the_prediction() -> None:
     assert env.step('{"output": "[0, 1, 1, 2, 3, 5, 8, 13]\\n"}')[1] == 1.0  # the pipeline's JSON form
     env.reset(options={"index": 1})
     assert env.step("print([0, 1, 1, 2, 3, 5, 8, 13])")[1] == 0.0  # code is text, not run
+
+
+def test_a_reply_of_nested_brackets_is_scored_as_an_answer_not_as_the_referees_failure() -> None:
+    """Python's JSON parser raises RecursionError (not a ValueError) on it: the step reported it as
+    the referee's own failure (`scored: False`) instead of scoring the wrong answer."""
+    for env in (PredictEnv(), *([TriviaEnv()] if HAS_CORPUS else [])):
+        env.reset(options={"index": 1})
+        _, reward, done, _, info = env.step("[" * 100_000)
+        assert done and reward == 0.0 and "error" not in info and info.get("scored", True), info
+
+
+def test_a_verdict_line_that_is_not_a_readable_verdict_is_the_harness_error_not_a_crash() -> None:
+    """The validator's code runs in the harness's process and could print its own line: nested 100,000
+    deep, a list, a score too large for a float. Each raised out of `parse_verdict` before."""
+    from rsi_env.sandbox.records import SandboxResult
+
+    for body in ("[" * 100_000, "[1, 2]", '{"score": 1' + "0" * 400 + "}", '{"checks": 5}'):
+        result = SandboxResult.model_construct(stdout=f"noise\nNONCE{body}\n", isolation="test")
+        run = parse_verdict(result, "NONCE", "v", "s")
+        assert run.score is None and run.error == "unreadable verdict" and run.error_in == "harness", body
+    good = SandboxResult.model_construct(
+        stdout='NONCE{"score": 0.5, "checks": [true, false]}\n', isolation="t"
+    )
+    run = parse_verdict(good, "NONCE", "v", "s")
+    assert run.score == 0.5 and run.checks == [True, False] and run.error == ""
 
 
 class JudgeDouble:

@@ -2,8 +2,10 @@
 
 `ChatClient` reads structured output with it, the game generator reads whole specs with it, and the
 action parser (`rsi_env.actions`) reads moves with it. Replies are untrusted, so every step is
-bounded: a fixed number of starting points, a nesting limit, and a size limit for the slow lenient
-pass. It raises ValueError with a short reason, which callers show the model or record.
+bounded: a fixed number of starting points, a nesting limit (also on what Python's parser accepts: it
+reads ~1,000 levels, which then overflow the recursion of whatever walks the value, a JSON Schema
+check or `json.dumps`), and a size limit for the slow lenient pass. It raises ValueError with a short
+reason, which callers show the model or record.
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ def extract_json(
     if not s:
         raise ValueError("the reply is empty")
     wanted = (dict,) if object_only else (object,)
+    # Few brackets (every action): nothing can be nested too deep, and no value is walked for depth.
+    deep_possible = s.count("[") + s.count("{") > MAX_NESTING
     with contextlib.suppress(ValueError, RecursionError):
         value = json.loads(s, strict=False)
-        if isinstance(value, wanted):
+        if isinstance(value, wanted) and not (deep_possible and _too_deep(value)):
             return value
     candidates = [s]
     m = _FENCE_RE.search(s)
@@ -62,7 +66,10 @@ def extract_json(
     last_error = "no JSON object found" if object_only else "no JSON object or array found"
     for cand in candidates:
         starts = _starts(cand, opening, MAX_STARTS)
+        inside = -1  # the end of a value refused as too deep: the starts within it are its own parts
         for start in starts:
+            if start < inside:
+                continue
             try:
                 value, _end = _DECODER.raw_decode(cand, start)
             except json.JSONDecodeError as e:
@@ -72,17 +79,38 @@ def extract_json(
             except RecursionError:
                 last_error = "the JSON is nested too deeply"
                 continue
+            if deep_possible and _too_deep(value):
+                last_error = f"the JSON is nested more than {MAX_NESTING} levels deep"
+                inside = _end
+                continue
             if isinstance(value, wanted):
                 return value
     if lenient:
         for cand in candidates:
             starts = _starts(cand, opening, MAX_REPAIR_STARTS)
+            inside = -1
             for start in starts:
-                value = _repaired(cand, start, max_repair_chars)
+                if start < inside:
+                    continue
+                value, inside = _repaired(cand, start, max_repair_chars)
                 # Of the same kind as its bracket: json_repair reads `{braces}` as ["braces}"].
                 if value and isinstance(value, dict if cand[start] == "{" else list):
                     return value
     raise ValueError(f"the reply is not valid JSON ({last_error})")
+
+
+def _too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether `value` nests lists and objects more than `limit` deep (iterative: never recurses)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 _OPENINGS = {"{": re.compile(r"\{"), "{[": re.compile(r"[{\[]")}
@@ -95,24 +123,26 @@ def _starts(text: str, opening: str, limit: int) -> list[int]:
     return [m.start() for m in itertools.islice(_OPENINGS[opening].finditer(text), limit)]
 
 
-def _repaired(text: str, start: int, max_chars: int) -> Any:
-    """json_repair's reading of the bracketed span at `start`; None when it has none."""
-    span = _bracketed_span(text, start, max_chars)
+def _repaired(text: str, start: int, max_chars: int) -> tuple[Any, int]:
+    """json_repair's reading of the bracketed span at `start` (None when it has none), and where the
+    starts within a span nested too deep end (-1 for a span that was read)."""
+    span, too_deep_until = _bracketed_span(text, start, max_chars)
     if span is None:
-        return None
+        return None, too_deep_until
     try:
-        return json_repair.loads(span)
+        return json_repair.loads(span), -1
     except Exception:  # best effort by design: any failure means "nothing recoverable here"
-        return None
+        return None, -1
 
 
-def _bracketed_span(text: str, start: int, max_chars: int) -> str | None:
+def _bracketed_span(text: str, start: int, max_chars: int) -> tuple[str | None, int]:
     """The text from `start` to its closing bracket, honouring "..." and '...' strings (models use
-    both); the rest of the text (up to `max_chars`) if it never closes; None when nested deeper than
-    MAX_NESTING."""
+    both); the rest of the text (up to `max_chars`) if it never closes. (None, where the span ends)
+    when it nests deeper than MAX_NESTING: the brackets inside it are its parts, not other values."""
     depth = 0
     in_str: str | None = None
     escape = False
+    too_deep = False
     end = min(len(text), start + max_chars)
     for i in range(start, end):
         c = text[i]
@@ -127,10 +157,9 @@ def _bracketed_span(text: str, start: int, max_chars: int) -> str | None:
             in_str = c
         elif c in "{[":
             depth += 1
-            if depth > MAX_NESTING:
-                return None
+            too_deep = too_deep or depth > MAX_NESTING
         elif c in "}]":
             depth -= 1
             if depth == 0:
-                return text[start : i + 1]
-    return text[start:end]
+                return (None, i + 1) if too_deep else (text[start : i + 1], -1)
+    return (None, end) if too_deep else (text[start:end], -1)

@@ -51,7 +51,7 @@ def _json_field(text: str, key: str) -> str | None:
     """`text` as a JSON object's `key` (replies in the pipeline's JSON format), else None."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a reply of nested brackets is an answer, not our failure
         return None
     return data[key] if isinstance(data, dict) and isinstance(data.get(key), str) else None
 

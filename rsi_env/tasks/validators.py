@@ -78,15 +78,22 @@ def parse_verdict(result: SandboxResult, nonce: str, validator_id: str, solution
             else (f"no verdict (exit code {result.exit_code}): {result.stderr.strip()[-200:]}")
         )
         return run
+    # The harness writes the line, but the validator's code runs in its process: read it as untrusted
+    # (nested past Python's recursion limit, not an object, a score too large for a float).
     try:
         data = json.loads(line[len(nonce) :])
-    except ValueError:
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        score = data.get("score")
+        run.score = float(score) if isinstance(score, int | float) else None
+        checks = data.get("checks") or []
+        if not isinstance(checks, list):
+            raise ValueError("checks are not a list")
+        run.checks = [bool(c) for c in checks]
+        run.error, run.error_in = str(data.get("error", ""))[:2000], str(data.get("error_in", ""))[:40]
+    except (ValueError, RecursionError, OverflowError):
+        run.score, run.checks = None, []
         run.error, run.error_in = "unreadable verdict", "harness"
-        return run
-    score = data.get("score")
-    run.score = float(score) if isinstance(score, int | float) else None
-    run.checks = [bool(c) for c in data.get("checks") or []]
-    run.error, run.error_in = str(data.get("error", "")), str(data.get("error_in", ""))
     return run
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+import rsi_env
 from rsi_env import spec_guard
 from rsi_env.agents.factory import AgentFactory
 from rsi_env.engine import GameEngine
@@ -224,3 +225,32 @@ def test_the_generators_validation_leaves_the_event_loop_free() -> None:
     assert out.spec is None and out.calls[-1].validation.stage == "dry_run", out.calls[-1].validation
     assert "a list of 1,001 items" in out.calls[-1].validation.problems[0]
     assert len(during) > 1, "the event loop stood still while the spec was checked"
+
+
+def test_many_evaluations_each_within_its_budget_trip_the_budget_of_the_tick() -> None:
+    """`for_each` over 1,000 items of an effect costing ~90,000 units each: every evaluation is within
+    its 100,000, the tick (90M units, minutes of CPU) is not. The game ends as game_error at once."""
+    from rsi_env.expr_budget import LIMITS
+
+    data = yaml.safe_load(BASE_YAML.format(id="busy_tick", name="Busy tick"))
+    data["state"]["x"] = {"type": "int", "init": "0"}
+    data["actions"]["go"]["effects"].append(
+        {"add": "state.x", "value": "lists.range(300).map(i, i).size() + x", "for_each": "lists.range(1000)"}
+    )
+    engine = GameEngine(parse_spec(data, "busy_tick"))
+    me = engine.current_actors()[0]
+    engine.tick({me: '{"action": "go", "n": 1}'})
+    assert engine.done and engine.payoffs is None and engine.game_error is not None
+    assert f"the expressions of one tick do more than {LIMITS.tick_units:,} units" in engine.game_error
+
+
+@pytest.mark.parametrize(
+    "name", ["init_nested_comprehension", "join_50m", "million_dry_run_ticks", "costly_hint", "setup_fails"]
+)
+def test_make_of_a_runaway_spec_file_is_a_spec_error_naming_it(name: str, tmp_path: Path) -> None:
+    """`rsi_env.make(path)` checks the file in the guarded child, dry run included (before, the
+    10,000 x 10,000 comprehension hung the caller and `join` over 50M items aborted it)."""
+    [case] = [c for c in spec_cases(tmp_path) if c.name == name]
+    with pytest.raises(SpecError) as exc:
+        rsi_env.make(str(case.path))
+    assert case.expect in str(exc.value)

@@ -106,3 +106,16 @@ def test_a_full_disk_stops_the_run_with_one_message_and_keeps_every_whole_episod
         )
         one_error(done, "Read-only file system")
         assert len(list(read_episodes(disk / "run"))) == len(kept)
+
+
+def test_escape_codes_in_a_game_path_or_name_are_shown_escaped(tmp_path: Path) -> None:
+    """A file name is untrusted too (a generated game's, a downloaded one's): its escape codes must not
+    clear or recolour the terminal when an error names it."""
+    evil = "\x1b[2J\x1b]0;title\x07evil"
+    done = cli(
+        "rsi_env.play", "--game", evil, "--agents", "random", "--out", str(tmp_path / "o"), cwd=tmp_path
+    )
+    one_error(done, "\\x1b[2J", "unknown game id")
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr
+    done = cli("rsi_env.games", "validate", str(tmp_path / f"{evil}.yaml"))
+    assert done.returncode == 2 and "\\x1b[2J" in done.stderr and "\x1b" not in done.stderr, done.stderr

@@ -8,6 +8,9 @@ referee manipulation like a message. The generator's parsing of a whole reply is
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,11 @@ from rsi_env.runner.episode import play_episode
 from rsi_env.spec import parse_spec
 from rsi_env.testing.fault_server import FaultConfig, FaultServer
 from rsi_env.trajectory import MAX_STORED_REPLY_CHARS, Episode
+from rsi_env.trajectory_store import read_episodes
 
 from .cases import BASE_YAML
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def played() -> Episode:
@@ -83,12 +89,21 @@ def test_hidden_spellings_are_flagged_and_ordinary_talk_is_not() -> None:
     assert [(f.tick, f.player) for f in referee_manipulation_flags(ep)] == [(0, "player_0"), (1, "player_1")]
 
 
+# A billion laughs in a reply: nine levels of nine aliases each, 9**9 items once expanded.
+LAUGHS = "l0: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
+)
+
+
 def test_the_generator_refuses_a_reply_nested_too_deep_in_one_problem() -> None:
     for reply in (
         "[" * 1000 + "]" * 1000,
         "{" * 100_000,
         "```yaml\n" + "- " * 2000 + "x\n```",
         "a:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 400)),
+        LAUGHS,
+        "Here is the game:\n" + LAUGHS,
+        "a: &x [*x]\n",
     ):
         data, problems = parse_reply(reply)
         assert data is None and len(problems) == 1, (reply[:20], problems)
@@ -169,3 +184,58 @@ def test_a_reply_of_nested_brackets_is_an_invalid_move_recorded_not_a_crash() ->
         assert ep.turns and not any(t.valid for t in ep.turns), depth
         assert all(t.feedback and "invalid" in t.feedback for t in ep.turns)
         assert ep.invalid_counts and sum(ep.invalid_counts.values()) == len(ep.turns)
+
+
+def test_an_endpoint_answering_nested_brackets_is_recorded_by_play_and_games_generate(tmp_path: Path) -> None:
+    """Through a real client: Python's parser reads 1,000 levels, and the schema check of the value
+    then overflowed (`play` exited 2 with nothing recorded, `games generate` ended in a traceback)."""
+    reply = "[" * 1000 + "]" * 1000
+    with FaultServer(responder=lambda body: reply) as srv:
+        profile = tmp_path / "deep.yaml"
+        profile.write_text(
+            yaml.safe_dump(
+                {"backend": "endpoint", "base_url": srv.base_url, "model": srv.config.model, "timeout_s": 5.0}
+            )
+        )
+        out = tmp_path / "run"
+        done = subprocess.run(
+            [sys.executable, "-m", "rsi_env.play", "--game", "ultimatum", "--agents", f"{profile},random",
+             "--episodes", "1", "--quiet", "--out", str(out)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        [ep] = read_episodes(out)
+        mine = [t for t in ep.turns if t.prompt is not None]
+        assert mine and not any(t.valid for t in mine)
+        assert all(t.call.status == "invalid_output" and "nested" in (t.call.error or "") for t in mine)
+        done = subprocess.run(
+            [sys.executable, "-m", "rsi_env.games", "generate", "--n", "1", "--seed", "5",
+             "--base-url", srv.base_url, "--model", srv.config.model, "--judges", "",
+             "--out", str(tmp_path / "games"), "--log", str(tmp_path / "log.jsonl")],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OPENAI_API_KEY": "x"},
+        )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "parse: the reply nests brackets 1000 levels deep" in done.stdout, done.stdout
+
+
+def test_the_stored_reply_cap_is_set_by_its_environment_variable() -> None:
+    """The cap is configurable (`RSI_ENV_MAX_REPLY_CHARS`): a run with 500 stores 500 characters."""
+    script = (
+        "import asyncio, yaml\n"
+        "from tests.adversarial.test_replies import HugeReplyDouble, BASE_YAML\n"
+        "from rsi_env.env import GameParallelEnv\n"
+        "from rsi_env.runner import continue_episode, new_episode\n"
+        "from rsi_env.spec import parse_spec\n"
+        "spec = parse_spec(yaml.safe_load(BASE_YAML.format(id='base', name='Base')))\n"
+        "env = GameParallelEnv(spec); env.reset(seed=0)\n"
+        "agents = {p: HugeReplyDouble(100_000) for p in env.possible_agents}\n"
+        "ep = new_episode('cap-0', 'test', spec, env, ['huge'] * 2, agents, 0)\n"
+        "ep = asyncio.run(continue_episode(ep, env, agents))\n"
+        "print(sorted({(len(t.raw), t.raw_dropped) for t in ep.turns}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RSI_ENV_MAX_REPLY_CHARS": "500"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str([(500, 100_024 - 500)]), done.stdout
