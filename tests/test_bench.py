@@ -181,9 +181,15 @@ def test_the_set_is_rebuilt_identically_from_its_seeds(tmp_path: Path) -> None:
         import build_judge_bench
     finally:
         sys.path.pop(0)
-    built = build_judge_bench.build(kinds=["addressed"])["addressed"]
-    shipped = [c for c in CASES if c.kind == "addressed"]
-    assert [c.model_dump() for c in built] == [c.model_dump() for c in shipped]
+    # The whole set, manifest included, byte for byte (about 10 s of CPU): a change to the engine, the
+    # transcript or the scripted players that alters a case fails here, not in a judge's figures.
+    assert build_judge_bench.main(["--out", str(tmp_path)]) == 0
+    shipped = sorted(p.name for p in default_set_dir().iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == shipped
+    assert set(shipped) == {*(f"{k}.jsonl" for k in KINDS), "manifest.json"}
+    for name in shipped:
+        assert (tmp_path / name).read_bytes() == (default_set_dir() / name).read_bytes(), name
+    assert [c.model_dump() for c in load_cases([tmp_path])] == [c.model_dump() for c in CASES]
 
 
 def test_select_takes_whole_triads_spread_over_kinds() -> None:
@@ -366,8 +372,10 @@ def test_wilson_interval() -> None:
 # --- the command line (a real HTTP server) and the report ----------------------------------------------
 
 
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+def _cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "rsi_env.referees", *args],
         capture_output=True,
@@ -402,6 +410,30 @@ def test_the_cli_benches_judges_behind_a_real_http_server(tmp_path: Path) -> Non
         timeout=120,
     )  # fmt: skip
     assert json.loads(as_json.stdout)["judge_bench"][str(tmp_path)]["digest"] == report.digest
+
+
+def test_the_key_named_by_api_key_env_is_the_one_sent(tmp_path: Path) -> None:
+    """--api-key-env, like every model command's: the variable's value goes to the endpoint as the key;
+    a variable that is not set is one clear error before any call."""
+    double = JudgeDouble(1.0)
+    with FaultServer(FaultConfig(seed=1), responder=double.responder) as srv:
+        done = _cli(
+            "bench", "--judges", "openai", "--n", "2", "--resamples", "0", "--base-url", srv.base_url,
+            "--model", "double", "--api-key-env", "RSI_TEST_BENCH_KEY", "--out", str(tmp_path), "--quiet",
+            env={"RSI_TEST_BENCH_KEY": "sk-bench-test", "OPENAI_API_KEY": "sk-not-this-one"},
+        )  # fmt: skip
+        sent = dict(srv.authorizations)
+    assert done.returncode == 0, done.stderr
+    assert sent == {"Bearer sk-bench-test": 4}  # 2 cases x 2 orders, all with the named key
+    assert read_report(tmp_path / REPORT).judges[0].answered == 2
+    env = {k: v for k, v in os.environ.items() if k != "RSI_TEST_BENCH_KEY"}
+    missing = subprocess.run(
+        [sys.executable, "-m", "rsi_env.referees", "bench", "--judges", "openai", "--base-url",
+         "http://127.0.0.1:9/v1", "--api-key-env", "RSI_TEST_BENCH_KEY", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "RSI_TEST_BENCH_KEY" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr and not (tmp_path / "o").exists()
 
 
 def _recorded_run(run: Path) -> list[Episode]:
@@ -447,6 +479,33 @@ def test_cases_from_a_recorded_run_through_the_cli(tmp_path: Path) -> None:
     report = read_report(tmp_path / "out" / REPORT)
     assert report.cases == len(cases) and report.sources == [str(tmp_path / "run")]
     assert report.judges[0].answered == len(cases)
+
+
+def test_report_shows_the_bench_beside_a_runs_ratings(tmp_path: Path) -> None:
+    """`report RUN BENCH` and a bench written into the run's own folder: ratings and judge tables."""
+    _recorded_run(tmp_path / "run")
+    judges = [judge("good_double", JudgeDouble(0.9)), judge("coin_double", JudgeDouble(0.5))]
+    report = bench(tmp_path / "bench", judges, select(CASES, n=12), resamples=0)
+
+    def shown(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rsi_env.report", *args], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+
+    for where in ([str(tmp_path / "run"), str(tmp_path / "bench")], [str(tmp_path / "run")]):
+        if len(where) == 1:  # the same bench, now inside the run folder
+            (tmp_path / "run" / REPORT).write_bytes((tmp_path / "bench" / REPORT).read_bytes())
+        text = shown(*where)
+        assert text.returncode == 0, text.stderr
+        out = text.stdout
+        assert "Ratings, " in out and "Judge benchmark: 12 labelled cases" in out, out[-2000:]
+        assert out.index("Ratings, ") < out.index("Judge benchmark")  # the judges' figures follow
+        assert "good_double@t0.7#1" in out and "panel: meta-weighted" in out
+        data = json.loads(shown(*where, "--json").stdout)
+        assert data["ratings"][0]["ratings"] and data["episodes"] == 24
+        (bench_json,) = data["judge_bench"].values()
+        assert bench_json["digest"] == report.digest
 
 
 @pytest.mark.parametrize(

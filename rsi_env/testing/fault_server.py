@@ -238,6 +238,8 @@ class FaultServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.bodies: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        # Authorization header of each POST ("" when none): lets a test see which API key was sent.
+        self.authorizations: collections.Counter[str] = collections.Counter()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -350,6 +352,8 @@ class FaultServer:
                 length = int(headers.get("content-length", "0") or 0)
                 body = await reader.readexactly(length) if length else b""
                 keep_alive = headers.get("connection", "").lower() != "close"
+                if method == "POST":
+                    self.authorizations[headers.get("authorization", "")] += 1
                 response = await self._dispatch(method, target.split("?", 1)[0], body, reader)
                 if response is None:  # the client went away during a hang
                     return
