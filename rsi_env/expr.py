@@ -625,9 +625,20 @@ class Scope:
 
     def reset(self, values: dict[str, Any], kept: tuple[str, ...] = ()) -> Scope:
         """Replace the variables. Those named in `kept` that are the very objects converted last are
-        left as they are: the caller refreshes them after every change it makes (`refresh`)."""
+        left as they are: the caller refreshes them after every change it makes (`refresh`), or never
+        changes them in place. So is a scalar equal to the one held: a variable left as it is keeps
+        its version, and the results kept under it (`Expr.memo`) stay valid (diplomacy's end check
+        read `options` and `players`, re-added at every turn, and was never found kept)."""
         self.bound = {}
-        self._load({k: v for k, v in values.items() if k not in kept or self.held.get(k, _UNSET) is not v})
+        fresh = {}
+        for k, v in values.items():
+            old = self.held.get(k, _UNSET)
+            if old is v and k in kept:
+                continue
+            if type(v) in _SCALARS and type(old) is type(v) and _fingerprint(old) == _fingerprint(v):
+                continue
+            fresh[k] = v
+        self._load(fresh)
         return self
 
     def bind(self, **bindings: Any) -> Scope:
