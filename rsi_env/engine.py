@@ -266,7 +266,11 @@ class GameEngine:
     def _scoped(self, **bindings: Any) -> Scope:
         """The scope of the current state (rebuilt after changes), with per-call bindings."""
         if self._scope is None:
-            self._scope = self._context.reset(self._base_values(), kept=("state", "P"))
+            # `state` and `P` are refreshed after every write (`_touch`); the players, their roles and
+            # teams and the options are never changed in place (a new game makes new objects).
+            self._scope = self._context.reset(
+                self._base_values(), kept=("state", "P", "players", "role", "team", "options")
+            )
         if "me" in bindings and "my" not in bindings:
             bindings["my"] = self.pstate.get(bindings["me"], {})
         return self._scope.bind(**bindings) if bindings else self._scope

@@ -211,42 +211,50 @@ class BudgetExceeded(Exception):
 
 def measure(value: Any, limits: Limits = LIMITS, what: str = "builds") -> int:
     """The size of `value` (nodes plus characters / 100), after checking it against `limits`; raises
-    BudgetExceeded naming the first limit it breaks. Iterative: a value nested too deep is measured
-    without recursion."""
+    BudgetExceeded naming the first limit it breaks. A container nested deeper than the limit is
+    refused before it is entered, so the walk never goes deeper than `limits.max_depth`."""
     if isinstance(value, str | bytes):
-        if len(value) > limits.max_string:
-            raise BudgetExceeded(
-                f"{what} a string of {len(value):,} characters; the limit is {limits.max_string:,}"
-            )
-        return 1 + len(value) // 100
+        return _string_size(value, limits, what)
     if not isinstance(value, list | dict):
         return 1
-    size = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        size += 1
-        if isinstance(v, list | dict):
-            kind = "list" if isinstance(v, list) else "map"
-            if len(v) > limits.max_items:
-                raise BudgetExceeded(
-                    f"{what} a {kind} of {len(v):,} items; the limit is {limits.max_items:,}"
-                )
-            if depth > limits.max_depth:
-                raise BudgetExceeded(f"{what} a value nested {depth}+ deep; the limit is {limits.max_depth}")
-            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
-            if isinstance(v, dict):
-                stack.extend((k, depth + 1) for k in v if isinstance(k, str))
-        elif isinstance(v, str | bytes):
-            if len(v) > limits.max_string:
-                raise BudgetExceeded(
-                    f"{what} a string of {len(v):,} characters; the limit is {limits.max_string:,}"
-                )
-            size += len(v) // 100
-        if size > limits.max_nodes:
-            raise BudgetExceeded(
-                f"{what} a value of more than {limits.max_nodes:,} items in all (nested ones counted)"
-            )
+    return _container_size(value, 1, limits, what)
+
+
+def _string_size(v: str | bytes, limits: Limits, what: str) -> int:
+    if len(v) > limits.max_string:
+        raise BudgetExceeded(f"{what} a string of {len(v):,} characters; the limit is {limits.max_string:,}")
+    return 1 + len(v) // 100
+
+
+def _container_size(v: list[Any] | dict[Any, Any], depth: int, limits: Limits, what: str) -> int:
+    """`measure` of a list or map at `depth`. Recursive (bounded by the depth limit): every value an
+    evaluation gives and every variable a write changes is measured, and the plain types checked by
+    their exact type first make it ~2x faster than a walk with an explicit stack."""
+    if len(v) > limits.max_items:
+        kind = "list" if isinstance(v, list) else "map"
+        raise BudgetExceeded(f"{what} a {kind} of {len(v):,} items; the limit is {limits.max_items:,}")
+    if depth > limits.max_depth:
+        raise BudgetExceeded(f"{what} a value nested {depth}+ deep; the limit is {limits.max_depth}")
+    size = 1
+    is_map = isinstance(v, dict)
+    for x in v.values() if is_map else v:  # type: ignore[union-attr]
+        t = type(x)
+        if t is int or t is bool or t is float or x is None:
+            size += 1
+        elif t is str or t is bytes or isinstance(x, str | bytes):
+            size += _string_size(x, limits, what)
+        elif isinstance(x, list | dict):
+            size += _container_size(x, depth + 1, limits, what)
+        else:
+            size += 1
+    if is_map:
+        for k in v:
+            if isinstance(k, str):
+                size += _string_size(k, limits, what)
+    if size > limits.max_nodes:
+        raise BudgetExceeded(
+            f"{what} a value of more than {limits.max_nodes:,} items in all (nested ones counted)"
+        )
     return size
 
 
