@@ -578,7 +578,18 @@ class Scope:
       every variable (diplomacy's resolution: ~60 us per evaluation saved).
     """
 
-    __slots__ = ("bound", "budget", "calls", "context", "held", "memo", "pending", "state", "version", "whole")
+    __slots__ = (
+        "bound",
+        "budget",
+        "calls",
+        "context",
+        "held",
+        "memo",
+        "pending",
+        "state",
+        "version",
+        "whole",
+    )
 
     def __init__(
         self,
