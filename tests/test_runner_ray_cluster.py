@@ -33,7 +33,24 @@ FAST_HEALTH_CHECKS = {
 }
 
 
+# The node goes from a thread while the run goes on, so the loss may land after the lost node's
+# episodes ended (seen on a fast machine: no episode in flight there, nothing to play again). Such a
+# run proves exactly-once but not the requeue: the scenario is run again, up to this many times.
+ATTEMPTS = 6
+
+
 def test_a_node_lost_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    for attempt in range(ATTEMPTS):
+        stats = _run_losing_a_node(tmp_path / f"attempt{attempt}")
+        if stats.requeued >= 1:
+            break
+    assert stats.requeued >= 1, f"in {ATTEMPTS} runs the lost node never had an episode in flight"
+
+
+def _run_losing_a_node(out: Path) -> RunStats:
+    """24 episodes on two one-core nodes, the worker node removed after 4; asserts every episode is
+    recorded exactly once, and gives the run's stats."""
+    out.mkdir(parents=True)
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(
@@ -60,12 +77,13 @@ def test_a_node_lost_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> Non
                     self.thread.start()
 
         remove = RemoveNode()
-        with FaultServer(FaultConfig(latency_s=0.03)) as srv:
-            agent = write_profile(tmp_path, srv.base_url)
+        # Calls slow enough that episodes are still in flight on the worker when it goes, mostly.
+        with FaultServer(FaultConfig(latency_s=0.5)) as srv:
+            agent = write_profile(out, srv.base_url)
             factory = AgentFactory([agent], spec, EndpointOverride(base_url=srv.base_url, model=MODEL))
             # One actor per node: each asks for a whole core, and each node has one.
             runner = Runner(
-                spec, factory, tmp_path, concurrency=8, progress=False, callbacks=[remove], ray="auto",
+                spec, factory, out, concurrency=8, progress=False, callbacks=[remove], ray="auto",
                 workers=2,
             )  # fmt: skip
 
@@ -81,8 +99,8 @@ def test_a_node_lost_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> Non
     finally:
         ray.shutdown()
         cluster.shutdown()
-    ids = [d["episode_id"] for d in raw_lines(tmp_path)]
+    ids = [d["episode_id"] for d in raw_lines(out)]
     assert len(ids) == len(set(ids)) == 24, "every episode once, none duplicated"
     assert set(ids) == {j.episode_id for j in plan(spec, factory, 24)}
-    assert stats.requeued >= 1, "the lost node's episodes in flight were played again"
     assert stats.done == 24
+    return stats
