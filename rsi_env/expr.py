@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import cel
 import numpy as np
@@ -53,8 +53,8 @@ class Expr:
     budget (`expr_budget.instrument`); what it reads is taken from the source as written."""
 
     __slots__ = (
-        "fields", "functions", "let_count", "memo", "needs", "plans", "player_fields", "program", "run",
-        "run_split", "source", "split_needs", "state_fields", "variables",
+        "fields", "functions", "let_count", "memo", "plans", "player_fields", "program", "run", "run_split",
+        "source", "state_fields", "variables",
     )  # fmt: skip
 
     def __init__(self, source: str | int | float | bool) -> None:
@@ -91,9 +91,6 @@ class Expr:
         if split is not None:
             self.run_split = compile_split(split[0], self.source, self.run)
             self.state_fields = split[1]
-        # The variables each program reads, found on its first run (`_needs`).
-        self.needs: tuple[cel.Program, frozenset[str]] | None = None
-        self.split_needs: tuple[cel.Program, frozenset[str]] | None = None
         bound = set(_BOUND_VAR.findall(self.source))
         self.variables: frozenset[str] = frozenset(set(refs["variables"]) - bound)
         # Operators show up as `_+_`, `!_`, `@in`...; only named functions matter for checks.
@@ -101,9 +98,9 @@ class Expr:
         code = _STRING_LITERAL.sub('""', self.source)
         self.fields: frozenset[tuple[str, str]] = frozenset(_FIELD_READ.findall(code))
         self.player_fields: frozenset[str] = frozenset(_PLAYER_FIELD_READ.findall(code))
-        # Results kept per scope and inputs (`Scope.memo`), and what each program reads (`_plan`).
+        # Results kept per scope and inputs (`Scope.memo`), and what each program reads (`_plan_of`).
         self.memo: dict[tuple[Any, ...], tuple[Scope, Any, int]] = {}
-        self.plans: dict[int, tuple[tuple[str, ...], tuple[str, ...] | None] | None] = {}
+        self.plans: dict[int, _Plan] = {}
 
     def __call__(self, scope: Scope) -> Any:
         budget = scope.budget
@@ -118,7 +115,7 @@ class Expr:
                     result = hit[1]
                     return normalize(result) if isinstance(result, dict | list) else result
             used = budget.tick_used
-            scope.flush(self._needs(program))
+            scope.flush(self._plan_of(program).reads)
             result = program.execute(scope.context)
             if isinstance(result, dict | list | str | bytes):
                 measure(result, budget.limits)
@@ -138,19 +135,14 @@ class Expr:
                 pass
         return normalize(result) if isinstance(result, dict | list) else result
 
-    def _needs(self, program: cel.Program) -> frozenset[str]:
-        """The variables `program` (`run` or `run_split`) reads: only those are converted before it
-        runs (`Scope.flush`). Kept with the program they belong to (`compiled` replaces a let-bound
-        expression's programs after construction)."""
-        split = program is not self.run
-        kept = self.split_needs if split else self.needs
-        if kept is None or kept[0] is not program:
-            kept = (program, frozenset(program.references()["variables"]))
-            if split:
-                self.split_needs = kept
-            else:
-                self.needs = kept
-        return kept[1]
+    def _plan_of(self, program: cel.Program) -> _Plan:
+        """What `program` (`run` or `run_split`) reads (`_plan`), worked out on its first run and kept
+        with the program it belongs to (`compiled` replaces a let-bound expression's programs after
+        construction)."""
+        plan = self.plans.get(id(program))
+        if plan is None or plan.program is not program:
+            plan = self.plans[id(program)] = _plan(program)
+        return plan
 
     def _key(self, program: cel.Program, scope: Scope) -> tuple[Any, ...] | None:
         """What the result of `program` on `scope` depends on: each variable it reads, as its value when
@@ -159,13 +151,10 @@ class Expr:
         trying moves that differ elsewhere finds the result. None: not to be kept (a random draw,
         a value with no fingerprint)."""
         pid = id(program)
-        if pid in self.plans:
-            plan = self.plans[pid]
-        else:
-            plan = self.plans[pid] = _plan(program)
-        if plan is None:
+        keep = self._plan_of(program).keep
+        if keep is None:
             return None
-        names, args_fields = plan
+        names, args_fields = keep
         held, version = scope.held, scope.version
         key: list[Any] = [pid, id(scope)]
         try:
@@ -226,15 +215,26 @@ def _fingerprint(value: Any) -> Any:
     raise TypeError(t.__name__)
 
 
-def _plan(program: cel.Program) -> tuple[tuple[str, ...], tuple[str, ...] | None] | None:
-    """The variables `program` reads, and the fields of `args` it reads when it reads `args` only as
-    `args.f`; None when its result is not to be kept: it draws from the seeded generator."""
+class _Plan(NamedTuple):
+    """What one program reads: every variable (converted before it runs: `Scope.flush`), and for
+    keeping its results (`Expr.memo`) the variables in order with the fields of `args` it reads
+    (None for the fields when it reads `args` otherwise); `keep` is None when its result is not to
+    be kept: it draws from the seeded generator."""
+
+    program: cel.Program
+    reads: frozenset[str]
+    keep: tuple[tuple[str, ...], tuple[str, ...] | None] | None
+
+
+def _plan(program: cel.Program) -> _Plan:
+    """The plan of `program` (`_Plan`)."""
     refs = program.references()
+    reads = frozenset(refs["variables"])
     if RANDOM_FUNCTION_NAMES & set(refs["functions"]):
-        return None
-    names = tuple(sorted(refs["variables"]))
+        return _Plan(program, reads, None)
+    names = tuple(sorted(reads))
     if "args" not in names:
-        return names, None
+        return _Plan(program, reads, (names, None))
     toks = tokens(program.source) or []
     found: set[str] = set()
     for i, t in enumerate(toks):
@@ -242,11 +242,12 @@ def _plan(program: cel.Program) -> tuple[tuple[str, ...], tuple[str, ...] | None
             continue
         after = toks[i + 1 : i + 3]
         if len(after) < 2 or after[0].text != "." or after[1].kind != "name":
-            return names, None  # `args` read whole
+            return _Plan(program, reads, (names, None))  # `args` read whole
         if i >= 2 and toks[i - 1].text == "(" and toks[i - 2].text == "has":
-            return names, None  # `has(args.f)`: the presence of the field counts too (kept whole)
+            # `has(args.f)`: the presence of the field counts too (kept whole)
+            return _Plan(program, reads, (names, None))
         found.add(after[1].text)
-    return names, (tuple(sorted(found)) if toks else None)
+    return _Plan(program, reads, (names, tuple(sorted(found)) if toks else None))
 
 
 def split_state(source: str) -> tuple[str, frozenset[str]] | None:
@@ -579,17 +580,7 @@ class Scope:
     read: codenames took ~17% more instructions with it, diplomacy ~9% fewer (callgrind).
     """
 
-    __slots__ = (
-        "bound",
-        "budget",
-        "context",
-        "held",
-        "memo",
-        "pending",
-        "state",
-        "version",
-        "whole",
-    )
+    __slots__ = ("bound", "budget", "context", "held", "memo", "pending", "state", "version", "whole")
 
     def __init__(
         self,
