@@ -30,7 +30,7 @@ import networkx as nx
 import numpy as np
 
 from . import actions as act
-from .compiled import CEffect, CompiledGame, CRepeat, Target, compiled
+from .compiled import BATCH_ITEMS, BATCH_MAX, Batch, CEffect, CompiledGame, CRepeat, Target, compiled
 from .events import (
     ActionEvent,
     AnnounceEvent,
@@ -367,10 +367,47 @@ class GameEngine:
                 )
                 if isinstance(items, dict):
                     items = list(items)
-                for item in items if isinstance(items, list) else []:
+                if not isinstance(items, list):
+                    continue
+                if eff.batch is not None and 1 < len(items) <= BATCH_MAX:
+                    if self._run_batch(eff, eff.batch, items, bind):
+                        continue
+                for item in items:
                     self._run_effect(eff, {**bind, eff.as_: item})
             else:
                 self._run_effect(eff, bind)
+
+    def _run_batch(self, eff: CEffect, batch: Batch, items: list[Any], bind: dict[str, Any]) -> bool:
+        """Run a `for_each` whose items cannot see each other's writes from one evaluation of them all
+        (`compiled.Batch`): the same writes and announcements, in the same order, and the same units
+        charged as item by item. False when it fails (an error, a limit), with nothing written and
+        nothing charged: then the items run one by one, and fail where and as they would have."""
+        if self.game_error is not None:
+            return True  # a game stopped on a spec error evaluates nothing more
+        budget = self.budget
+        before = budget.tick_used
+        scope = self._scoped(**bind, **{BATCH_ITEMS: items})
+        try:
+            got = batch.expr(scope)
+        except ExprError:
+            budget.tick_used = before
+            return False
+        held = sum(1 for g in got if g) if batch.has_cond else len(items)
+        if not budget.replay(batch.units(len(items), held)):
+            budget.tick_used = before  # over the tick's limit: item by item, it stops where it would
+            return False
+        for item, parts in zip(items, got, strict=True):
+            if self.game_error is not None:
+                break
+            if not parts:
+                continue  # its condition is false
+            if eff.op == "announce":
+                if parts[0] is not None:
+                    self._log(AnnounceEvent(**self._stamp(), text=str(parts[0])))
+                continue
+            assert eff.target is not None
+            self._write(eff.target, eff.op, parts[0], scope, {**bind, eff.as_: item}, eff.path, parts[1:])
+        return True
 
     def _run_effect(self, eff: CEffect, bind: dict[str, Any]) -> None:
         scope = self._scoped(**bind)
@@ -417,7 +454,17 @@ class GameEngine:
                 return
         self._error(f"{path}.repeat: `until` did not hold after {rep.max} passes (the declared max)")
 
-    def _write(self, target: Target, op: str, value: Any, scope: Scope, bind: dict, path: str) -> None:
+    def _write(
+        self,
+        target: Target,
+        op: str,
+        value: Any,
+        scope: Scope,
+        bind: dict,
+        path: str,
+        evaluated: list[Any] | None = None,
+    ) -> None:
+        """Write `value` at `target` (`evaluated`: the values of its key expressions, when known)."""
         if target.root == "state":
             variables: dict[str, Any] = self.state
         else:
@@ -436,8 +483,14 @@ class GameEngine:
                 return
             variables = self.pstate[who]
         container: Any = variables
+        given = iter(evaluated) if evaluated is not None else None
         keys: list[Any] = [
-            k if isinstance(k, str) else self._eval(k, scope, default=_FAILED, path=path) for k in target.keys
+            k
+            if isinstance(k, str)
+            else next(given)
+            if given is not None
+            else self._eval(k, scope, default=_FAILED, path=path)
+            for k in target.keys
         ]
         if _FAILED in keys:
             return
