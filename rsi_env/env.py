@@ -160,8 +160,8 @@ class _GameEnvBase:
         hit = self._cache.get(agent)
         if hit is None:
             e = self.engine
-            view = player_view(e, agent, self.history)
-            schema = action_schema(e, agent) if view["is_turn"] else None
+            schema = action_schema(e, agent) if agent in e.current_actors() else None
+            view = player_view(e, agent, self.history, schema)
             text = sanitize(render_observation(e.spec, view, schema, e.feedback.get(agent)))
             info = {
                 "is_turn": view["is_turn"],

@@ -31,6 +31,9 @@ from .untrusted import one_line
 DEFAULT_HISTORY = 24
 
 
+_UNSET: Any = object()  # an argument not given
+
+
 def _knows(engine: GameEngine, viewer: str, other: str) -> bool:
     """Does `viewer` know `other`'s role and team?"""
     if viewer == other:
@@ -73,13 +76,17 @@ def visible_events(engine: GameEngine, player: str | None, last: int | None = No
     return seen
 
 
-def player_view(engine: GameEngine, player: str, history: int = DEFAULT_HISTORY) -> dict[str, Any]:
+def player_view(
+    engine: GameEngine, player: str, history: int = DEFAULT_HISTORY, schema: Any = _UNSET
+) -> dict[str, Any]:
     """The structured view of `player`: plain data but for `events` (typed records, `model_dump` for
-    JSON), and the scope the scripted policy evaluates in."""
+    JSON), and the scope the scripted policy evaluates in. `schema`: `action_schema(engine, player)`
+    when the caller has it already (the env shows it beside the view)."""
     spec = engine.spec
     known = {p: _knows(engine, player, p) for p in engine.players}
     actors = engine.current_actors()
-    schema = action_schema(engine, player) if player in actors else None
+    if schema is _UNSET:
+        schema = action_schema(engine, player) if player in actors else None
     return {
         "game": spec.id,
         "me": player,

@@ -181,3 +181,24 @@ def test_text_is_clipped_and_structures_become_json() -> None:
     assert clip_text("abcdef", 3) == "abc"
     assert clip_text({"a": 1}, 100) == '{"a": 1}'
     assert clip_text(None, 10) is None
+
+
+def test_broken_json_is_repaired_only_when_it_names_an_action(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json_repair
+
+    repaired: list[str] = []
+    real = json_repair.loads
+
+    def spy(text: str, *args: object, **kw: object) -> object:  # a test double around the real one
+        repaired.append(text)
+        return real(text, *args, **kw)
+
+    monkeypatch.setattr(json_repair, "loads", spy)
+    garbage = "ç{ñ:::'ab\"c" * 50  # brackets and quotes, but no action's name
+    parsed = parse_action(garbage, NAMES)
+    assert parsed.name is None and parsed.error is not None and "no JSON object" in parsed.error
+    assert repaired == []
+    # Named in any of the spellings `_lookup_name` reads (case, `-` or a space for `_`): repaired.
+    for reply in ("{'action': 'Walk Away'", "{action: WALK-AWAY, note: 1"):
+        assert parse_action(reply, NAMES).name == "walk_away"
+    assert len(repaired) == 2

@@ -70,8 +70,9 @@ def play(game: str, seed: int) -> dict[str, Any]:
     units = []
     for agent in env.agent_iter():
         _obs, _r, term, trunc, info = env.last()
-        me = agents.setdefault(agent, RandomAgent(seed + len(agents)))
-        act = None if term or trunc else me.choose(info)
+        if agent not in agents:
+            agents[agent] = RandomAgent(seed + len(agents))
+        act = None if term or trunc else agents[agent].choose(info)
         env.step(act)
         units.append(eng.budget.tick_used)
     return {
