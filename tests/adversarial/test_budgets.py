@@ -105,18 +105,17 @@ def test_an_int_parameter_beyond_64_bits_is_an_invalid_move_not_a_value() -> Non
 def test_comprehensions_report_to_the_budget_and_give_the_same_values() -> None:
     # Each hook sees the value it measures, gives back true, and the value goes on bound by a
     # one-element comprehension (converting it back from Python cost more than the comprehension).
-    item = "[x * 2].map(_rsi_v, _rsi_item(_rsi_v) ? _rsi_v : _rsi_v)[0]"
+    # What `map` and `filter` built is charged when they end (`_rsi_done`), not by a hook per item.
     done = "].map(_rsi_r, _rsi_done(_rsi_r) ? _rsi_r : _rsi_r)[0]"
     assert instrument("l.map(x, x * 2)") == (
-        f"[[l].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.map(x, {item}) : [])[0]{done}"
+        f"[[l].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.map(x, x * 2) : [])[0]{done}"
     )
     assert instrument("l.filter(x, x > 1).exists(y, y == 2)") == (
-        "[[[l].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.filter(x, _rsi_keep(x, x > 1)) : [])[0]"
+        "[[[l].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.filter(x, x > 1) : [])[0]"
         f"{done}].exists(_rsi_l, _rsi_walk(_rsi_l) ? _rsi_l.exists(y, y == 2) : false)"
     )
     assert instrument("x in [1, 2].map(z, z)") == (
-        "x in [[[1, 2]].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.map(z, "
-        f"[z].map(_rsi_v, _rsi_item(_rsi_v) ? _rsi_v : _rsi_v)[0]) : [])[0]{done}"
+        f"x in [[[1, 2]].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.map(z, z) : [])[0]{done}"
     )
     for source, value in [
         ("l.map(x, l.map(y, x * y))", [[1, 2, 3], [2, 4, 6], [3, 6, 9]]),
@@ -254,3 +253,29 @@ def test_make_of_a_runaway_spec_file_is_a_spec_error_naming_it(name: str, tmp_pa
     with pytest.raises(SpecError) as exc:
         rsi_env.make(str(case.path))
     assert case.expect in str(exc.value)
+
+
+def test_what_a_map_or_filter_builds_is_charged_as_it_was_copied() -> None:
+    # cel-rust copies what a `map`/`filter` has built at every step: adding a value costs what is
+    # already there (COPY_UNITS a node), so `n` values of size 1 cost the sum over j < n of
+    # int(COPY_UNITS * j) + 1, on top of the walk (WALK_UNITS * n, + 1) and the evaluation (3).
+    from rsi_env.expr_budget import COPY_UNITS, WALK_UNITS
+
+    def units(source: str, **values: object) -> int:
+        e = Expr(source)
+        scope = Scope(dict(values), select_functions(e.functions))
+        e(scope)
+        return scope.budget.eval_used
+
+    def copied(sizes: list[int]) -> int:
+        return sum(int(COPY_UNITS * sum(sizes[:j])) + 1 for j in range(len(sizes)))
+
+    n = 40
+    walk = int(WALK_UNITS * n) + 1
+    assert units("l.map(x, x * 2)", l=list(range(n))) == 3 + walk + copied([1] * n)
+    # Only what `filter` keeps is built; a value's size counts (a list of k ints: k + 1 nodes).
+    assert units("l.filter(x, x % 4 == 0)", l=list(range(n))) == 3 + walk + copied([1] * (n // 4))
+    assert units("l.map(x, [x, x])", l=list(range(n))) == 3 + walk + copied([3] * n)
+    # A value over a limit stops the evaluation, named as what a comprehension builds.
+    with pytest.raises(OverBudget, match="a comprehension builds a string of 20,000 characters"):
+        units("l.map(x, s)", l=[1, 2], s="x" * 20_000)
