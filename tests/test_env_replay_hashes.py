@@ -28,7 +28,7 @@ RECORDED: dict[str, tuple[str, str, str]] = {
     "codenames": ("128:b44ef8033edba25c", "244:a315cadc36c47ba0", "104:a9a570d32ebaa020"),
     "commons": ("39:84fb6a4b60da0517", "87:2396a04d0b824de4", "39:ee48ca58eaa7d17d"),
     "coup": ("66:a0be3e84c2d87aa8", "165:1daa235f869579be", "96:9aacb36cb93c1250"),
-    "diplomacy": ("90:954df15554d6d2f7", "189:d3e4f4c834063833", "57:a5c6b562822888b7"),
+    "diplomacy": ("90:4e4765856813f144", "189:b4a0f9ad87eeb8a7", "57:e3c8bc92a8a3bebe"),
     "leduc_holdem": ("4:2866ef0b9f65911d", "14:3868e4f777893a32", "10:0c98081b01c7de0b"),
     "negotiation": ("4:f11d0bf866bd13e0", "14:209dc9db068c0e11", "22:529b6b694419a1a1"),
     "prisoners_dilemma": ("38:d693e40a98feaf11", "72:4a01702de803e008", "38:913ee61363ef4f73"),

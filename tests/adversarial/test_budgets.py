@@ -108,14 +108,14 @@ def test_comprehensions_report_to_the_budget_and_give_the_same_values() -> None:
     # What `map` and `filter` built is charged when they end (`_rsi_done`), not by a hook per item.
     done = "].map(_rsi_r, _rsi_done(_rsi_r) ? _rsi_r : _rsi_r)[0]"
     assert instrument("l.map(x, x * 2)") == (
-        f"[[l].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.map(x, x * 2) : [])[0]{done}"
+        f"[[l].map(_rsi_l, _rsi_build(size(_rsi_l)) ? _rsi_l.map(x, x * 2) : [])[0]{done}"
     )
     assert instrument("l.filter(x, x > 1).exists(y, y == 2)") == (
-        "[[[l].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.filter(x, x > 1) : [])[0]"
-        f"{done}].exists(_rsi_l, _rsi_walk(_rsi_l) ? _rsi_l.exists(y, y == 2) : false)"
+        "[[[l].map(_rsi_l, _rsi_build(size(_rsi_l)) ? _rsi_l.filter(x, x > 1) : [])[0]"
+        f"{done}].exists(_rsi_l, _rsi_walk(size(_rsi_l)) ? _rsi_l.exists(y, y == 2) : false)"
     )
     assert instrument("x in [1, 2].map(z, z)") == (
-        f"x in [[[1, 2]].map(_rsi_l, _rsi_build(_rsi_l) ? _rsi_l.map(z, z) : [])[0]{done}"
+        f"x in [[[1, 2]].map(_rsi_l, _rsi_build(size(_rsi_l)) ? _rsi_l.map(z, z) : [])[0]{done}"
     )
     for source, value in [
         ("l.map(x, l.map(y, x * y))", [[1, 2, 3], [2, 4, 6], [3, 6, 9]]),
