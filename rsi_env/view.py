@@ -113,7 +113,7 @@ def player_view(
             for p in engine.players
         },
         "events": [
-            e if e.visible_to is None else e.as_seen_by(player)
+            e if e.visible_to is None else _seen_by(e, player)
             for e in visible_events(engine, player, history)
         ],
         "done": engine.done,
@@ -275,7 +275,44 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
+# An event is frozen, and its line a function of it and its viewer; every observation shows the last
+# DEFAULT_HISTORY events again (diplomacy: ~20 lines an observation, ~15% of rendering it). So the
+# lines, and a restricted event's copy in its viewer's view, are kept for the latest KEPT_LINES,
+# each beside its event, which keeps the event's id its own while it is kept.
+KEPT_LINES = 4096
+_LINES: dict[tuple[int, str | None], tuple[Event, str]] = {}
+_SEEN: dict[tuple[int, str], tuple[Event, Event]] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+def _keep(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    with _KEPT_LOCK:
+        if len(cache) >= KEPT_LINES:
+            del cache[next(iter(cache))]  # the oldest
+        cache[key] = value
+
+
+def _seen_by(e: Event, viewer: str) -> Event:
+    """`e.as_seen_by(viewer)`, the same object for the same event and viewer while it is kept."""
+    hit = _SEEN.get((id(e), viewer))
+    if hit is not None and hit[0] is e:
+        return hit[1]
+    seen = e.as_seen_by(viewer)
+    _keep(_SEEN, (id(e), viewer), (e, seen))
+    return seen
+
+
 def event_line(e: Event, viewer: str | None = None) -> str:
+    """One transcript line for an event (`_event_line`, kept)."""
+    hit = _LINES.get((id(e), viewer))
+    if hit is not None and hit[0] is e:
+        return hit[1]
+    line = _event_line(e, viewer)
+    _keep(_LINES, (id(e), viewer), (e, line))
+    return line
+
+
+def _event_line(e: Event, viewer: str | None) -> str:
     """One transcript line for an event."""
     name = "you" if e.player is not None and e.player == viewer else e.player
     prefix = f"[t{e.turn}]"

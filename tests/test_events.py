@@ -158,3 +158,25 @@ def test_conduct_flags_are_typed_and_snapshots_share_the_records() -> None:
     env.engine.restore(snap)
     assert env.engine.flags[0] is flag, "immutable records are shared, not copied"
     assert env.engine.events == snap["events"] and env.engine.events is not snap["events"]
+
+
+def test_event_lines_are_kept_per_event_and_viewer_within_a_bound() -> None:
+    from rsi_env import view
+
+    whisper = ActionEvent(
+        tick=1, turn=1, phase="talk", player="a", action="whisper", message="hi", visible_to=["b", "c"]
+    )
+    # The omniscient line names who saw it; a viewer's does not; asked again, each is the same text.
+    assert event_line(whisper).endswith("(seen by b, c)")
+    assert event_line(whisper, "b") == '[t1] a: whisper() — says: "hi"'
+    assert event_line(whisper) == view._event_line(whisper, None)
+    assert event_line(whisper, "a") == view._event_line(whisper, "a")
+    # An equal event that is another object has its own entry (kept beside its event, by identity).
+    twin = whisper.model_copy(update={"message": "bye"})
+    assert event_line(twin, "b").endswith('"bye"')
+    # A restricted event's copy in a viewer's view is the same object while it is kept.
+    assert view._seen_by(whisper, "b") is view._seen_by(whisper, "b")
+    assert view._seen_by(whisper, "b").visible_to == ["b"]
+    for i in range(view.KEPT_LINES + 10):
+        event_line(ActionEvent(tick=i, turn=i, phase="p", player="a", action="go"))
+    assert len(view._LINES) <= view.KEPT_LINES
