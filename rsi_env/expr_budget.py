@@ -413,6 +413,28 @@ def _arguments(toks: list[_Tok], open_: int) -> tuple[list[tuple[int, int]], int
     return None
 
 
+def _is_path(toks: list[_Tok], first: int, last: int) -> bool:
+    """Whether tokens `first`..`last` are a name and its fields or constant keys (`a.b`, `m["k"]`,
+    `m[x]`): no call, no operator, so reading it again gives the same value at the cost of a lookup."""
+    if toks[first].kind != "name" or toks[first].text in _KEYWORDS:
+        return False
+    j = first + 1
+    while j <= last:
+        if toks[j].text == "." and toks[j].kind == "op" and j + 1 <= last and toks[j + 1].kind == "name":
+            j += 2
+        elif (
+            toks[j].text == "["
+            and j + 2 <= last
+            and toks[j + 1].kind in ("name", "string", "number")
+            and toks[j + 1].text not in _KEYWORDS
+            and toks[j + 2].text == "]"
+        ):
+            j += 3
+        else:
+            return False
+    return True
+
+
 def instrument(source: str) -> str | None:
     """`source` with every comprehension reporting to the budget, or None when it cannot be rewritten
     (the caller refuses the expression):
@@ -454,6 +476,16 @@ def instrument(source: str) -> str | None:
             return None  # not a comprehension CEL accepts: leave the verdict to its parser
         start, target_end, end = toks[first].start, toks[i - 2].end, toks[close].end
         size = end - start
+        if _is_path(toks, first, i - 2):
+            # A variable or a field of one (`state.ord`, `o.to`): read twice, not bound by a
+            # one-element comprehension, which cost more (each is a list built and walked).
+            target = source[start:target_end]
+            if t.text in ("all", "exists", "exists_one"):
+                spans.append((start, end, f"({WALK}(size({target})) ? ", " : false)", size, 0))
+            else:
+                done = f" : []].map({_R}, {DONE}({_R}) ? {_R} : {_R})[0]"
+                spans.append((start, end, f"[{BUILD}(size({target})) ? ", done, size, 0))
+            continue
         if t.text in ("all", "exists", "exists_one"):
             spans.append((start, target_end, "[", f"].{t.text}({_L}, {WALK}(size({_L})) ? {_L}", size, 0))
             spans.append((start, end, "", " : false)", size, 0))
