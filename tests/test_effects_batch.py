@@ -60,6 +60,18 @@ def batches_run(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return seen
 
 
+def both_ways(
+    monkeypatch: pytest.MonkeyPatch, spec: str, limits: Limits | None = None
+) -> tuple[GameEngine, GameEngine, list[bool]]:
+    """An engine of `spec` with its `for_each` run item by item, one with batches, and what each of
+    the latter's batches returned."""
+    with monkeypatch.context() as m:
+        one_by_one(m)
+        before = engine_of(spec, limits)
+    seen = batches_run(monkeypatch)
+    return before, engine_of(spec, limits), seen
+
+
 def play(game: str, seed: int) -> dict[str, Any]:
     """A random-play episode of the AEC env: its events, final state, payoffs, and the budget units
     spent at every step."""
@@ -135,15 +147,7 @@ setup:
   - for_each: '[1, 2]'
     announce: '"item " + string(x)'
 """
-
-    def run() -> GameEngine:
-        return engine_of(spec)
-
-    with monkeypatch.context() as m:
-        one_by_one(m)
-        before = run()
-    seen = batches_run(monkeypatch)
-    after = run()
+    before, after, seen = both_ways(monkeypatch, spec)
     assert seen == [False, True]  # the first batch failed, and ran item by item
     assert after.state["q"] == before.state["q"] == {"1": 10, "2": 5}
     assert after.errors == before.errors
@@ -163,15 +167,7 @@ setup:
     set: 'state.n[string(x)]'
     value: 'size(lists.range(30).filter(i, i > x))'
 """
-
-    def run() -> GameEngine:
-        return engine_of(spec, Limits(eval_units=400))
-
-    with monkeypatch.context() as m:
-        one_by_one(m)
-        before = run()
-    seen = batches_run(monkeypatch)
-    after = run()
+    before, after, seen = both_ways(monkeypatch, spec, Limits(eval_units=400))
     assert seen == [True, False]  # setup at construction, then again under the tighter limit
     assert after.game_error is None and before.game_error is None
     assert after.state["n"] == before.state["n"] == {str(i): 29 - i for i in range(10)}
