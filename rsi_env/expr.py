@@ -6,7 +6,10 @@ microseconds (`scripts/bench_expr.py` prints the figures). Spec text and LLM tex
 as Python.
 
 This module is the runtime, the one place where spec expressions are compiled and evaluated:
-- `Expr`: one compiled expression, with the names it reads (for the spec's static checks);
+- `Expr`: one compiled expression, with the names it reads (for the spec's static checks); it runs
+  as a Python closure over the engine's own values where `expr_python` can build one and the
+  evaluation stays on ground it handles, and through the package otherwise (the package's results,
+  errors and budget units either way: `tests/test_expr_python.py`);
 - the helper functions every spec may call (`tally`, `argmax`, `count`, ...), and the seeded random
   functions that only setup and effects may call (`randint`, `choice`, ...);
 - `Scope`: a CEL context bound to one game state, converting as little of it as it can.
@@ -26,6 +29,7 @@ import numpy as np
 from cel import stdlib as cel_stdlib
 
 from .expr_budget import LIMITS, Budget, BudgetExceeded, instrument, measure, tokens
+from .expr_python import FUNCTIONS, Closure, compile_closure
 
 
 class ExprError(Exception):
@@ -114,9 +118,18 @@ class Expr:
                 if hit is not None and hit[0] is scope and budget.replay_eval(hit[2]):
                     result = hit[1]
                     return normalize(result) if isinstance(result, dict | list) else result
-            used = budget.tick_used
-            scope.flush(self._plan_of(program).reads)
-            result = program.execute(scope.context)
+            used, started = budget.tick_used, budget.eval_used
+            plan = self._plan_of(program)
+            result = _SLOW
+            if plan.fast is not None:
+                try:
+                    result = plan.fast(scope.closure_values(plan.names))
+                except Exception:  # anything: the package evaluates it from the start
+                    budget.eval_used, budget.tick_used, budget.tripped = started, used, None
+                    result = _SLOW
+            if result is _SLOW:
+                scope.flush(plan.reads)
+                result = program.execute(scope.context)
             if isinstance(result, dict | list | str | bytes):
                 measure(result, budget.limits)
         except BudgetExceeded as exc:
@@ -224,6 +237,10 @@ class _Plan(NamedTuple):
     program: cel.Program
     reads: frozenset[str]
     keep: tuple[tuple[str, ...], tuple[str, ...] | None] | None
+    # The program as a Python closure (`expr_python`), None when the package alone runs it; the
+    # variables it reads, each with the state field it stands for (`Scope.closure_values`).
+    fast: Closure | None = None
+    names: tuple[tuple[str, str | None], ...] = ()
 
 
 def _plan(program: cel.Program) -> _Plan:
@@ -232,22 +249,31 @@ def _plan(program: cel.Program) -> _Plan:
     reads = frozenset(refs["variables"])
     if RANDOM_FUNCTION_NAMES & set(refs["functions"]):
         return _Plan(program, reads, None)
+    fast = compile_closure(program.source, RANDOM_FUNCTION_NAMES)
+    fields = tuple(
+        (name, name[len(STATE_FIELD) :] if name.startswith(STATE_FIELD) else None) for name in sorted(reads)
+    )
     names = tuple(sorted(reads))
-    if "args" not in names:
-        return _Plan(program, reads, (names, None))
-    toks = tokens(program.source) or []
+    keep: tuple[tuple[str, ...], tuple[str, ...] | None] = (names, None)
+    if "args" in names:
+        keep = (names, _args_fields(program.source))
+    return _Plan(program, reads, keep, fast, fields)
+
+
+def _args_fields(source: str) -> tuple[str, ...] | None:
+    """The fields of `args` a program reads, each as `args.f`; None when it reads `args` otherwise."""
+    toks = tokens(source) or []
     found: set[str] = set()
     for i, t in enumerate(toks):
         if t.kind != "name" or t.text != "args" or (i > 0 and toks[i - 1].text == "."):
             continue
         after = toks[i + 1 : i + 3]
         if len(after) < 2 or after[0].text != "." or after[1].kind != "name":
-            return _Plan(program, reads, (names, None))  # `args` read whole
+            return None  # `args` read whole
         if i >= 2 and toks[i - 1].text == "(" and toks[i - 2].text == "has":
-            # `has(args.f)`: the presence of the field counts too (kept whole)
-            return _Plan(program, reads, (names, None))
+            return None  # `has(args.f)`: the presence of the field counts too (kept whole)
         found.add(after[1].text)
-    return _Plan(program, reads, (names, tuple(sorted(found)) if toks else None))
+    return tuple(sorted(found)) if toks else None
 
 
 def split_state(source: str) -> tuple[str, frozenset[str]] | None:
@@ -517,6 +543,7 @@ KNOWN_FUNCTIONS = NATIVE_FUNCTION_NAMES | STDLIB_FUNCTION_NAMES | frozenset(PURE
 
 
 _UNSET = object()
+_SLOW = object()  # no result from the closure: the package evaluates
 
 _TO_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _TO_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -580,7 +607,9 @@ class Scope:
     read: codenames took ~17% more instructions with it, diplomacy ~9% fewer (callgrind).
     """
 
-    __slots__ = ("bound", "budget", "context", "held", "memo", "pending", "state", "version", "whole")
+    __slots__ = (
+        "bound", "budget", "context", "functions", "held", "memo", "pending", "state", "version", "whole",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -607,9 +636,12 @@ class Scope:
         self.state: dict[str, Any] | None = None  # the state map, when it is held field by field
         self.whole = True  # whether variable `state` is the state as it is now
         self._load(values)
+        # What the package calls, by name, for the closures (`expr_python`) to call the same.
+        self.functions: dict[str, Callable[..., Any]] = {}
         for name, fn in (PURE_FUNCTIONS if functions is None else functions).items():
-            self.context.add_function(name, self.budget.guard(name, fn))
-        for name, fn in self.budget.hooks().items():
+            self.functions[name] = self.budget.guard(name, fn)
+        self.functions.update(self.budget.hooks())
+        for name, fn in self.functions.items():
             self.context.add_function(name, fn)
 
     def _load(self, values: dict[str, Any]) -> None:
@@ -659,6 +691,20 @@ class Scope:
                 self.version[name] = next(_VERSION)
                 self.bound[name] = self.held[name] = value
         return self
+
+    def closure_values(self, names: tuple[tuple[str, str | None], ...]) -> dict[str, Any]:
+        """The variables `names` (each with the state field it stands for) as a closure reads them
+        (`expr_python`): the very objects the package would convert, unconverted. A name with no value
+        is left out: the closure gives up on it and the package says what is wrong."""
+        held = self.held
+        out: dict[str, Any] = {FUNCTIONS: self.functions}
+        state = self.state
+        for name, field in names:
+            if field is not None:
+                out[name] = state[field]  # type: ignore[index]  # the split program runs only so
+            elif name in held:
+                out[name] = held[name]
+        return out
 
     def flush(self, names: frozenset[str] | None = None) -> None:
         """Convert the pending variables, when a program reading `names` needs one of them (always, by
