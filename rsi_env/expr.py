@@ -250,10 +250,8 @@ def _plan(program: cel.Program) -> _Plan:
     if RANDOM_FUNCTION_NAMES & set(refs["functions"]):
         return _Plan(program, reads, None)
     fast = compile_closure(program.source, RANDOM_FUNCTION_NAMES)
-    fields = tuple(
-        (name, name[len(STATE_FIELD) :] if name.startswith(STATE_FIELD) else None) for name in sorted(reads)
-    )
     names = tuple(sorted(reads))
+    fields = tuple((n, n[len(STATE_FIELD) :] if n.startswith(STATE_FIELD) else None) for n in names)
     keep: tuple[tuple[str, ...], tuple[str, ...] | None] = (names, None)
     if "args" in names:
         keep = (names, _args_fields(program.source))

@@ -42,12 +42,14 @@ Closure = Callable[[dict[str, Any]], Any]
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _EXACT = 2**53  # ints beyond this compare with a double differently in Rust and Python
 _NONE = type(None)
-_SCALAR = (str, int, float, bool, _NONE)
 _KNOWN = (str, int, float, bool, _NONE, list, dict)
 _RELOPS = ("<", "<=", ">", ">=", "==", "!=")
 _MAX_DEPTH = 64  # nesting this parser follows; deeper programs go to the package
 _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
+# The package's own functions: those above are handled here only in the forms `_Parser` knows; the
+# rest are left to the package at compile time (none is a registered Python function).
 _NATIVE = frozenset({"size", "int", "double", "string", "has"})
+_PACKAGE_ONLY = _NATIVE | {"matches", "type", "dyn", "uint", "bytes", "timestamp", "duration"}
 
 
 class GiveUp(Exception):
@@ -399,7 +401,7 @@ class _Parser:
             return _string_test(name, target, args[0])
         if name == "contains" and len(args) == 1:
             return _contains(target, args[0])
-        if name in _NATIVE or name in ("matches", "type", "dyn", "uint", "bytes"):
+        if name in _PACKAGE_ONLY:
             raise GiveUp
         return _call(name, [target, *args])
 
@@ -479,7 +481,7 @@ class _Parser:
             return _native(_to_double, args)
         if name == "string" and len(args) == 1:
             return _native(_to_string, args)
-        if name in _NATIVE or name in ("matches", "type", "dyn", "uint", "bytes", "timestamp", "duration"):
+        if name in _PACKAGE_ONLY:
             raise GiveUp
         return _call(name, args)
 
