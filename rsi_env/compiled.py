@@ -563,6 +563,15 @@ class CompiledGame:
             for i, c in enumerate(spec.conduct)
         ]
         self.hints = {k: p.expr(f"hints.{k}", v, top) for k, v in spec.hints.items()}
+        # What the hints read of a view (rendered with every observation: `view._hints`): its
+        # variables, and of `state` only the fields they read when every hint reads it only so.
+        hint_exprs = [e for e in self.hints.values() if e is not None]
+        self.hint_reads: frozenset[str] = frozenset().union(*(reads(e) for e in hint_exprs)) - {"events"}
+        self.hint_fields: frozenset[str] | None = (
+            frozenset().union(*(e.state_fields for e in hint_exprs))
+            if all(e.run_split is not None for e in hint_exprs)
+            else None
+        )
         self.policy = [
             (
                 r,

@@ -35,7 +35,7 @@ from pettingzoo.utils import wrappers
 from .catalog import load_game
 from .engine import GameEngine
 from .spec import GameSpec
-from .view import DEFAULT_HISTORY, action_schema, player_view, render_observation, transcript
+from .view import DEFAULT_HISTORY, action_schema, player_view, render_observation, rules_head, transcript
 
 MAX_OBSERVATION_CHARS = 100_000
 MAX_ACTION_CHARS = 4_000
@@ -112,8 +112,13 @@ def _fresh(space: Any) -> Any:
     return out
 
 
-def sanitize(text: str) -> str:
-    text = printable(text)
+def sanitize(text: str, clean_head: str = "") -> str:
+    """`text` printable and cut to the observation's length. A start of it known to be printable
+    (`clean_head`: the rules, ~half of an observation) is not scanned again."""
+    if clean_head and text.startswith(clean_head):
+        text = clean_head + printable(text[len(clean_head) :])
+    else:
+        text = printable(text)
     if len(text) > MAX_OBSERVATION_CHARS:
         text = "…" + text[-(MAX_OBSERVATION_CHARS - 1) :]
     return text
@@ -144,6 +149,8 @@ class _GameEnvBase:
         self.metadata = {"name": spec.id, "render_modes": ["human", "ansi"], "is_parallelizable": True}
         self._cache: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}
         self._rendered_events = 0
+        head = rules_head(spec)
+        self._clean_head = head if printable(head) == head else ""
         obs_space, act_space = _spaces()
         # Per agent and per env, so that seeding one agent's space does not move another's samples.
         self._obs_spaces = {a: _fresh(obs_space) for a in self.possible_agents}
@@ -162,7 +169,8 @@ class _GameEnvBase:
             e = self.engine
             schema = action_schema(e, agent) if agent in e.current_actors() else None
             view = player_view(e, agent, self.history, schema)
-            text = sanitize(render_observation(e.spec, view, schema, e.feedback.get(agent)))
+            text = render_observation(e.spec, view, schema, e.feedback.get(agent))
+            text = sanitize(text, self._clean_head)
             info = {
                 "is_turn": view["is_turn"],
                 "legal_actions": e.legal_actions(agent),

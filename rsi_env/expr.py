@@ -29,7 +29,7 @@ import numpy as np
 from cel import stdlib as cel_stdlib
 
 from .expr_budget import LIMITS, Budget, BudgetExceeded, instrument, measure, tokens
-from .expr_python import FUNCTIONS, Closure, compile_closure
+from .expr_python import FUNCTIONS, NOT_CONSTANT, Closure, compile_closure, constant_of
 
 
 class ExprError(Exception):
@@ -112,14 +112,19 @@ class Expr:
         try:
             budget.start_eval(self.let_count)
             program = self._program(scope)
-            if scope.memo:
-                key = self._key(program, scope)
+            plan = self._plan_of(program)
+            result = plan.constant
+            if result is not NOT_CONSTANT:  # a literal: nothing to look up, nothing to keep
+                if isinstance(result, _MEASURED):
+                    measure(result, budget.limits)
+                return normalize(result) if isinstance(result, _CONTAINERS) else result
+            if scope.memo and plan.keep is not None:
+                key = _key(plan, scope)
                 hit = self.memo.get(key) if key is not None else None
                 if hit is not None and hit[0] is scope and budget.replay_eval(hit[2]):
                     result = hit[1]
-                    return normalize(result) if isinstance(result, dict | list) else result
+                    return normalize(result) if isinstance(result, _CONTAINERS) else result
             used, started = budget.tick_used, budget.eval_used
-            plan = self._plan_of(program)
             result = _SLOW
             if plan.fast is not None:
                 try:
@@ -130,7 +135,7 @@ class Expr:
             if result is _SLOW:
                 scope.flush(plan.reads)
                 result = program.execute(scope.context)
-            if isinstance(result, dict | list | str | bytes):
+            if isinstance(result, _MEASURED):
                 measure(result, budget.limits)
         except BudgetExceeded as exc:
             raise OverBudget(f"`{self.short()}`: {exc}") from None
@@ -146,7 +151,7 @@ class Expr:
                 memo[key] = (scope, result, budget.tick_used - used)
             except (KeyError, RuntimeError, StopIteration):  # another thread's scope changed it
                 pass
-        return normalize(result) if isinstance(result, dict | list) else result
+        return normalize(result) if isinstance(result, _CONTAINERS) else result
 
     def _plan_of(self, program: cel.Program) -> _Plan:
         """What `program` (`run` or `run_split`) reads (`_plan`), worked out on its first run and kept
@@ -157,34 +162,6 @@ class Expr:
             plan = self.plans[id(program)] = _plan(program)
         return plan
 
-    def _key(self, program: cel.Program, scope: Scope) -> tuple[Any, ...] | None:
-        """What the result of `program` on `scope` depends on: each variable it reads, as its value when
-        that is a scalar, else as the version of the value last converted (`Scope.version`); `args`
-        by the values of the fields it reads (by its whole value when it reads it otherwise), so
-        trying moves that differ elsewhere finds the result. None: not to be kept (a random draw,
-        a value with no fingerprint)."""
-        pid = id(program)
-        keep = self._plan_of(program).keep
-        if keep is None:
-            return None
-        names, args_fields = keep
-        held, version = scope.held, scope.version
-        key: list[Any] = [pid, id(scope)]
-        try:
-            for name in names:
-                value = held.get(name, _UNSET) if not name.startswith(STATE_FIELD) else _UNSET
-                if name == "args" and type(value) is dict and args_fields is not None:
-                    key.append(tuple(_fingerprint(value.get(f, _UNSET)) for f in args_fields))
-                elif name == "args" and value is not _UNSET:
-                    key.append(_fingerprint(value))
-                elif type(value) in _SCALARS:
-                    key.append(_fingerprint(value))
-                else:
-                    key.append(version.get(name))
-        except TypeError:
-            return None
-        return tuple(key)
-
     def _program(self, scope: Scope) -> cel.Program:
         """The split program when the scope holds every state field it reads, else the one reading
         `state` whole (converted now if it is stale): a missing field fails as it always did."""
@@ -194,7 +171,7 @@ class Expr:
             if not fields:
                 return split
             state = scope.state
-            if state is not None and all(f in state for f in fields):
+            if state is not None and state.keys() >= fields:
                 return split
         scope.whole_state()
         return self.run
@@ -207,10 +184,41 @@ class Expr:
         return f"Expr({self.source!r})"
 
 
+_CONTAINERS, _MEASURED = (dict, list), (dict, list, str, bytes)  # tuples: `A | B` is built per call
 STATE_FIELD = "_rsi_state_"  # `state.f` reads as variable `_rsi_state_f` (no spec name starts with _)
 MEMO_SIZE = 32  # results kept per expression (`Expr.memo`)
 _SCALARS = (str, int, float, bool, type(None))
 _VERSION = itertools.count(1)  # versions of converted values, unique across scopes
+
+
+def _key(plan: _Plan, scope: Scope) -> tuple[Any, ...] | None:
+    """What the result of `plan`'s program on `scope` depends on: each variable it reads, as its value
+    when that is a scalar, else as the version of the value last converted (`Scope.version`); `args`
+    by the values of the fields it reads (by its whole value when it reads it otherwise), so trying
+    moves that differ elsewhere finds the result. None: a value with no fingerprint."""
+    held, version = scope.held, scope.version
+    key: list[Any] = [id(plan.program), id(scope)]
+    try:
+        for name, how in plan.keep or ():
+            if how is _VERSIONED:  # a state field: held by the scope's state, not by name
+                key.append(version.get(name))
+                continue
+            value = held.get(name, _UNSET)
+            t = type(value)
+            if how is not None and value is not _UNSET:  # `args`: by the fields it reads, or whole
+                if how is not _WHOLE and t is dict:
+                    key.append(tuple([_fingerprint(value.get(f, _UNSET)) for f in how]))
+                else:
+                    key.append(_fingerprint(value))
+            elif t is str or t is int or t is bool or value is None:
+                key.append((t, value))
+            elif t is float:
+                key.append((t, repr(value)))
+            else:
+                key.append(version.get(name))
+    except TypeError:
+        return None
+    return tuple(key)
 
 
 def _fingerprint(value: Any) -> Any:
@@ -230,17 +238,19 @@ def _fingerprint(value: Any) -> Any:
 
 class _Plan(NamedTuple):
     """What one program reads: every variable (converted before it runs: `Scope.flush`), and for
-    keeping its results (`Expr.memo`) the variables in order with the fields of `args` it reads
-    (None for the fields when it reads `args` otherwise); `keep` is None when its result is not to
-    be kept: it draws from the seeded generator."""
+    keeping its results (`Expr.memo`) the variables in order, each with how `_key` reads it: a state
+    field by version (`_VERSIONED`), `args` by the fields it reads (their names; `_WHOLE` when it
+    reads `args` otherwise), anything else by value or version (None); `keep` is None when its
+    result is not to be kept: it draws from the seeded generator."""
 
     program: cel.Program
     reads: frozenset[str]
-    keep: tuple[tuple[str, ...], tuple[str, ...] | None] | None
+    keep: tuple[tuple[str, Any], ...] | None
     # The program as a Python closure (`expr_python`), None when the package alone runs it; the
     # variables it reads, each with the state field it stands for (`Scope.closure_values`).
     fast: Closure | None = None
     names: tuple[tuple[str, str | None], ...] = ()
+    constant: Any = NOT_CONSTANT  # what `fast` always gives, when it is a literal
 
 
 def _plan(program: cel.Program) -> _Plan:
@@ -252,10 +262,14 @@ def _plan(program: cel.Program) -> _Plan:
     fast = compile_closure(program.source, RANDOM_FUNCTION_NAMES)
     names = tuple(sorted(reads))
     fields = tuple((n, n[len(STATE_FIELD) :] if n.startswith(STATE_FIELD) else None) for n in names)
-    keep: tuple[tuple[str, ...], tuple[str, ...] | None] = (names, None)
-    if "args" in names:
-        keep = (names, _args_fields(program.source))
-    return _Plan(program, reads, keep, fast, fields)
+    args = (_args_fields(program.source) or _WHOLE) if "args" in names else None
+    keep = tuple(
+        (n, _VERSIONED if n.startswith(STATE_FIELD) else args if n == "args" else None) for n in names
+    )
+    return _Plan(program, reads, keep, fast, fields, constant_of(fast))
+
+
+_VERSIONED, _WHOLE = ("versioned",), ("whole",)  # how `_key` reads a variable (`_Plan.keep`)
 
 
 def _args_fields(source: str) -> tuple[str, ...] | None:

@@ -77,8 +77,12 @@ class Budget:
 
     def start_eval(self, lets: int = 0) -> None:
         """A new evaluation, of an expression binding `lets` named expressions (`compiled`)."""
-        self.eval_used = 0
         self.tripped = None
+        if not lets and self.tick_used + 3 <= self.limits.tick_units and 3 <= self.limits.eval_units:
+            self.eval_used = 3  # `charge(2)`, without the call (every evaluation starts here)
+            self.tick_used += 3
+            return
+        self.eval_used = 0
         self.charge(2)
         if lets:
             self.charge(LET_UNITS * lets - 1)

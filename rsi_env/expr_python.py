@@ -349,8 +349,7 @@ class _Parser:
             after = self.toks[self.i + 1].text if self.i + 1 < len(self.toks) else ""
             if t.kind == "number" and after not in (".", "["):
                 self.i += 1  # a negative literal: `-9223372036854775808` is one
-                value = _number(t.text, negative=True)
-                return lambda v: value
+                return _const(_number(t.text, negative=True))
             return _negate(self._unary())
         return self._member()
 
@@ -370,7 +369,13 @@ class _Parser:
                 self.i += 1
                 key = self.expr()
                 self._take("]")
-                node, ident = _index(node, key), None
+                bound = getattr(node, _LET, None)
+                index = getattr(key, _VALUE, None)
+                if bound is not None and type(index) is int and index == 0:
+                    node = _let(*bound)  # `[e].map(x, body)[0]`: `body` with `x` bound to `e`
+                else:
+                    node = _index(node, key)
+                ident = None
             else:
                 return node
 
@@ -409,16 +414,13 @@ class _Parser:
         t = self.toks[self.i]
         self.i += 1
         if t.kind == "number":
-            value = _number(t.text)
-            return (lambda v: value), None
+            return _const(_number(t.text)), None
         if t.kind == "string":
-            text = _string(t.text)
-            return (lambda v: text), None
+            return _const(_string(t.text)), None
         if t.kind == "name":
             name = str(t.text)
             if name in ("true", "false", "null"):
-                const = {"true": True, "false": False, "null": None}[name]
-                return (lambda v: const), None
+                return _const({"true": True, "false": False, "null": None}[name]), None
             if name == "in":
                 raise GiveUp
             if self._at("("):
@@ -657,13 +659,65 @@ _ORDER: dict[str, Callable[[Any, Any], Any]] = {
 }  # fmt: skip
 
 
+# What some closures are, for the parser to build better ones around them (kept as attributes of
+# the closure): a constant's value (a literal, or a list or map of literals), the item of a
+# one-element list literal, and `[e].map(x, body)`'s `e`, `x` and `body`.
+_VALUE, _SINGLE, _LET = "cel_value", "cel_single", "cel_let"
+
+
+NOT_CONSTANT: Any = object()
+
+
+def constant_of(closure: Closure | None) -> Any:
+    """The value a closure always gives (a literal, or a list or map of literals), else NOT_CONSTANT."""
+    return getattr(closure, _VALUE, NOT_CONSTANT)
+
+
+def _const(value: Any) -> Closure:
+    """A literal's closure. A list or map built of literals is built once, at compile time, and every
+    evaluation gets the same object: no closure changes a value in place (each builds anew: `+`,
+    `map`, `filter`, literals), nor does any registered function (they see the engine's own values
+    too), and `Expr` copies every result it gives out (`normalize`)."""
+
+    def get(v: dict[str, Any]) -> Any:
+        return value
+
+    setattr(get, _VALUE, value)
+    return get
+
+
+def _let(item: Closure, var: str, body: Closure) -> Closure:
+    """`[item].map(var, body)[0]`: what the package computes walking a one-element list (which
+    costs no units: the instrumentation leaves such maps alone), without building two lists."""
+
+    def let(v: dict[str, Any]) -> Any:
+        x = item(v)
+        saved = v.get(var, _ABSENT)
+        v[var] = x
+        r = body(v)
+        _restore(v, var, saved)
+        return r
+
+    return let
+
+
 def _list(items: list[Closure]) -> Closure:
     if not items:
-        return lambda v: []
-    return lambda v: [f(v) for f in items]
+        return lambda v: []  # a new list each time: an empty list is not worth sharing
+    values = [getattr(f, _VALUE, _ABSENT) for f in items]
+    out = _const(values) if _ABSENT not in values else lambda v: [f(v) for f in items]
+    if len(items) == 1:
+        setattr(out, _SINGLE, items[0])
+    return out
 
 
 def _map(entries: list[tuple[Closure, Closure]]) -> Closure:
+    pairs = [(getattr(k, _VALUE, _ABSENT), getattr(x, _VALUE, _ABSENT)) for k, x in entries]
+    if entries and all(type(k) is str and x is not _ABSENT for k, x in pairs):
+        consts = dict(pairs)
+        if len(consts) == len(entries):  # a repeated key: the package's to report
+            return _const(consts)
+
     def build(v: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in entries:
@@ -719,6 +773,14 @@ def _call(name: str, args: list[Closure]) -> Closure:
 
 
 def _macro(name: str, target: Closure, var: str, args: list[Closure]) -> Closure:
+    single = getattr(target, _SINGLE, None)
+    if name == "map" and len(args) == 1 and single is not None:
+        # How the instrumented programs bind a let or a comprehension's input: `[e].map(x, body)[0]`
+        # (`compiled`, `expr_budget.instrument`). The map is kept for `_member` to make a let of it
+        # when `[0]` follows; alone it is the map it says.
+        out = _map_filter(target, var, None, args[0])
+        setattr(out, _LET, (single, var, args[0]))
+        return out
     if name == "map" and len(args) == 2:
         keep, fn = args
         return _map_filter(target, var, keep, fn)

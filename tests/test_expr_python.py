@@ -185,6 +185,23 @@ CORNERS = [
     "dyn(1)",
     "[1, 2,]",
     "{'a': 1,}",
+    "['a', ['b', 'c'], {'k': [1, 2.5, null, true]}]",
+    "[[1], [1]][0] == [1]",
+    "{'a': [1], 'b': {'c': 'd'}}.b.c",
+    "{'a': 1, 'b': 1.0}",
+    # a one-element list mapped and indexed at 0: how lets and the budget's hooks bind a value
+    "[i + 1].map(x, x * 2)[0]",
+    "[1].map(x, [x + 1].map(x, x * 2)[0] + x)[0]",
+    "[xs].map(x, x.map(y, y + i))[0]",
+    "[[1, 2]].map(x, x + x)[0]",
+    "[i].map(x, m.c)[0]",
+    "[i].map(x, x)[1]",
+    "[i].map(x, x)[-1]",
+    "[i].map(x, x)",
+    "[i].map(x, x > 1, x)[0]",
+    "[i].filter(x, x > 100)[0]",
+    "[i, j].map(x, x)[0]",
+    "[[i].map(x, x + 1)[0]].map(y, y * y)[0]",
 ]
 
 
@@ -262,6 +279,35 @@ def test_the_closures_run_most_corner_cases_and_give_up_on_every_failure() -> No
             failed += 1
             assert not did, f"{source}: the package fails, the closure gave {got}"
     assert failed >= 30 and ran >= 100, (failed, ran)
+
+
+def test_a_literal_is_built_once_and_every_result_is_a_copy() -> None:
+    """A list or map of literals is built at compile time and shared by the closure; what an
+    evaluation gives out is a copy, so changing one result changes neither the next nor the literal."""
+    scope = _scope()
+    e = Expr("['a', ['b'], {'c': [1]}]")
+    assert e._plan_of(e._program(scope)).constant == ["a", ["b"], {"c": [1]}]
+    first = e(scope)
+    first[1].append("x")
+    first[2]["c"].append(2)
+    assert e(scope) == ["a", ["b"], {"c": [1]}]
+    assert e._plan_of(e._program(scope)).constant == ["a", ["b"], {"c": [1]}]
+    # Not constants: a repeated key (the package's to report), a variable inside.
+    assert Expr("{'a': 1, 'a': 2}")._plan_of(Expr("{'a': 1, 'a': 2}").run).constant is expr_mod.NOT_CONSTANT
+    inner = Expr("[1, i]")
+    assert inner._plan_of(inner.run).constant is expr_mod.NOT_CONSTANT
+
+
+def test_a_let_binds_without_building_lists() -> None:
+    """`[e].map(x, body)[0]` compiles to a let (no list built, `x` restored after), and anything
+    else shaped like it stays the map it says."""
+    let = compile_closure("[i + 1].map(x, x * 2)[0]", frozenset())
+    assert let is not None and let.__name__ == "let"
+    values: dict[str, Any] = {"i": 3, "x": "outer"}
+    assert let(values) == 8 and values["x"] == "outer"
+    for source in ("[i].map(x, x)[1]", "[i].map(x, x)", "[i, j].map(x, x)[0]", "[i].map(x, x > 1, x)[0]"):
+        closure = compile_closure(source, frozenset())
+        assert closure is not None and closure.__name__ != "let", source
 
 
 def test_what_the_parser_does_not_know_is_left_to_the_package() -> None:
