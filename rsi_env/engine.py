@@ -44,7 +44,17 @@ from .events import (
     PhaseEvent,
     TellEvent,
 )
-from .expr import Expr, ExprError, OverBudget, Scope, SeededRandom, is_number, seeded_rng, select_functions
+from .expr import (
+    Expr,
+    ExprError,
+    OverBudget,
+    Scope,
+    SeededRandom,
+    copy_plain,
+    is_number,
+    seeded_rng,
+    select_functions,
+)
 from .expr_budget import BudgetExceeded, measure
 from .spec import MAX_LIST_ITEMS, GameSpec, Param, SpecError
 
@@ -533,7 +543,7 @@ class GameEngine:
             if isinstance(container, dict)
             else (True, container[last])
         )
-        container[last] = copy.deepcopy(value) if isinstance(value, dict | list) else value
+        container[last] = copy_plain(value)
         try:  # the whole variable, as it is now: a value may grow by small writes into it
             measure(variables[keys[0]], self.budget.limits, f"{target.source} would hold")
         except BudgetExceeded as exc:

@@ -19,8 +19,10 @@ The static type of an expression, for the spec checks, is `expr_types.infer_type
 
 from __future__ import annotations
 
+import copy
 import itertools
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -103,7 +105,7 @@ class Expr:
         self.fields: frozenset[tuple[str, str]] = frozenset(_FIELD_READ.findall(code))
         self.player_fields: frozenset[str] = frozenset(_PLAYER_FIELD_READ.findall(code))
         # Results kept per scope and inputs (`Scope.memo`), and what each program reads (`_plan_of`).
-        self.memo: dict[tuple[Any, ...], tuple[Scope, Any, int]] = {}
+        self.memo: OrderedDict[tuple[Any, ...], tuple[Scope, Any, int]] = OrderedDict()
         self.plans: dict[int, _Plan] = {}
 
     def __call__(self, scope: Scope) -> Any:
@@ -147,7 +149,9 @@ class Expr:
             memo = self.memo
             try:
                 if len(memo) >= MEMO_SIZE:
-                    del memo[next(iter(memo))]  # the oldest
+                    memo.popitem(
+                        last=False
+                    )  # the oldest (a dict's first key is found past every deleted one)
                 memo[key] = (scope, result, budget.tick_used - used)
             except (KeyError, RuntimeError, StopIteration):  # another thread's scope changed it
                 pass
@@ -337,6 +341,20 @@ def compile_split(text: str, source: str, whole: cel.Program) -> cel.Program | N
 def is_number(value: Any) -> bool:
     """A CEL int or double (Python's bool is an int, CEL's is not)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def copy_plain(value: Any) -> Any:
+    """A deep copy of plain data (the engine's values: JSON-like), several times cheaper than
+    `copy.deepcopy`, which the engine and the runner would pay at every write and every tick;
+    anything else still goes through deepcopy."""
+    t = type(value)
+    if t is dict:
+        return {k: copy_plain(v) for k, v in value.items()}
+    if t is list:
+        return [copy_plain(v) for v in value]
+    if t is str or t is int or t is float or t is bool or value is None:
+        return value
+    return copy.deepcopy(value)
 
 
 def normalize(value: Any) -> Any:

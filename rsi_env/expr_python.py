@@ -266,6 +266,9 @@ class _Parser:
         self.i = 0
         self.depth = 0
         self.random = random_functions
+        # Comprehension variables whose value is known here: bound to a literal (`[e].map(x, ...)`
+        # with `e` a constant: how lets bind, `compiled._bind_lets`), read as that constant.
+        self.known: dict[str, Any] = {}
 
     # tokens
     def _at(self, text: str) -> bool:
@@ -393,7 +396,17 @@ class _Parser:
         if name in ("all", "exists", "exists_one", "map", "filter"):
             var = self._name()
             self._take(",")
-            args = self._args()
+            single = getattr(target, _SINGLE, None)
+            value = constant_of(single) if name == "map" else NOT_CONSTANT
+            outer = self.known.pop(var, NOT_CONSTANT)
+            if value is not NOT_CONSTANT:
+                self.known[var] = value  # walking `[e]`, `var` is `e` in every argument
+            try:
+                args = self._args()
+            finally:
+                self.known.pop(var, None)
+                if outer is not NOT_CONSTANT:
+                    self.known[var] = outer
             return _macro(name, target, var, args)
         args = self._args()
         if name in self.random:
@@ -428,6 +441,8 @@ class _Parser:
                 return self._function(name), None
             if self._at("{"):
                 raise GiveUp  # a message literal
+            if name in self.known:
+                return _const(self.known[name]), name
             return _variable(name), name
         if t.text == "(":
             inner = self.expr()
@@ -559,7 +574,7 @@ def _field(target: Closure, name: str, has: bool = False) -> Closure:
             return name in m if has else m[name]
         raise GiveUp
 
-    return get
+    return _folded(get, target)
 
 
 def _index(target: Closure, key: Closure) -> Closure:
@@ -573,7 +588,7 @@ def _index(target: Closure, key: Closure) -> Closure:
             return m[k]
         raise GiveUp
 
-    return get
+    return _folded(get, target, key)
 
 
 def _ternary(cond: Closure, yes: Closure, no: Closure) -> Closure:
@@ -614,7 +629,7 @@ def _not(inner: Closure) -> Closure:
             return True
         raise GiveUp
 
-    return neg
+    return _folded(neg, inner)
 
 
 def _negate(inner: Closure) -> Closure:
@@ -626,24 +641,24 @@ def _negate(inner: Closure) -> Closure:
             return -x
         raise GiveUp
 
-    return neg
+    return _folded(neg, inner)
 
 
 def _binary(fn: Callable[[Any, Any], Any], left: Closure, right: Closure) -> Closure:
     def op(v: dict[str, Any]) -> Any:
         return fn(left(v), right(v))
 
-    return op
+    return _folded(op, left, right)
 
 
 def _relation(op: str, left: Closure, right: Closure) -> Closure:
     """A relation, both operands evaluated left first."""
     if op == "==":
-        return lambda v: equal(left(v), right(v))
+        return _folded(lambda v: equal(left(v), right(v)), left, right)
     if op == "!=":
-        return lambda v: not equal(left(v), right(v))
+        return _folded(lambda v: not equal(left(v), right(v)), left, right)
     if op == "in":
-        return lambda v: _in(left(v), right(v))
+        return _folded(lambda v: _in(left(v), right(v)), left, right)
     compare = _ORDER[op]
 
     def rel(v: dict[str, Any]) -> bool:
@@ -651,7 +666,7 @@ def _relation(op: str, left: Closure, right: Closure) -> Closure:
         _comparable(x, y)
         return bool(compare(x, y))
 
-    return rel
+    return _folded(rel, left, right)
 
 
 _ORDER: dict[str, Callable[[Any, Any], Any]] = {
@@ -660,8 +675,8 @@ _ORDER: dict[str, Callable[[Any, Any], Any]] = {
 
 
 # What some closures are, for the parser to build better ones around them (kept as attributes of
-# the closure): a constant's value (a literal, or a list or map of literals), the item of a
-# one-element list literal, and `[e].map(x, body)`'s `e`, `x` and `body`.
+# the closure): a constant's value (a literal, a list or map of constants, an operation on constants:
+# `_folded`), the item of a one-element list literal, and `[e].map(x, body)`'s `e`, `x` and `body`.
 _VALUE, _SINGLE, _LET = "cel_value", "cel_single", "cel_let"
 
 
@@ -674,7 +689,7 @@ def constant_of(closure: Closure | None) -> Any:
 
 
 def _const(value: Any) -> Closure:
-    """A literal's closure. A list or map built of literals is built once, at compile time, and every
+    """A constant's closure. A list or map built of constants is built once, at compile time, and every
     evaluation gets the same object: no closure changes a value in place (each builds anew: `+`,
     `map`, `filter`, literals), nor does any registered function (they see the engine's own values
     too), and `Expr` copies every result it gives out (`normalize`)."""
@@ -684,6 +699,18 @@ def _const(value: Any) -> Closure:
 
     setattr(get, _VALUE, value)
     return get
+
+
+def _folded(build: Closure, *parts: Closure) -> Closure:
+    """`build` (an operation on `parts`) as a constant when every part is one and it gives a value
+    for them (it reads nothing else and charges no units); else `build` itself, which gives up at
+    run time as it would have."""
+    if all(constant_of(p) is not NOT_CONSTANT for p in parts):
+        try:
+            return _const(build({}))
+        except Exception:  # the same failure at run time gives up there
+            return build
+    return build
 
 
 def _let(item: Closure, var: str, body: Closure) -> Closure:
@@ -698,12 +725,10 @@ def _let(item: Closure, var: str, body: Closure) -> Closure:
         _restore(v, var, saved)
         return r
 
-    return let
+    return _folded(let, item, body)
 
 
 def _list(items: list[Closure]) -> Closure:
-    if not items:
-        return lambda v: []  # a new list each time: an empty list is not worth sharing
     values = [getattr(f, _VALUE, _ABSENT) for f in items]
     out = _const(values) if _ABSENT not in values else lambda v: [f(v) for f in items]
     if len(items) == 1:
@@ -713,7 +738,7 @@ def _list(items: list[Closure]) -> Closure:
 
 def _map(entries: list[tuple[Closure, Closure]]) -> Closure:
     pairs = [(getattr(k, _VALUE, _ABSENT), getattr(x, _VALUE, _ABSENT)) for k, x in entries]
-    if entries and all(type(k) is str and x is not _ABSENT for k, x in pairs):
+    if all(type(k) is str and x is not _ABSENT for k, x in pairs):
         consts = dict(pairs)
         if len(consts) == len(entries):  # a repeated key: the package's to report
             return _const(consts)
@@ -732,7 +757,7 @@ def _map(entries: list[tuple[Closure, Closure]]) -> Closure:
 
 def _native(fn: Callable[..., Any], args: list[Closure]) -> Closure:
     (arg,) = args
-    return lambda v: fn(arg(v))
+    return _folded(lambda v: fn(arg(v)), arg)
 
 
 def _string_test(name: str, target: Closure, arg: Closure) -> Closure:

@@ -10,7 +10,6 @@ Visibility rules (the spec declares them per variable, role and action):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import pickle
@@ -24,7 +23,7 @@ from . import actions as act
 from .compiled import CompiledGame, compiled
 from .engine import GameEngine
 from .events import Event
-from .expr import ExprError, OverBudget, Scope, select_functions
+from .expr import ExprError, OverBudget, Scope, copy_plain, select_functions
 from .expr_budget import VIEW_LIMITS, Budget
 from .spec import MAX_LIST_ITEMS, GameSpec
 from .untrusted import one_line
@@ -234,11 +233,11 @@ def _kept_example(engine: GameEngine, player: str, schema: dict[str, Any]) -> di
     ~2 ms). The work it did is charged to the tick again (over the tick's limit it is done again)."""
     hit = engine.examples.get(player)
     if hit is not None and engine.budget.replay(hit[1]):
-        return copy.deepcopy(hit[0])
+        return copy_plain(hit[0])
     generation, used = engine.generation, engine.budget.tick_used
     move = legal_example(engine, player, schema)
     if engine.generation == generation and engine.budget.tick_used >= used:
-        engine.examples[player] = (copy.deepcopy(move), engine.budget.tick_used - used)
+        engine.examples[player] = (copy_plain(move), engine.budget.tick_used - used)
     return move
 
 

@@ -18,7 +18,7 @@ from rsi_env import expr as expr_mod
 from rsi_env.agents.baseline import RandomAgent
 from rsi_env.catalog import game_files
 from rsi_env.expr import Expr, Scope, _fingerprint, normalize, select_functions
-from rsi_env.expr_python import GiveUp, compile_closure
+from rsi_env.expr_python import NOT_CONSTANT, GiveUp, compile_closure, constant_of
 
 VALUES: dict[str, Any] = {
     "i": 7, "j": -3, "z": 0, "big": 2**62, "f": 2.5, "g": -0.5, "one": 1.0, "t": True, "no": False,
@@ -202,6 +202,18 @@ CORNERS = [
     "[i].filter(x, x > 100)[0]",
     "[i, j].map(x, x)[0]",
     "[[i].map(x, x + 1)[0]].map(y, y * y)[0]",
+    # constants folded at compile time, and the variables a literal binds
+    "1 + 2 * 3 - -4",
+    "[1].map(x, [2, 3].map(x, x * 10))[0]",
+    "[1].map(x, [2, 3].map(y, x * y))[0]",
+    "[['a', 'b']].map(h, [['c']].map(b, [h + b + ['d']].map(p, size(p))[0])[0])[0]",
+    "[{'a': [1, 2]}].map(m, m.a[1] + i)[0]",
+    "[1].map(x, x / 0)[0]",
+    "[[1, 2]].map(x, x[5])[0]",
+    "['a'].map(x, x + 1)[0]",
+    "[1].map(x, [x].all(y, y > 0))[0]",
+    "9223372036854775807 + 1",
+    "'a' in ['a', 'b'] && !(1 > 2)",
 ]
 
 
@@ -293,9 +305,20 @@ def test_a_literal_is_built_once_and_every_result_is_a_copy() -> None:
     assert e(scope) == ["a", ["b"], {"c": [1]}]
     assert e._plan_of(e._program(scope)).constant == ["a", ["b"], {"c": [1]}]
     # Not constants: a repeated key (the package's to report), a variable inside.
-    assert Expr("{'a': 1, 'a': 2}")._plan_of(Expr("{'a': 1, 'a': 2}").run).constant is expr_mod.NOT_CONSTANT
-    inner = Expr("[1, i]")
-    assert inner._plan_of(inner.run).constant is expr_mod.NOT_CONSTANT
+    assert constant_of(compile_closure("{'a': 1, 'a': 2}", frozenset())) is NOT_CONSTANT
+    assert constant_of(compile_closure("[1, i]", frozenset())) is NOT_CONSTANT
+
+
+def test_operations_on_constants_are_folded_at_compile_time() -> None:
+    """What a program computes from literals alone, through the lets that bind them, is computed once
+    when it compiles (diplomacy's `provinces`, `homes + borders + ["heart"]`); what fails stays to
+    fail at run time, where the package reports it."""
+    lets = "[['a', 'b']].map(h, [['c']].map(b, [h + b + ['d']].map(p, p)[0])[0])[0]"
+    for source, value in (("1 + 2 * 3", 7), (lets, ["a", "b", "c", "d"]), ("size('ab') < 3", True)):
+        assert constant_of(compile_closure(source, frozenset())) == value, source
+    for source in ("[1, 2][5]", "'a' + 1", "9223372036854775807 + 1", "[1].map(x, [x].map(x, x + y)[0])[0]",
+                   "[2, 3].map(x, x * 10)", "keys({'a': 1})"):  # fmt: skip
+        assert constant_of(compile_closure(source, frozenset())) is NOT_CONSTANT, source
 
 
 def test_a_let_binds_without_building_lists() -> None:

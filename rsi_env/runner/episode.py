@@ -18,7 +18,6 @@ wherever it is (a branch's snapshot: see `prefs.branching`). Neither raises for 
 from __future__ import annotations
 
 import asyncio
-import copy
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..agents.base import CANCELLED, Agent, TurnReport
 from ..compiled import compiled
 from ..env import GameParallelEnv
+from ..expr import copy_plain
 from ..spec import GameSpec
 from ..trajectory import FAILURE_STATUSES, CallInfo, Episode, PlayerInfo, Turn, Usage, cap_reply
 
@@ -60,22 +60,6 @@ def _call_info(rep: TurnReport | None) -> CallInfo:
 def _state_of(env: GameParallelEnv) -> dict[str, Any]:
     e = env.engine
     return {"state": e.state, "P": e.pstate}
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _copy_json(value: Any) -> Any:
-    """Deep copy of a JSON-like value (the engine's state): several times cheaper than `copy.deepcopy`,
-    which the runner would otherwise pay at every tick; anything unusual still goes through deepcopy."""
-    t = type(value)
-    if t is dict:
-        return {k: _copy_json(v) for k, v in value.items()}
-    if t is list:
-        return [_copy_json(v) for v in value]
-    if t in _SCALARS:
-        return value
-    return copy.deepcopy(value)
 
 
 def _actors(env: GameParallelEnv) -> list[str]:
@@ -169,7 +153,7 @@ def new_episode(
         players=players,
         status="complete",
         started_at=time.time(),
-        initial_state=_copy_json({"state": e.state, "players": e.pstate}),
+        initial_state=copy_plain({"state": e.state, "players": e.pstate}),
     )
     # The live logs, so a live view sees events and conduct flags as they happen.
     ep.events = e.events
@@ -203,7 +187,7 @@ async def continue_episode(
                 first_moves = None
             else:
                 reports, failed = await _ask(actors, agents, env, turn_retries, usage)
-            before = _copy_json(_state_of(env))
+            before = copy_plain(_state_of(env))
             tick, turn, phase = e.tick_no, e.turn, e.phase
             obs_before = {p: env.observe(p)["text"] for p in actors}
             env.advance({p: reports[p].raw for p in actors})
