@@ -3,9 +3,10 @@
     rsi-env play --game negotiation        = python -m rsi_env.play --game negotiation
     rsi-env prefs generate --game ...      = python -m rsi_env.prefs generate --game ...
 
-Each subcommand hands the rest of the line to that module's own `main(argv)`, so its flags, help and
-exit codes (2 for bad input) are exactly those of `python -m rsi_env.<module>`. A module is imported
-only when its subcommand runs: `rsi-env play` never loads the training stack.
+Each subcommand hands the rest of the line to that module's own `main(argv, prog=...)`, so its
+flags, help and exit codes (2 for bad input) are exactly those of `python -m rsi_env.<module>`, and
+its usage line names the command as typed. A module is imported only when its subcommand runs:
+`rsi-env play` never loads the training stack.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rsi-env: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    code: int | None = module.main(rest)
+    # its usage and errors name the command as typed (`rsi-env play`), not `python -m rsi_env.play`
+    code: int | None = module.main(rest, prog=f"rsi-env {name}")
     return code or 0
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -323,28 +323,31 @@ _TOKEN = re.compile(
 _CLOSE = {")": "(", "]": "[", "}": "{"}
 
 
-@dataclass(frozen=True)
-class _Tok:
+class Token(NamedTuple):
+    """One CEL token: its kind (string, number, name, op), its text, where the text starts, where the
+    token (with the blanks before it) ends. The one lexer of the package's expression passes: the
+    budget's rewriting, the closures, the type pass and the error explanations."""
+
     kind: str
     text: str
     start: int
     end: int
 
 
-def tokens(source: str) -> list[_Tok] | None:
+def tokens(source: str) -> list[Token] | None:
     """CEL tokens of `source` (strings whole), or None for what this lexer does not know (a comment)."""
-    out: list[_Tok] = []
+    out: list[Token] = []
     pos, end = 0, len(source.rstrip())
     while pos < end:
         m = _TOKEN.match(source, pos)
         if m is None or m.lastgroup is None:
             return None  # e.g. a comment: CEL's own parser decides whether it compiles
-        out.append(_Tok(m.lastgroup, m.group(m.lastgroup), m.start(m.lastgroup), m.end()))
+        out.append(Token(m.lastgroup, m.group(m.lastgroup), m.start(m.lastgroup), m.end()))
         pos = m.end()
     return out
 
 
-def _matching_open(toks: list[_Tok], j: int) -> int | None:
+def _matching_open(toks: list[Token], j: int) -> int | None:
     depth = 0
     for i in range(j, -1, -1):
         t = toks[i].text if toks[i].kind == "op" else ""
@@ -360,14 +363,14 @@ def _matching_open(toks: list[_Tok], j: int) -> int | None:
 _KEYWORDS = frozenset({"in", "true", "false", "null"})
 
 
-def _operand_end(t: _Tok) -> bool:
+def _operand_end(t: Token) -> bool:
     """Whether `t` can end an operand (so a `[` or `(` after it indexes or calls it)."""
     if t.kind == "name":
         return t.text not in _KEYWORDS
     return t.kind in ("string", "number") or (t.kind == "op" and t.text in _CLOSE)
 
 
-def _operand_start(toks: list[_Tok], j: int) -> int | None:
+def _operand_start(toks: list[Token], j: int) -> int | None:
     """The index of the first token of the postfix expression that ends at token `j` (the list a
     macro is called on: `state.l`, `lists.range(n)`, `P[p].items`, `[1, 2]`, `(a + b)`)."""
     while True:
@@ -396,7 +399,7 @@ def _operand_start(toks: list[_Tok], j: int) -> int | None:
         return j
 
 
-def _arguments(toks: list[_Tok], open_: int) -> tuple[list[tuple[int, int]], int] | None:
+def _arguments(toks: list[Token], open_: int) -> tuple[list[tuple[int, int]], int] | None:
     """The top-level arguments of the call whose `(` is token `open_`, as (first, last) token
     indices, and the index of its `)`."""
     args: list[tuple[int, int]] = []
@@ -417,7 +420,7 @@ def _arguments(toks: list[_Tok], open_: int) -> tuple[list[tuple[int, int]], int
     return None
 
 
-def _is_path(toks: list[_Tok], first: int, last: int) -> bool:
+def _is_path(toks: list[Token], first: int, last: int) -> bool:
     """Whether tokens `first`..`last` are a name and its fields or constant keys (`a.b`, `m["k"]`,
     `m[x]`): no call, no operator, so reading it again gives the same value at the cost of a lookup."""
     if toks[first].kind != "name" or toks[first].text in _KEYWORDS:

@@ -19,15 +19,8 @@ from typing import Any
 
 import cel
 
-_TOKEN = re.compile(
-    r"""\s*(?:
-      (?P<string>[rRbB]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'))
-    | (?P<number>0[xX][0-9a-fA-F]+[uU]?|\d*\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+[uU]?)
-    | (?P<name>[A-Za-z_]\w*)
-    | (?P<op>==|!=|<=|>=|&&|\|\||[-+*/%<>!?:.,()\[\]{}])
-    )""",
-    re.VERBOSE,
-)
+from .expr_budget import Token, tokens
+
 _RELATIONS = frozenset({"<", "<=", ">", ">=", "==", "!=", "in"})
 # Macros over a list or map: `target.m(var, body...)`; the body reads the variable bound per item.
 _MACROS = frozenset({"all", "exists", "exists_one", "filter", "map"})
@@ -54,20 +47,16 @@ class _Parser:
 
     def __init__(self, source: str) -> None:
         self.src = source
-        self.toks: list[tuple[str, str, int, int]] = []
-        pos, end = 0, len(source.rstrip())
-        while pos < end:
-            m = _TOKEN.match(source, pos)
-            if m is None or m.lastgroup is None:
-                raise _Unparsable
-            self.toks.append((m.lastgroup, m.group(m.lastgroup), m.start(m.lastgroup), m.end()))
-            pos = m.end()
+        toks = tokens(source)
+        if toks is None:
+            raise _Unparsable
+        self.toks = toks
         self.i = 0
 
     def peek(self) -> str:
         return self.toks[self.i][1] if self.i < len(self.toks) else ""
 
-    def take(self) -> tuple[str, str, int, int]:
+    def take(self) -> Token:
         if self.i >= len(self.toks):
             raise _Unparsable
         self.i += 1

@@ -9,9 +9,10 @@ that could run; the dry run catches the rest on real values.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from .expr_budget import tokens
 
 CelTypes = frozenset[str]  # CEL type names: int, uint, double, bool, string, bytes, null, list, map
 INT: CelTypes = frozenset({"int"})
@@ -60,15 +61,6 @@ _METHOD_TYPES: dict[str, CelTypes] = {
 }
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _RELATIONS = frozenset({"<", "<=", ">", ">=", "==", "!=", "in"})
-_TYPE_TOKEN = re.compile(
-    r"""\s*(?:
-      (?P<string>[rRbB]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'))
-    | (?P<number>0[xX][0-9a-fA-F]+[uU]?|\d*\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+[uU]?)
-    | (?P<name>[A-Za-z_]\w*)
-    | (?P<op>==|!=|<=|>=|&&|\|\||[-+*/%<>!?:.,()\[\]{}])
-    )""",
-    re.VERBOSE,
-)
 
 
 class _Unknown(Exception):
@@ -87,15 +79,10 @@ def infer_type(source: str, env: Mapping[str, Shape]) -> Shape:
 
 
 def _type_tokens(source: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    pos, end = 0, len(source.rstrip())
-    while pos < end:
-        m = _TYPE_TOKEN.match(source, pos)
-        if m is None or m.lastgroup is None:
-            raise _Unknown  # e.g. a comment or a syntax this pass does not know
-        out.append((m.lastgroup, m.group(m.lastgroup)))
-        pos = m.end()
-    return out
+    toks = tokens(source)
+    if toks is None:
+        raise _Unknown  # e.g. a comment or a syntax this pass does not know
+    return [(t.kind, t.text) for t in toks]
 
 
 def _literal_type(kind: str, text: str) -> CelTypes:

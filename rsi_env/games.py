@@ -159,8 +159,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m rsi_env.games", description=__doc__)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog or "python -m rsi_env.games", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="one game per line: id, family, players, summary").set_defaults(fn=cmd_list)
     p = sub.add_parser("schema", help="print the GameSpec JSON Schema")
@@ -224,8 +224,8 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_generate)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     return int(args.fn(args))
 
 

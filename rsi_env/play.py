@@ -42,8 +42,8 @@ from .trajectory import Episode
 from .trajectory_store import TrajectoryFileError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m rsi_env.play", description=__doc__)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog or "python -m rsi_env.play", description=__doc__)
     ap.add_argument(
         "--game", default="negotiation", help="game id (see `python -m rsi_env.games list`) or spec file"
     )
@@ -92,8 +92,8 @@ def load_checked(game: str, options: dict[str, str] | None = None) -> GameSpec:
     return spec
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     err = Console(stderr=True, soft_wrap=True)
 
     def show(message: Warning | str, *_: Any, **__: Any) -> None:

@@ -39,9 +39,9 @@ HELP = "n/→ next  p/← back  f/F next/prev flag  g/G start/end  u/d scroll  [
 ColorSystem = Literal["auto", "standard", "256", "truecolor", "windows"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m rsi_env.replay",
+        prog=prog or "python -m rsi_env.replay",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -342,8 +342,8 @@ class Pager:
                 self.console.file.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     console = Console()
     episodes = load(args.path)
     if args.list:

@@ -318,9 +318,9 @@ def print_report(r: Report, console: Console) -> None:
         console.print(Text(r.ratings[0].method, style="dim"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m rsi_env.report",
+        prog=prog or "python -m rsi_env.report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -342,8 +342,8 @@ def show_improvement(paths: list[Path]) -> list[Path]:
     return [p for p in paths if p not in loops]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     if not args.json:
         args.runs = show_improvement(args.runs)
         if not args.runs:

@@ -24,8 +24,8 @@ def _seat(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m rsi_env.serve", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog or "python -m rsi_env.serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--game", required=True, help="game id or spec file")
     ap.add_argument("--seat", type=_seat, default=0, help="the seat clients play: index or player id")
     ap.add_argument("--opponents", default="scripted", help="agents for the other seats, comma-separated")
@@ -85,8 +85,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     if args.max_sessions < 1:
         print("error: --max-sessions must be at least 1", file=sys.stderr)
         return 2

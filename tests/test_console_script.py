@@ -35,4 +35,13 @@ def test_every_subcommand_has_help(name: str) -> None:
     """Each named module exists and parses its own flags (`--help` exits 0 with a usage line)."""
     done = _run("-m", "rsi_env", name, "--help")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "usage:" in done.stdout
+    assert done.stdout.startswith(f"usage: rsi-env {name}")
+
+
+def test_usage_names_the_command_as_typed() -> None:
+    """The same parser says `rsi-env prefs generate` through the dispatcher and `python -m ...` alone."""
+    via_script = _run("-m", "rsi_env", "prefs", "generate", "--game")
+    direct = _run("-m", "rsi_env.prefs", "generate", "--game")
+    assert via_script.returncode == direct.returncode == 2
+    assert "usage: rsi-env prefs generate" in via_script.stderr
+    assert "usage: python -m rsi_env.prefs generate" in direct.stderr

@@ -25,9 +25,9 @@ if TYPE_CHECKING:  # the loop's modules load the agents and the runner (~2 s): n
     from .config import LoopConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m rsi_env.improve",
+        prog=prog or "python -m rsi_env.improve",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -167,8 +167,8 @@ def check_agents(cfg: LoopConfig) -> None:
         parse_judges(cfg.judges, ClientPool())
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     from pydantic import ValidationError
 
     from ..agents.profiles import ProfileError

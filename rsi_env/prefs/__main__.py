@@ -203,9 +203,9 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-judges", action="store_true", help="rank by the procedural objective only")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m rsi_env.prefs",
+        prog=prog or "python -m rsi_env.prefs",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -253,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     if args.cmd == "generate":
         args.run_dir = args.out
     return int(args.fn(args))

@@ -12,9 +12,9 @@ from .records import SandboxError, SandboxLimits
 from .run import isolation_level, run_python
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rsi_env.sandbox",
+        prog=prog or "python -m rsi_env.sandbox",
         description="Run a Python file in the sandbox and print one JSON object with the result.",
     )
     parser.add_argument("file", nargs="?", metavar="FILE", help="Python program to run")

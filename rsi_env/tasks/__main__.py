@@ -160,9 +160,9 @@ def cmd_run(args: argparse.Namespace, console: Console | None = None) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m rsi_env.tasks",
+        prog=prog or "python -m rsi_env.tasks",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -226,7 +226,7 @@ def _arg_type(option: Option) -> Any:
     return option.type
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Families from --import must be registered before the parser lists them.
     pre = argparse.ArgumentParser(add_help=False)
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         import_families(pre.parse_known_args(argv)[0].imports)
     except TaskError as exc:
         fail(str(exc))
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     if args.timeout is not None:
         fail(
             "--timeout was split in two: --sandbox-timeout for each program run, "
