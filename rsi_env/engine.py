@@ -350,6 +350,25 @@ class GameEngine:
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(f"tick {self.tick_no}: {message}")
 
+    def failure(self) -> str | None:
+        """Why a finished game's payoffs are not a score (`game_error: ...`), or None if they are. One
+        rule for everything that records a result (the runner, the TextArena adapter): the game
+        stopped on a spec error; a payoff is not a finite number (its expression failed: NaN); or an
+        expression failed while it ran (an effect, a default move, a condition), so the game played
+        is not the one written."""
+        if self.game_error is not None:
+            return f"game_error: {self.game_error}"
+        broken = sorted(p for p, v in (self.payoffs or {}).items() if not math.isfinite(v))
+        if broken:
+            why = next((x for x in reversed(self.errors) if "payoffs." in x), None)
+            return f"game_error: payoff of {', '.join(broken)} is not a finite number" + (
+                f" ({why})" if why else ""
+            )
+        if self.errors:
+            more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            return f"game_error: {self.errors[0]}{more}"
+        return None
+
     def _abort(self, message: str, record: bool = True) -> None:
         """Stop the game on a spec error it cannot play on with: over the evaluation budget, a value
         nested or grown past the limits, a setup that fails or cannot be satisfied. The game is done

@@ -108,3 +108,37 @@ policy: [{action: bid, args: {amount: '1'}}]
     rewards, game_info = env.close()
     assert rewards == {0: None, 1: None}
     assert game_info[0]["reason"].startswith("game_error: tick 0: phases.a.default_move")
+
+
+def test_one_broken_payoff_gives_no_player_a_reward() -> None:
+    """player_1's payoff divides by zero, player_0's is fine: the game's result is not a score for
+    anyone (the runner's rule, `GameEngine.failure`), so TextArena gets None for both seats."""
+    from rsi_env.spec import parse_spec
+
+    text = """
+id: t
+name: T
+rules: r
+ethics: {fair_play: [x], violations: [y]}
+players: {min: 2, max: 2}
+state:
+  score: {type: int}
+actions:
+  bid:
+    params: {amount: {type: int, min: 1, max: 3}}
+    effects: [{add: state.score, value: args.amount}]
+phases:
+  - {name: a, mode: simultaneous, actions: [bid]}
+end: {when: 'turn >= 2', turn_limit: 2}
+payoffs: {value: 'p == "player_0" ? 1 : state.score / (state.score - state.score)'}
+policy: [{action: bid, args: {amount: '1'}}]
+"""
+    env = RsiGameEnv(parse_spec(yaml.safe_load(text), "t"))
+    env.reset(num_players=2, seed=0)
+    done = False
+    while not done:
+        done, _info = env.step(action='{"action": "bid", "args": {"amount": 2}}')
+    rewards, game_info = env.close()
+    assert rewards == {0: None, 1: None}
+    assert game_info[0]["reason"].startswith("game_error: payoff of player_1 is not a finite number")
+    assert "division by zero" in game_info[0]["reason"]

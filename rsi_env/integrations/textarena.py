@@ -27,7 +27,6 @@ AEC env does). Rewards are the spec's payoffs.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import textarena as ta
@@ -148,18 +147,10 @@ class RsiGameEnv(ta.Env):
         assert self.game is not None
         e = self.game.engine
         payoffs = dict(e.payoffs or {})
-        broken = [p for p, v in payoffs.items() if not math.isfinite(v)]
-        reason = e.end_reason or ("turn limit" if e.truncated else "game over")
-        if broken:
-            reason = (
-                f"game_error: the payoff of {', '.join(broken)} failed ({e.errors[-1] if e.errors else ''})"
-            )
-        elif e.game_error is not None or e.errors:
-            # The spec failed while it ran (a default move or an effect): the payoffs are not a score,
-            # as the runner records such an episode (aborted, game_error), never as played.
-            broken = list(self._players)
-            reason = f"game_error: {e.game_error or e.errors[0]}"
-        rewards = {i: (payoffs.get(p) if p not in broken else None) for i, p in enumerate(self._players)}
+        # A result that is not a score (the runner's rule: `GameEngine.failure`) gives no rewards.
+        failure = e.failure()
+        reason = failure or e.end_reason or ("turn limit" if e.truncated else "game over")
+        rewards = {i: (None if failure else payoffs.get(p)) for i, p in enumerate(self._players)}
         self.state.set_game_outcome(rewards, reason)  # type: ignore[arg-type]
         for i, p in enumerate(self._players):
             self.state.game_info[i].update(payoff=payoffs.get(p), invalid_count=e.invalid_total[p])

@@ -18,7 +18,6 @@ wherever it is (a branch's snapshot: see `prefs.branching`). Neither raises for 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -250,35 +249,20 @@ def _every_call_empty(ep: Episode) -> bool:
 
 
 def _close_finished(ep: Episode, env: GameParallelEnv) -> None:
-    """Status and scores of an episode played to its end. A payoff that is not a finite number (its
-    expression failed: the engine gives NaN) makes the episode `aborted` with `game_error` and the
-    engine's message: never a complete episode without scores. So does a game the engine stopped on a
-    spec error (over the evaluation budget, a setup that failed: `GameEngine.game_error`)."""
+    """Status and scores of an episode played to its end. A game whose payoffs are not a score
+    (`GameEngine.failure`: a spec error stopped it, a payoff is NaN, an expression failed while it
+    ran) is `aborted` with `game_error` and the engine's message: never a complete episode."""
     e = env.engine
     if _every_call_empty(ep):
         ep.status = "aborted"
         ep.abort_reason = "empty_reply: every model call got an empty reply (after its retries)"
         return
-    if e.game_error is not None:
+    failure = e.failure()
+    if failure is not None:
         ep.status = "aborted"
-        ep.abort_reason = f"game_error: {e.game_error}"
+        ep.abort_reason = failure
         return
     payoffs = dict(e.payoffs or {})
-    broken = sorted(p for p, v in payoffs.items() if not math.isfinite(v))
-    if broken:
-        why = next((x for x in reversed(e.errors) if "payoffs." in x), None)
-        ep.status = "aborted"
-        ep.abort_reason = f"game_error: payoff of {', '.join(broken)} is not a finite number" + (
-            f" ({why})" if why else ""
-        )
-        return
-    if e.errors:
-        # A spec that failed while it ran (an effect, a default move, a condition) played another game
-        # than the one written: its payoffs are not a score.
-        more = f" (and {len(e.errors) - 1} more)" if len(e.errors) > 1 else ""
-        ep.status = "aborted"
-        ep.abort_reason = f"game_error: {e.errors[0]}{more}"
-        return
     ep.status = "truncated" if e.truncated else "complete"
     ep.payoffs = payoffs
     ep.best = e.best
