@@ -18,8 +18,12 @@ from typing import Any
 
 import json_repair
 
+from ..untrusted import MAX_JSON_DEPTH, json_depth
+
 MAX_STARTS = 32  # `{` / `[` tried as the start of the JSON; prose before it may hold brackets too
-MAX_NESTING = 64  # deeper brackets are not handed to json_repair (it recurses per level)
+# The threat model's JSON depth; deeper brackets are not handed to json_repair either (it recurses
+# per level).
+MAX_NESTING = MAX_JSON_DEPTH
 MAX_REPAIR_STARTS = 4  # spans handed to json_repair, which is ~10 µs per char on garbage
 MAX_REPAIR_CHARS = 40_000  # ~0.5 s of json_repair at worst: a whole game spec fits
 
@@ -56,7 +60,7 @@ def extract_json(
     deep_possible = s.count("[") + s.count("{") > MAX_NESTING
     with contextlib.suppress(ValueError, RecursionError):
         value = json.loads(s, strict=False)
-        if isinstance(value, wanted) and not (deep_possible and _too_deep(value)):
+        if isinstance(value, wanted) and not (deep_possible and json_depth(s) > MAX_NESTING):
             return value
     candidates = [s]
     m = _FENCE_RE.search(s)
@@ -79,7 +83,7 @@ def extract_json(
             except RecursionError:
                 last_error = "the JSON is nested too deeply"
                 continue
-            if deep_possible and _too_deep(value):
+            if deep_possible and json_depth(cand[start:_end]) > MAX_NESTING:
                 last_error = f"the JSON is nested more than {MAX_NESTING} levels deep"
                 inside = _end
                 continue
@@ -97,20 +101,6 @@ def extract_json(
                 if value and isinstance(value, dict if cand[start] == "{" else list):
                     return value
     raise ValueError(f"the reply is not valid JSON ({last_error})")
-
-
-def _too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
-    """Whether `value` nests lists and objects more than `limit` deep (iterative: never recurses)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        for child in children:
-            if isinstance(child, dict | list):
-                if depth + 1 > limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
 
 
 _OPENINGS = {"{": re.compile(r"\{"), "{[": re.compile(r"[{\[]")}
