@@ -133,10 +133,33 @@ def _check_llama_cpp_server() -> None:
             )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now, for a server this package starts."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until_serving(
+    proc: subprocess.Popen[bytes], base_url: str, timeout_s: float, poll_s: float
+) -> str | None:
+    """Wait until `GET {base_url}/models` answers 200: None when it does, else why not ("exited with
+    code N" while starting, "not ready after N s"). The readiness check of every OpenAI-compatible
+    server the package starts (the embedded model's, the loop's `--serve-cmd` servers)."""
+    deadline = time.monotonic() + timeout_s
+    # Bypass any proxy from the environment: this is loopback.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while True:
+        code = proc.poll()
+        if code is not None:
+            return f"exited with code {code} while starting"
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            with opener.open(f"{base_url}/models", timeout=2.0) as resp:
+                if resp.status == 200:
+                    return None
+        if time.monotonic() > deadline:
+            return f"not ready after {timeout_s:.0f} s"
+        time.sleep(poll_s)
 
 
 # Names llama-cpp-python's pydantic-settings would read from the environment (API_KEY, MODEL, PORT ...);
@@ -215,7 +238,7 @@ class LocalServer:
                 return self.base_url
             _check_llama_cpp_server()
             model_path = self.model_path or gguf_path()
-            self.port = _free_port()
+            self.port = free_port()
             # The server's output goes to a file, not a pipe: a pipe nobody drains would block the
             # server once full, and a file keeps the tail for error messages.
             if self.log_path is not None:
@@ -247,37 +270,15 @@ class LocalServer:
                 cmd, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, env=env
             )
             try:
-                self._wait_ready()
+                why = wait_until_serving(self._proc, self.base_url, self.startup_timeout_s, 0.05)
             except BaseException:
                 self._stop_locked()
                 raise
+            if why is not None:
+                tail = self._log_tail()
+                self._stop_locked()
+                raise LocalModelError(f"llama-cpp-python server {why}; output tail:\n{tail}")
             return self.base_url
-
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        url = f"http://127.0.0.1:{self.port}/v1/models"
-        # Bypass any proxy from the environment: this is loopback.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise LocalModelError(
-                    f"llama-cpp-python server exited with code {code} during startup; "
-                    f"output tail:\n{self._log_tail()}"
-                )
-            try:
-                with opener.open(url, timeout=2.0) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise LocalModelError(
-                    f"llama-cpp-python server not ready after {self.startup_timeout_s:.0f} s; "
-                    f"output tail:\n{self._log_tail()}"
-                )
-            time.sleep(0.05)
 
     def _stop_locked(self) -> None:
         proc, self._proc = self._proc, None

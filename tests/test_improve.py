@@ -300,3 +300,33 @@ def test_branching_draws_again_until_the_candidates_moves_differ(tmp_path: Path)
         assert len(moves) == 3 and set(moves) == {"say", "propose"}
     for bs in sets:  # the decision's prompt: once in the episode, then 2K draws, all recorded
         assert double.asked[json.dumps([m.model_dump() for m in bs.prompt])] == 1 + 6 == 1 + bs.draws
+
+
+def test_a_serve_cmd_server_is_started_checked_and_stopped(tmp_path: Path) -> None:
+    """`--serve-cmd` with the fault server (a real OpenAI-compatible server on loopback) as the
+    command: the loop fills in {port}, waits for GET /v1/models, and stops the process group."""
+    import sys
+    import urllib.request
+
+    from rsi_env.improve.serve import CommandServer, ModelNode, ServeError
+
+    node = ModelNode(name="m", checkpoint=str(tmp_path))
+    server = CommandServer(f"{sys.executable} -m rsi_env.testing.fault_server --port {{port}}", node,
+                           tmp_path / "m.log", startup_timeout_s=60)  # fmt: skip
+    base = server.start()
+    try:
+        assert base == f"http://127.0.0.1:{server.port}/v1"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{base}/models", timeout=5) as resp:
+            assert resp.status == 200
+        proc = server._proc
+        assert proc is not None and proc.poll() is None
+    finally:
+        server.stop()
+    assert proc.poll() is not None  # stopped, not left behind
+
+    dies = CommandServer(f"{sys.executable} -c 'raise SystemExit(3)'", node, tmp_path / "d.log")
+    with pytest.raises(ServeError, match="exited with code 3 while starting"):
+        dies.start()
+    with pytest.raises(ServeError, match=r"cannot fill in .*placeholders: \{checkpoint\}"):
+        CommandServer("serve {nope}", node, tmp_path / "x.log").start()

@@ -20,11 +20,7 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -33,7 +29,7 @@ import yaml
 from pydantic import BaseModel
 
 from ..agents.profiles import AgentProfile
-from ..local_model import LocalServer
+from ..local_model import LocalServer, free_port, wait_until_serving
 
 
 class ServeError(RuntimeError):
@@ -59,12 +55,6 @@ class ModelNode(BaseModel):
 class Server(Protocol):
     def start(self) -> str: ...  # base URL (…/v1)
     def stop(self) -> None: ...
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CommandServer:
@@ -93,7 +83,7 @@ class CommandServer:
             ) from None
 
     def start(self) -> str:
-        self.port = _free_port()
+        self.port = free_port()
         cmd = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -101,22 +91,11 @@ class CommandServer:
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         base = f"http://127.0.0.1:{self.port}/v1"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise ServeError(f"{cmd[0]} exited with code {code} while starting; see {self.log_path}")
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with opener.open(f"{base}/models", timeout=2.0) as resp:
-                    if resp.status == 200:
-                        return base
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServeError(
-                    f"{cmd[0]} not ready after {self.startup_timeout_s:.0f} s; see {self.log_path}"
-                )
-            time.sleep(0.5)
+        why = wait_until_serving(self._proc, base, self.startup_timeout_s, 0.5)
+        if why is not None:
+            self.stop()
+            raise ServeError(f"{cmd[0]} {why}; see {self.log_path}")
+        return base
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
