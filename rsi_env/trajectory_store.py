@@ -73,6 +73,39 @@ def lock_path(path: str | Path) -> Path:
     return p.with_name(f".{p.name}.lock")
 
 
+class RunDirBusy(RuntimeError):
+    """Another process runs, on the same run directory, a command that must have it alone."""
+
+
+@contextlib.contextmanager
+def sole_writer(run_dir: Path, command: str) -> Iterator[None]:
+    """Hold `run_dir` for `command` alone while it runs. A second process running it on the same
+    directory gets RunDirBusy at once: not a wait, and not a second copy of every line (two `prefs
+    generate` runs into one --out wrote each rollout twice). `play` needs no such lock: its episodes
+    are claimed one by one. An advisory lock the kernel releases when the process ends, however it
+    ends; a no-op without fcntl (one run per directory there, as before)."""
+    if fcntl is None:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / f".{command.replace(' ', '-')}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 16, 0).decode("ascii", "replace").strip()
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunDirBusy(
+                f"{run_dir}: another `{command}` is writing here{pid}; wait for it to end, or give "
+                "another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 # --- reading -------------------------------------------------------------------------------------
 
 

@@ -658,3 +658,29 @@ def test_a_broken_rubric_is_one_message_before_anything_runs(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_generate_into_the_same_out_is_refused_not_doubled(tmp_path: Path) -> None:
+    """Two `prefs generate` runs into one --out would append every rollout twice: the second gets one
+    message naming the holder, exit 2, and writes nothing; once the first ends, the directory is free."""
+    import os
+    import subprocess
+    import sys
+
+    from rsi_env.trajectory_store import RunDirBusy, sole_writer
+
+    out = tmp_path / "run"
+    with sole_writer(out, "prefs generate"):  # the first run, in this process
+        with pytest.raises(RunDirBusy):  # a lock per open file: this process's second try is refused too
+            with sole_writer(out, "prefs generate"):
+                pass
+        done = subprocess.run(
+            [sys.executable, "-m", "rsi_env.prefs", "generate", "--game", "ultimatum", "--agents",
+             "local,random", "--episodes", "1", "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert f"another `prefs generate` is writing here (pid {os.getpid()})" in done.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".prefs-generate.lock"]
+    with sole_writer(out, "prefs generate"):  # released when the first ended
+        pass

@@ -41,7 +41,7 @@ from ..referees.rubric import RubricError, load_rubric
 from ..runner import Runner, plan
 from ..spec import GameSpec, SpecError
 from ..trajectory import Episode
-from ..trajectory_store import TrajectoryWriter, read_episodes
+from ..trajectory_store import RunDirBusy, TrajectoryWriter, read_episodes, sole_writer
 from .branching import Decision, NothingBranched, Rollouts, branch_decisions, nothing_branched, rollouts_at
 from .candidates import BRANCHES, BranchSet, read_sets
 from .ranking import BuildResult, build, load_meta_scores, mean_scores, review_judges, save_meta_scores
@@ -116,42 +116,46 @@ async def _generate(args: argparse.Namespace, console: Console) -> int:
     meta_judge = parse_judges(args.meta_judge, pool, override)[0] if args.meta_judge else None
     run_dir = Path(args.out)
     try:
-        # 1. play
-        try:
-            runner = Runner(
-                spec, factory, run_dir, concurrency=args.concurrency, progress=not args.quiet,
-                **ray_options(args),
+        # One `prefs generate` per run directory: a second would branch and judge the same decisions
+        # again and append every set and rollout twice.
+        with sole_writer(run_dir, "prefs generate"):
+            # 1. play
+            try:
+                runner = Runner(
+                    spec, factory, run_dir, concurrency=args.concurrency, progress=not args.quiet,
+                    **ray_options(args),
+                )  # fmt: skip
+            except ValueError as exc:  # what Ray actors cannot do (the embedded model), or no Ray
+                fail(f"--ray: {exc}")
+            jobs = plan(spec, factory, args.episodes, args.seed, args.n_players)
+            await runner.run(jobs)
+            wanted = {j.episode_id for j in jobs}
+            episodes = [ep for ep in read_episodes(run_dir) if ep.episode_id in wanted]
+            # 2. judge the episodes (procedural + the panel on the rubric); updated lines supersede old
+            todo = [ep for ep in episodes if missing_verdicts(ep, judges, episode_rubric)]
+            if todo:
+                console.print(f"Judging {len(todo)} episode(s) with {len(judges)} judge(s)…")
+                with TrajectoryWriter(run_dir) as w:
+                    for ep in await score_episodes(todo, spec, judges, episode_rubric):
+                        w.write(ep)
+            # 3. branch at decisions, roll out (here or on Ray actors), rank on the rubric's question
+            console.print(f"Branching up to {args.decisions} decision(s) per episode {args.branch} ways…")
+            await branch_decisions(
+                episodes, spec, factory, run_dir, k=args.branch, per_episode=args.decisions,
+                judges=list(judges), criteria=criteria, penalty=args.penalty, pairwise=args.pairwise,
+                concurrency=args.concurrency,
+                rollouts=_ray_rollouts(args, spec, factory) if args.ray is not None else None,
             )  # fmt: skip
-        except ValueError as exc:  # what Ray actors cannot do (the embedded model), or no Ray
-            fail(f"--ray: {exc}")
-        jobs = plan(spec, factory, args.episodes, args.seed, args.n_players)
-        await runner.run(jobs)
-        wanted = {j.episode_id for j in jobs}
-        episodes = [ep for ep in read_episodes(run_dir) if ep.episode_id in wanted]
-        # 2. judge the episodes (procedural + the panel on the rubric); updated lines supersede old ones
-        todo = [ep for ep in episodes if missing_verdicts(ep, judges, episode_rubric)]
-        if todo:
-            console.print(f"Judging {len(todo)} episode(s) with {len(judges)} judge(s)…")
-            with TrajectoryWriter(run_dir) as w:
-                for ep in await score_episodes(todo, spec, judges, episode_rubric):
-                    w.write(ep)
-        # 3. branch at decisions, roll out (here or on Ray actors), rank on the rubric's question
-        console.print(f"Branching up to {args.decisions} decision(s) per episode {args.branch} ways…")
-        await branch_decisions(
-            episodes, spec, factory, run_dir, k=args.branch, per_episode=args.decisions, judges=list(judges),
-            criteria=criteria, penalty=args.penalty, pairwise=args.pairwise, concurrency=args.concurrency,
-            rollouts=_ray_rollouts(args, spec, factory) if args.ray is not None else None,
-        )  # fmt: skip
-        if not (run_dir / BRANCHES).is_file():
-            raise nothing_branched(episodes)
-        # 4. the LLM meta-judge ranks the judges' rankings on a few sets
-        if meta_judge is not None:
-            reviews = await review_judges(meta_judge, read_sets(run_dir), args.meta_sets)
-            save_meta_scores(run_dir, mean_scores(reviews))
+            if not (run_dir / BRANCHES).is_file():
+                raise nothing_branched(episodes)
+            # 4. the LLM meta-judge ranks the judges' rankings on a few sets
+            if meta_judge is not None:
+                reviews = await review_judges(meta_judge, read_sets(run_dir), args.meta_sets)
+                save_meta_scores(run_dir, mean_scores(reviews))
+            # 5. rows (still alone: a second run would rewrite the same files)
+            return cmd_build(args, console)
     finally:
         await pool.aclose()
-    # 5. rows
-    return cmd_build(args, console)
 
 
 def _ray_rollouts(args: argparse.Namespace, spec: GameSpec, factory: AgentFactory) -> Rollouts:
@@ -186,6 +190,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_generate(args, console))
     except (SpecError, ProfileError, RubricError) as exc:
+        fail(str(exc))
+    except RunDirBusy as exc:
         fail(str(exc))
     except NothingBranched as exc:
         fail(str(exc), code=1)
