@@ -350,6 +350,13 @@ class GameEngine:
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(f"tick {self.tick_no}: {message}")
 
+    def record_error(self, message: str) -> None:
+        """A spec failure found outside the engine's own step (a hint over the evaluation budget while
+        an observation is rendered): recorded once, as the engine's own failures are, so the episode
+        ends as `game_error`, never as played with the hint silently left out."""
+        if not any(line.split(": ", 1)[-1] == message for line in self.errors):
+            self._error(message)
+
     def failure(self) -> str | None:
         """Why a finished game's payoffs are not a score (`game_error: ...`), or None if they are. One
         rule for everything that records a result (the runner, the TextArena adapter): the game

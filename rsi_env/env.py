@@ -169,7 +169,10 @@ class _GameEnvBase:
             e = self.engine
             schema = action_schema(e, agent) if agent in e.current_actors() else None
             view = player_view(e, agent, self.history, schema)
-            text = render_observation(e.spec, view, schema, e.feedback.get(agent))
+            over: list[str] = []
+            text = render_observation(e.spec, view, schema, e.feedback.get(agent), over_budget=over)
+            for message in over:  # a hint over the budget in a state the dry run never reached
+                e.record_error(message)
             text = sanitize(text, self._clean_head)
             info = {
                 "is_turn": view["is_turn"],

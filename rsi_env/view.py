@@ -364,7 +364,8 @@ _HINT_LOCK = threading.Lock()
 
 def _hints(spec: GameSpec, view: dict[str, Any], over_budget: list[str] | None = None) -> list[str]:
     """The hint lines of `view`. A hint that fails is not shown; one over the evaluation budget is
-    not shown either, and named in `over_budget` (the dry run reports it as a spec error)."""
+    not shown either, and named in `over_budget`: a spec error, which the dry run reports and the env
+    records (the episode ends as `game_error`)."""
     game = compiled(spec)
     if not game.hints:
         return []
@@ -437,8 +438,10 @@ def render_observation(
     since_tick: int | None = None,
     first_prompt: str | None = None,
     last_prompt: str | None = None,
+    over_budget: list[str] | None = None,
 ) -> str:
     """The text a player reads: a pure function of its view (LLM agents re-render compact turns).
+    A hint over the evaluation budget is left out and named in `over_budget` (the env records it).
 
     `include_rules=False` and `since_tick` give the short form used after a player's first turn:
     no rules, and only the events since its previous turn. An LLM agent also passes the prompts its
@@ -510,7 +513,8 @@ def render_observation(
     players = [line for line in players if not restated(line, line[: line.index(" (") + 2])]
     if players:
         lines += ["PLAYERS:", *players]
-    hints = [line for line in _hints(spec, view) if not restated(line, line.split(": ", 1)[0] + ": ")]
+    hints = _hints(spec, view, over_budget)
+    hints = [line for line in hints if not restated(line, line.split(": ", 1)[0] + ": ")]
     if hints:
         lines += ["NOTES:", *hints]
     events = view["events"] if since_tick is None else [e for e in view["events"] if e.tick >= since_tick]

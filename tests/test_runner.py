@@ -396,6 +396,45 @@ def test_a_payoff_error_aborts_the_episode_with_the_engines_message(tmp_path: Pa
         assert "division by zero" in ep.abort_reason
 
 
+HINT_GROWS_SPEC = """
+id: hintgrows
+name: A hint that outgrows its budget
+family: bargaining
+summary: a list grows by ten each turn; a hint pairs its items, cheap at first, over the budget later
+rules: say go
+players: {min: 2, max: 2}
+roles: [{name: r, description: d}]
+state:
+  xs: {type: list, init: '[]'}
+actions:
+  go:
+    description: go
+    effects: [{set: state.xs, value: 'state.xs + [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]'}]
+phases: [{name: a, actions: [go]}]
+end: {turn_limit: 12}
+payoffs: {value: '1'}
+hints: {pairs: 'size(state.xs.map(x, state.xs.map(y, x + y)))'}
+ethics: {fair_play: [x], violations: [y]}
+"""
+
+
+def test_a_hint_over_its_budget_in_play_is_a_game_error_not_a_missing_line(tmp_path: Path) -> None:
+    """A hint cheap at first whose list outgrows the observation's evaluation budget in play (a state
+    the dry run may never reach; here the spec is read without it). The hint is left out of the text
+    and the episode is recorded as `game_error` naming it, never as played with a note missing."""
+    spec_file = tmp_path / "hintgrows.yaml"
+    spec_file.write_text(HINT_GROWS_SPEC, encoding="utf-8")
+    spec = read_spec_file(spec_file)
+    factory = AgentFactory(["random"], spec)
+    stats = run(Runner(spec, factory, tmp_path, progress=False), plan(spec, factory, 1))
+    assert stats.aborted == 1 and stats.aborted_by == {"game_error": 1}
+    (ep,) = read_episodes(tmp_path)
+    assert ep.status == "aborted" and ep.payoffs is None
+    assert ep.abort_reason and "hints.pairs" in ep.abort_reason and "20,000 units" in ep.abort_reason
+    # cheap at first: over the budget only once the list had grown (the tick it was found at)
+    assert int(ep.abort_reason.split("tick ", 1)[1].split(":", 1)[0]) > 0
+
+
 def test_a_rerun_leaves_unreadable_lines_where_they_are(tmp_path: Path, spec: GameSpec) -> None:
     """A line this version cannot read (here: a `complete` record with null payoffs, as the runner
     once wrote for a payoff error, and a line that is not JSON) is no known failure: it is skipped
