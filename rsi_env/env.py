@@ -188,8 +188,9 @@ class _GameEnvBase:
             if e.done:
                 info["payoff"] = (e.payoffs or {}).get(agent)
                 info["end_reason"] = e.end_reason
-                if e.errors:  # the spec failed while it ran: the payoffs are not a score
-                    info["game_error"] = e.errors[0]
+                failure = e.failure()
+                if failure is not None:  # the payoffs are not a score (the runner's rule)
+                    info["game_error"] = failure.removeprefix("game_error: ")
             hit = self._cache[agent] = ({"text": text}, info)
         return hit
 
