@@ -76,12 +76,8 @@ def test_an_invalid_move_is_feedback_not_an_error_and_bad_player_counts_are_refu
         RsiGameEnv("ultimatum").reset(num_players=3)
 
 
-def test_a_spec_that_fails_while_it_runs_has_no_rewards_not_zeros() -> None:
-    """A default move that fails at every turn (its amount is below the parameter's minimum): the game
-    plays to its end with payoffs of 0, which are no score; TextArena gets None and the reason."""
-    from rsi_env.spec import parse_spec
-
-    text = """
+# A two-player bidding game; each case below breaks it one way.
+BIDS = """
 id: t
 name: T
 rules: r
@@ -94,51 +90,40 @@ actions:
     params: {amount: {type: int, min: 1, max: 3}}
     effects: [{add: state.score, value: args.amount}]
 phases:
-  - {name: a, mode: simultaneous, actions: [bid], default_move: {action: bid, args: {amount: '0'}}}
+  - {name: a, mode: simultaneous, actions: [bid]DEFAULT}
 invalid_actions: {allowance: 1}
 end: {when: 'turn >= 2', turn_limit: 2}
-payoffs: {value: state.score}
+payoffs: {value: PAYOFF}
 policy: [{action: bid, args: {amount: '1'}}]
 """
-    env = RsiGameEnv(parse_spec(yaml.safe_load(text), "t"))
-    env.reset(num_players=2, seed=0)
-    done = False
-    while not done:
-        done, _info = env.step(action="no JSON here")
-    rewards, game_info = env.close()
-    assert rewards == {0: None, 1: None}
-    assert game_info[0]["reason"].startswith("game_error: tick 0: phases.a.default_move")
 
 
-def test_one_broken_payoff_gives_no_player_a_reward() -> None:
-    """player_1's payoff divides by zero, player_0's is fine: the game's result is not a score for
-    anyone (the runner's rule, `GameEngine.failure`), so TextArena gets None for both seats."""
+@pytest.mark.parametrize(
+    ("default", "payoff", "move", "reason"),
+    [
+        # A default move that fails at every turn (its amount is below the parameter's minimum): the
+        # game plays to its end with payoffs of 0, which are no score.
+        (", default_move: {action: bid, args: {amount: '0'}}", "state.score", "no JSON here",
+         "game_error: tick 0: phases.a.default_move"),
+        # player_1's payoff divides by zero, player_0's is fine: the result is a score for neither
+        # (the runner's rule, `GameEngine.failure`).
+        ("", """'p == "player_0" ? 1 : state.score / (state.score - state.score)'""",
+         '{"action": "bid", "args": {"amount": 2}}', "game_error: payoff of player_1 is not a finite number"),
+    ],
+    ids=["default_move_fails", "one_payoff_fails"],
+)  # fmt: skip
+def test_a_spec_that_fails_while_it_runs_has_no_rewards_not_zeros(
+    default: str, payoff: str, move: str, reason: str
+) -> None:
+    """TextArena gets None for every seat and the engine's reason, never payoffs as if played."""
     from rsi_env.spec import parse_spec
 
-    text = """
-id: t
-name: T
-rules: r
-ethics: {fair_play: [x], violations: [y]}
-players: {min: 2, max: 2}
-state:
-  score: {type: int}
-actions:
-  bid:
-    params: {amount: {type: int, min: 1, max: 3}}
-    effects: [{add: state.score, value: args.amount}]
-phases:
-  - {name: a, mode: simultaneous, actions: [bid]}
-end: {when: 'turn >= 2', turn_limit: 2}
-payoffs: {value: 'p == "player_0" ? 1 : state.score / (state.score - state.score)'}
-policy: [{action: bid, args: {amount: '1'}}]
-"""
+    text = BIDS.replace("DEFAULT", default).replace("PAYOFF", payoff)
     env = RsiGameEnv(parse_spec(yaml.safe_load(text), "t"))
     env.reset(num_players=2, seed=0)
     done = False
     while not done:
-        done, _info = env.step(action='{"action": "bid", "args": {"amount": 2}}')
+        done, _info = env.step(action=move)
     rewards, game_info = env.close()
     assert rewards == {0: None, 1: None}
-    assert game_info[0]["reason"].startswith("game_error: payoff of player_1 is not a finite number")
-    assert "division by zero" in game_info[0]["reason"]
+    assert game_info[0]["reason"].startswith(reason)
