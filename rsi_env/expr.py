@@ -149,9 +149,8 @@ class Expr:
             memo = self.memo
             try:
                 if len(memo) >= MEMO_SIZE:
-                    memo.popitem(
-                        last=False
-                    )  # the oldest (a dict's first key is found past every deleted one)
+                    # the oldest (a plain dict's first key is found past every deleted one)
+                    memo.popitem(last=False)
                 memo[key] = (scope, result, budget.tick_used - used)
             except (KeyError, RuntimeError, StopIteration):  # another thread's scope changed it
                 pass
@@ -214,7 +213,7 @@ def _key(plan: _Plan, scope: Scope) -> tuple[Any, ...] | None:
                     key.append(tuple([_fingerprint(value.get(f, _UNSET)) for f in how]))
                 else:
                     key.append(_fingerprint(value))
-            elif t is str or t is int or t is bool or value is None:
+            elif t is str or t is int or t is bool or value is None:  # `_fingerprint`, inlined
                 key.append((t, value))
             elif t is float:
                 key.append((t, repr(value)))

@@ -971,7 +971,7 @@ def dry_run_errors(
                     )
                     break
             for h in hints:
-                engine.errors.append(f"tick {engine.tick_no}: {h}")
+                engine.record_error(h)
             if not valid and ticks >= DRY_RUN_NO_VALID_TICKS and not engine.errors:
                 engine.errors.append(
                     f"tick {engine.tick_no}: not one valid move in {ticks:,} ticks of random play: every "

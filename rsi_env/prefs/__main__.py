@@ -189,9 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     console = Console()
     try:
         return asyncio.run(_generate(args, console))
-    except (SpecError, ProfileError, RubricError) as exc:
-        fail(str(exc))
-    except RunDirBusy as exc:
+    except (SpecError, ProfileError, RubricError, RunDirBusy) as exc:
         fail(str(exc))
     except NothingBranched as exc:
         fail(str(exc), code=1)
